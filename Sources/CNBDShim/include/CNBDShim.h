@@ -1,0 +1,62 @@
+#ifndef CNBDSHIM_H
+#define CNBDSHIM_H
+
+#include <stdint.h>
+#include <sys/types.h>
+#include <signal.h>
+
+/* Thin wrappers for libc calls Swift cannot make directly (variadic functions,
+ * macros, enum-typed flags). Each returns what the wrapped call returns and
+ * leaves errno as the call set it. */
+
+/* prctl(PR_SET_PDEATHSIG, sig). */
+int CNBDShim_set_parent_death_signal(int sig);
+
+/* accept4(fd, NULL, NULL, SOCK_CLOEXEC). */
+int CNBDShim_accept_cloexec(int fd);
+
+/* socket(domain, SOCK_STREAM | SOCK_CLOEXEC, 0). */
+int CNBDShim_stream_socket(int domain);
+
+/* pipe2(fds, O_CLOEXEC). */
+int CNBDShim_pipe_cloexec(int fds[2]);
+
+/* eventfd(0, EFD_CLOEXEC). */
+int CNBDShim_eventfd(void);
+
+/* signalfd(-1, mask, SFD_CLOEXEC) for the given signals (terminated by 0);
+ * the signals are also blocked in the calling thread. */
+int CNBDShim_signalfd_for(const int *signals);
+
+/* Reads one siginfo from a signalfd; returns the signal number, 0 on EAGAIN, -1 on error. */
+int CNBDShim_signalfd_read(int fd);
+
+/* The wait status macros. */
+int CNBDShim_wifexited(int status);
+int CNBDShim_wexitstatus(int status);
+int CNBDShim_wifsignaled(int status);
+int CNBDShim_wtermsig(int status);
+
+/* posix_spawn of /bin/sh -c command with the default signal dispositions and an
+ * empty signal mask, so the child does not inherit the server's blocked or
+ * ignored signals. Returns 0 and sets *pid, or an errno value. */
+int CNBDShim_spawn_shell(const char *command, pid_t *pid, char *const envp[]);
+
+/* fallocate with the named mode; return as fallocate(2). */
+int CNBDShim_punch_hole(int fd, int64_t offset, int64_t length);
+int CNBDShim_zero_range(int fd, int64_t offset, int64_t length);
+
+/* ioctl(fd, BLKGETSIZE64): the size of a block device, or -1. */
+int64_t CNBDShim_block_device_size(int fd);
+
+/* The current errno. */
+int CNBDShim_errno(void);
+
+/* The kernel thread id of the calling thread, for log lines. */
+long CNBDShim_gettid(void);
+
+
+
+/* syslog(priority, "%s", message). */
+void CNBDShim_syslog(int priority, const char *message);
+#endif

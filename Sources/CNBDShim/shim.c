@@ -1,0 +1,100 @@
+#define _GNU_SOURCE
+#include "CNBDShim.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <spawn.h>
+#include <unistd.h>
+#include <linux/falloc.h>
+#include <linux/fs.h>
+#include <sys/ioctl.h>
+#include <sys/prctl.h>
+#include <sys/signalfd.h>
+#include <sys/eventfd.h>
+#include <sys/socket.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <syslog.h>
+
+int CNBDShim_set_parent_death_signal(int sig) { return prctl(PR_SET_PDEATHSIG, sig, 0, 0, 0); }
+
+int CNBDShim_accept_cloexec(int fd) { return accept4(fd, NULL, NULL, SOCK_CLOEXEC); }
+
+int CNBDShim_stream_socket(int domain) { return socket(domain, SOCK_STREAM | SOCK_CLOEXEC, 0); }
+
+int CNBDShim_pipe_cloexec(int fds[2]) { return pipe2(fds, O_CLOEXEC); }
+
+int CNBDShim_eventfd(void) { return eventfd(0, EFD_CLOEXEC); }
+
+int CNBDShim_signalfd_for(const int *signals)
+{
+  sigset_t mask;
+  sigemptyset(&mask);
+  for (; *signals != 0; signals++)
+    sigaddset(&mask, *signals);
+  if (pthread_sigmask(SIG_BLOCK, &mask, NULL) != 0)
+    return -1;
+  return signalfd(-1, &mask, SFD_CLOEXEC | SFD_NONBLOCK);
+}
+
+int CNBDShim_signalfd_read(int fd)
+{
+  struct signalfd_siginfo info;
+  ssize_t r = read(fd, &info, sizeof info);
+  if (r == (ssize_t) sizeof info)
+    return (int) info.ssi_signo;
+  if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+    return 0;
+  return -1;
+}
+
+int CNBDShim_wifexited(int status) { return WIFEXITED(status); }
+int CNBDShim_wexitstatus(int status) { return WEXITSTATUS(status); }
+int CNBDShim_wifsignaled(int status) { return WIFSIGNALED(status); }
+int CNBDShim_wtermsig(int status) { return WTERMSIG(status); }
+
+int CNBDShim_spawn_shell(const char *command, pid_t *pid, char *const envp[])
+{
+  posix_spawnattr_t attr;
+  sigset_t empty, all;
+  int r;
+
+  if ((r = posix_spawnattr_init(&attr)) != 0)
+    return r;
+  sigemptyset(&empty);
+  sigfillset(&all);
+  sigdelset(&all, SIGKILL);
+  sigdelset(&all, SIGSTOP);
+  posix_spawnattr_setsigmask(&attr, &empty);
+  posix_spawnattr_setsigdefault(&attr, &all);
+  posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF);
+  char *argv[] = { "/bin/sh", "-c", (char *) command, NULL };
+  r = posix_spawn(pid, "/bin/sh", NULL, &attr, argv, envp);
+  posix_spawnattr_destroy(&attr);
+  return r;
+}
+
+int CNBDShim_punch_hole(int fd, int64_t offset, int64_t length)
+{
+  return fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset, length);
+}
+
+int CNBDShim_zero_range(int fd, int64_t offset, int64_t length)
+{
+  return fallocate(fd, FALLOC_FL_ZERO_RANGE, offset, length);
+}
+
+int64_t CNBDShim_block_device_size(int fd)
+{
+  uint64_t size;
+  if (ioctl(fd, BLKGETSIZE64, &size) == -1)
+    return -1;
+  return (int64_t) size;
+}
+
+int CNBDShim_errno(void) { return errno; }
+
+long CNBDShim_gettid(void) { return (long) syscall(SYS_gettid); }
+
+void CNBDShim_syslog(int priority, const char *message) { syslog(priority, "%s", message); }

@@ -1,0 +1,234 @@
+import Glibc
+import CNBDShim
+import NBDServer
+import NBDProtocol
+
+/// `file file=PATH` serves a regular file or block device; `file dir=DIR` serves each regular
+/// file in DIR as an export named after it. Each connection opens the file itself.
+public final class FilePlugin: Backend {
+    public let name = "file"
+    private enum Source { case file(String), directory(String) }
+    private let source: Source
+
+    private init(source: Source) { self.source = source }
+
+    public func listExports(readonly: Bool, isTLS: Bool) throws -> [ExportInfo] {
+        switch source {
+        case .file: return [ExportInfo(name: "")]
+        case .directory(let dir): return try Self.entries(of: dir).map { ExportInfo(name: $0) }
+        }
+    }
+
+    public func defaultExport(readonly: Bool, isTLS: Bool) throws -> String {
+        switch source {
+        case .file: return ""
+        case .directory(let dir):
+            guard let first = try Self.entries(of: dir).first else { throw BackendError(.einval, "no files in \(dir)") }
+            return first
+        }
+    }
+
+    public func open(_ request: OpenRequest) throws -> any BackendConnection {
+        let path: String
+        switch source {
+        case .file(let p):
+            path = p
+        case .directory(let dir):
+            let name = request.exportName
+            guard !name.isEmpty, !name.contains("/"), name != ".", name != ".." else {
+                throw BackendError(.einval, "invalid export name '\(name)'")
+            }
+            path = dir + "/" + name
+        }
+        return try FileConnection(path: path, readonly: request.readonly)
+    }
+
+    /// Names of the regular files and block devices in `dir`, sorted.
+    private static func entries(of dir: String) throws -> [String] {
+        guard let d = opendir(dir) else { throw BackendError(SystemError("opendir: \(dir)")) }
+        defer { closedir(d) }
+        var names: [String] = []
+        while let entry = readdir(d) {
+            let name = withUnsafeBytes(of: entry.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+            if name.hasPrefix(".") { continue }
+            var st = stat()
+            guard stat(dir + "/" + name, &st) == 0 else { continue }
+            let kind = st.st_mode & S_IFMT
+            if kind == S_IFREG || kind == S_IFBLK { names.append(name) }
+        }
+        return names.sorted()
+    }
+}
+
+extension FilePlugin: PluginFactory {
+    public static let name = "file"
+    public static let magicConfigKey: String? = "file"
+    public static let configHelp = "[file=]<FILENAME>  The filename to serve.\ndir=<DIRNAME>  A directory containing files to serve."
+    public static let threadModel = ThreadModel.parallel
+
+    public static func make(_ parameters: inout Parameters, options: PluginOptions) throws -> any Backend {
+        let file = parameters.take("file")
+        let dir = parameters.take("dir")
+        switch (file, dir) {
+        case (nil, nil):
+            throw ConfigError("you must supply either [file=]<FILENAME> or dir=<DIRNAME> parameter after the plugin name on the command line")
+        case (.some, .some):
+            throw ConfigError("file= and dir= cannot be used at the same time")
+        case (let file?, nil):
+            let path = try absolutePath(file)
+            // Open once now so that an unreadable file is reported at startup, not at first connection.
+            let fd = Glibc.open(path, (options.readonly ? O_RDONLY : O_RDWR) | O_CLOEXEC)
+            if fd < 0 {
+                let e = SystemError("open: \(path)")
+                if !options.readonly && (e.errno == EACCES || e.errno == EROFS || e.errno == EISDIR) {
+                    throw ConfigError("\(e) (use -r to serve it read-only)")
+                }
+                throw ConfigError("\(e)")
+            }
+            _ = close(fd)
+            return FilePlugin(source: .file(path))
+        case (nil, let dir?):
+            let path = try absolutePath(dir)
+            var st = stat()
+            guard stat(path, &st) == 0, st.st_mode & S_IFMT == S_IFDIR else {
+                throw ConfigError("dir=\(dir): not a directory")
+            }
+            return FilePlugin(source: .directory(path))
+        }
+    }
+
+    /// Resolves `path` now, since a background server changes its directory to /.
+    private static func absolutePath(_ path: String) throws -> String {
+        guard let resolved = realpath(path, nil) else { throw ConfigError("realpath: \(SystemError(path))") }
+        defer { free(resolved) }
+        return String(cString: resolved)
+    }
+}
+
+/// One connection's descriptor on the served file.
+final class FileConnection: BackendConnection {
+    private let fd: Int32
+    private let isBlockDevice: Bool
+    private let readonly: Bool
+    private let path: String
+
+    init(path: String, readonly: Bool) throws {
+        var fd = Glibc.open(path, (readonly ? O_RDONLY : O_RDWR) | O_CLOEXEC)
+        var opened = readonly
+        if fd < 0 && !readonly {
+            // The export may still be served read-only, as nbdkit does.
+            fd = Glibc.open(path, O_RDONLY | O_CLOEXEC)
+            opened = true
+        }
+        guard fd >= 0 else { throw BackendError(SystemError("open: \(path)")) }
+        var st = stat()
+        fstat(fd, &st)
+        self.fd = fd
+        self.path = path
+        self.readonly = opened
+        self.isBlockDevice = st.st_mode & S_IFMT == S_IFBLK
+    }
+
+    func size() throws -> UInt64 {
+        if isBlockDevice {
+            let n = CNBDShim_block_device_size(fd)
+            guard n >= 0 else { throw BackendError(SystemError("ioctl BLKGETSIZE64: \(path)")) }
+            return UInt64(n)
+        }
+        var st = stat()
+        do { try syscall("fstat: \(path)") { fstat(fd, &st) } } catch { throw BackendError(error) }
+        return UInt64(st.st_size)
+    }
+
+    func canWrite() throws -> Bool { !readonly }
+    func canFlush() throws -> Bool { true }
+    func canTrim() throws -> Bool { !isBlockDevice }
+    func canZero() throws -> Bool { true }
+    func canFUA() throws -> FUASupport { .native }
+    func canMultiConn() throws -> Bool { true }
+    func canExtents() throws -> Bool { !isBlockDevice }
+    func canCache() throws -> Bool { true }
+
+    func pread(into buffer: UnsafeMutableRawBufferPointer, offset: UInt64) throws {
+        var done = 0
+        while done < buffer.count {
+            let n = Glibc.pread(fd, buffer.baseAddress! + done, buffer.count - done, off_t(offset) + off_t(done))
+            if n > 0 { done += n; continue }
+            if n == 0 { throw BackendError(.eio, "pread: unexpected end of file: \(path)") }
+            if CNBDShim_errno() == EINTR { continue }
+            throw BackendError(SystemError("pread: \(path)"))
+        }
+    }
+
+    func pwrite(_ buffer: UnsafeRawBufferPointer, offset: UInt64, fua: Bool) throws {
+        var done = 0
+        while done < buffer.count {
+            let n = Glibc.pwrite(fd, buffer.baseAddress! + done, buffer.count - done, off_t(offset) + off_t(done))
+            if n >= 0 { done += n; continue }
+            if CNBDShim_errno() == EINTR { continue }
+            throw BackendError(SystemError("pwrite: \(path)"))
+        }
+        if fua { try flush() }
+    }
+
+    func flush() throws {
+        do { try syscall("fdatasync: \(path)") { fdatasync(fd) } } catch { throw BackendError(error) }
+    }
+
+    func trim(offset: UInt64, length: UInt32, fua: Bool) throws {
+        // Trim is advisory: a filesystem that can't punch holes simply keeps the data.
+        if CNBDShim_punch_hole(fd, Int64(offset), Int64(length)) == -1 {
+            let e = CNBDShim_errno()
+            if e != EOPNOTSUPP && e != ENOSYS { throw BackendError(SystemError("fallocate: \(path)", errno: e)) }
+        }
+        if fua { try flush() }
+    }
+
+    func zero(offset: UInt64, length: UInt32, mayTrim: Bool, fua: Bool, fastZero: Bool) throws {
+        if mayTrim && !isBlockDevice && CNBDShim_punch_hole(fd, Int64(offset), Int64(length)) == 0 {
+            if fua { try flush() }
+            return
+        }
+        if CNBDShim_zero_range(fd, Int64(offset), Int64(length)) == 0 {
+            if fua { try flush() }
+            return
+        }
+        let e = CNBDShim_errno()
+        if e == EOPNOTSUPP || e == ENOSYS || e == ENODEV {
+            throw BackendError(.enotsup, "fallocate zero range is not supported on \(path)")
+        }
+        throw BackendError(SystemError("fallocate: \(path)", errno: e))
+    }
+
+    func extents(offset: UInt64, length: UInt32, reqOne: Bool) throws -> [Extent] {
+        let end = off_t(offset) + off_t(length)
+        var position = off_t(offset)
+        var result: [Extent] = []
+        while position < end {
+            let data = lseek(fd, position, 3 /* SEEK_DATA */)
+            if data == -1 {
+                // ENXIO: no data from here to the end of the file.
+                guard CNBDShim_errno() == ENXIO else { throw BackendError(SystemError("lseek: \(path)")) }
+                result.append(Extent(length: UInt64(end - position), flags: [.hole, .zero]))
+                break
+            }
+            if data > position {
+                result.append(Extent(length: UInt64(min(data, end) - position), flags: [.hole, .zero]))
+                position = min(data, end)
+                if reqOne || position >= end { break }
+            }
+            var hole = lseek(fd, position, 4 /* SEEK_HOLE */)
+            if hole == -1 { hole = end }
+            result.append(Extent(length: UInt64(min(hole, end) - position), flags: []))
+            position = min(hole, end)
+            if reqOne { break }
+        }
+        return result
+    }
+
+    func cache(offset: UInt64, length: UInt32) throws {
+        _ = posix_fadvise(fd, off_t(offset), off_t(length), POSIX_FADV_WILLNEED)
+    }
+
+    func close() { _ = Glibc.close(fd) }
+}

@@ -1,0 +1,48 @@
+import NBDServer
+
+/// A plugin the `nbdkit` command can name.
+public protocol PluginFactory: SendableMetatype {
+    static var name: String { get }
+    /// The key a bare first value is given to (`memory 1G` means `size=1G`).
+    static var magicConfigKey: String? { get }
+    /// One line per parameter, for `--help` after the plugin name.
+    static var configHelp: String { get }
+    static var threadModel: ThreadModel { get }
+    /// Builds the plugin from its parameters, taking the keys it knows (the caller rejects the rest).
+    /// Problems a user can fix (a missing file, a bad size) are thrown here, at startup.
+    static func make(_ parameters: inout Parameters, options: PluginOptions) throws -> any Backend
+}
+
+/// Server settings a plugin may need while it is configured.
+public struct PluginOptions: Sendable {
+    /// `-r`: the plugin will only be asked to read.
+    public var readonly: Bool
+    public init(readonly: Bool) { self.readonly = readonly }
+}
+
+/// A filter the `nbdkit` command can name with `--filter`.
+public protocol FilterFactory: SendableMetatype {
+    static var name: String { get }
+    static var configHelp: String { get }
+    /// Builds the filter in front of `next`, taking the keys it knows.
+    static func make(_ parameters: inout Parameters, next: any Backend) throws -> any Backend
+}
+
+/// The built-in plugins and filters, found by name.
+public enum Registry {
+    public static let plugins: [any PluginFactory.Type] = [
+        Example1Plugin.self, FilePlugin.self, MemoryPlugin.self, NullPlugin.self, PatternPlugin.self,
+    ]
+
+    public static let filters: [any FilterFactory.Type] = [
+        NoExtentsFilter.self, OffsetFilter.self,
+    ]
+
+    public static func plugin(named name: String) -> (any PluginFactory.Type)? {
+        plugins.first { $0.name == name }
+    }
+
+    public static func filter(named name: String) -> (any FilterFactory.Type)? {
+        filters.first { $0.name == name }
+    }
+}

@@ -1,0 +1,114 @@
+import Glibc
+import NBDServer
+import NBDProtocol
+
+/// Sparse memory of up to 2^63 bytes in 32 KiB pages allocated on first write. Holes read as
+/// zeros; zeroing whole pages frees them. Reads and writes to existing pages run in parallel
+/// under a shared lock; allocating or freeing pages takes it exclusively.
+final class SparseArray: @unchecked Sendable {
+    static let pageSize = 32 * 1024
+    private var pages: [UInt64: UnsafeMutableRawPointer] = [:]
+    private let lock: UnsafeMutablePointer<pthread_rwlock_t>
+
+    init() {
+        lock = .allocate(capacity: 1)
+        pthread_rwlock_init(lock, nil)
+    }
+
+    deinit {
+        for page in pages.values { page.deallocate() }
+        pthread_rwlock_destroy(lock)
+        lock.deallocate()
+    }
+
+    /// Calls `body` for each page-sized piece of [offset, offset+count): page index, offset within
+    /// the page, and the piece's offset within the request and length.
+    @inline(__always)
+    private func forEachPiece(offset: UInt64, count: Int, _ body: (UInt64, Int, Int, Int) throws -> Void) rethrows {
+        var done = 0
+        while done < count {
+            let position = offset + UInt64(done)
+            let index = position / UInt64(Self.pageSize)
+            let inPage = Int(position % UInt64(Self.pageSize))
+            let n = min(Self.pageSize - inPage, count - done)
+            try body(index, inPage, done, n)
+            done += n
+        }
+    }
+
+    func read(into buffer: UnsafeMutableRawBufferPointer, offset: UInt64) {
+        pthread_rwlock_rdlock(lock)
+        defer { pthread_rwlock_unlock(lock) }
+        forEachPiece(offset: offset, count: buffer.count) { index, inPage, at, n in
+            if let page = pages[index] {
+                (buffer.baseAddress! + at).copyMemory(from: page + inPage, byteCount: n)
+            } else {
+                memset(buffer.baseAddress! + at, 0, n)
+            }
+        }
+    }
+
+    func write(_ buffer: UnsafeRawBufferPointer, offset: UInt64) {
+        pthread_rwlock_rdlock(lock)
+        var missing = false
+        forEachPiece(offset: offset, count: buffer.count) { index, inPage, at, n in
+            if let page = pages[index] {
+                (page + inPage).copyMemory(from: buffer.baseAddress! + at, byteCount: n)
+            } else {
+                missing = true
+            }
+        }
+        pthread_rwlock_unlock(lock)
+        guard missing else { return }
+        pthread_rwlock_wrlock(lock)
+        defer { pthread_rwlock_unlock(lock) }
+        forEachPiece(offset: offset, count: buffer.count) { index, inPage, at, n in
+            let page: UnsafeMutableRawPointer
+            if let existing = pages[index] {
+                page = existing
+            } else {
+                page = .allocate(byteCount: Self.pageSize, alignment: 4096)
+                memset(page, 0, Self.pageSize)
+                pages[index] = page
+            }
+            (page + inPage).copyMemory(from: buffer.baseAddress! + at, byteCount: n)
+        }
+    }
+
+    /// Makes the range read as zeros, freeing every page it covers whole.
+    func zero(offset: UInt64, count: Int) {
+        pthread_rwlock_wrlock(lock)
+        defer { pthread_rwlock_unlock(lock) }
+        forEachPiece(offset: offset, count: count) { index, inPage, _, n in
+            guard let page = pages[index] else { return }
+            if n == Self.pageSize {
+                page.deallocate()
+                pages[index] = nil
+            } else {
+                memset(page + inPage, 0, n)
+            }
+        }
+    }
+
+    /// Allocated pages are data; missing pages are holes that read as zeros.
+    func extents(offset: UInt64, count: Int, reqOne: Bool) -> [Extent] {
+        pthread_rwlock_rdlock(lock)
+        defer { pthread_rwlock_unlock(lock) }
+        var result: [Extent] = []
+        var done = 0
+        while done < count {
+            let position = offset + UInt64(done)
+            let index = position / UInt64(Self.pageSize)
+            let n = min(Self.pageSize - Int(position % UInt64(Self.pageSize)), count - done)
+            let flags: AllocationFlags = pages[index] == nil ? [.hole, .zero] : []
+            if let last = result.last, last.flags == flags {
+                result[result.count - 1].length += UInt64(n)
+            } else {
+                if reqOne && !result.isEmpty { break }
+                result.append(Extent(length: UInt64(n), flags: flags))
+            }
+            done += n
+        }
+        return result
+    }
+}

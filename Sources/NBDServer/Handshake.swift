@@ -1,0 +1,199 @@
+import NBDProtocol
+
+/// A client broke the handshake rules badly enough that the connection must end.
+struct HandshakeError: Error, CustomStringConvertible {
+    let description: String
+    init(_ description: String) { self.description = description }
+}
+
+/// The server side of the NBD handshake for one connection.
+struct Handshake {
+    let server: ServerContext
+    let transport: any Transport
+    let connectionID: Int
+
+    /// The context id given to `base:allocation`.
+    static let allocationContextID: UInt32 = 1
+    static let allocationContext = "base:allocation"
+
+    /// Runs the oldstyle or newstyle handshake. Returns the session to serve, or nil when the
+    /// client ended negotiation cleanly (NBD_OPT_ABORT, or EOF between options).
+    func run() throws -> Session? {
+        switch server.style {
+        case .oldstyle: return try oldstyle()
+        case .newstyle: return try newstyle()
+        }
+    }
+
+    private func oldstyle() throws -> Session {
+        let exportName = try server.backend.defaultExport(readonly: server.readonly, isTLS: false)
+        let session = try Session.open(server: server, exportName: exportName, structuredReplies: false,
+                                       allocationContextID: nil)
+        do {
+            try transport.send(Negotiation.oldstyleGreeting(size: session.size, flags: session.flags))
+        } catch {
+            session.backend.close()
+            throw error
+        }
+        return session
+    }
+
+    private func newstyle() throws -> Session? {
+        try transport.send(Negotiation.newstyleGreeting([.fixedNewstyle, .noZeroes]))
+        let clientFlags = ClientFlags(rawValue: try readU32())
+        guard ClientFlags.known.isSuperset(of: clientFlags) else {
+            throw HandshakeError("client sent unknown flags 0x\(String(clientFlags.rawValue, radix: 16))")
+        }
+        let noZeroes = clientFlags.contains(.noZeroes)
+        var structuredReplies = false
+        var metaContext: (exportName: String, id: UInt32)? = nil
+
+        for _ in 0..<NBDSize.maxOptions {
+            let headerBytes: [UInt8]
+            do {
+                headerBytes = try transport.receive(count: NBDSize.optionHeader)
+            } catch TransportError.endOfFile {
+                server.logger.debug("client closed the connection during negotiation")
+                return nil
+            }
+            let (option, length) = try headerBytes.withUnsafeBytes { b throws(NBDDecodeError) in
+                try Negotiation.decodeOptionHeader(b)
+            }
+            guard length <= NBDSize.maxOption else {
+                throw HandshakeError("option \(option) payload of \(length) bytes is too long")
+            }
+            let payload = try transport.receive(count: Int(length))
+            let code = OptionCode(rawValue: option)
+            server.logger.debug("newstyle negotiation: option \(code.map { "\($0)" } ?? String(option)) length \(length)")
+
+            func reply(_ type: OptionReplyType, _ data: [UInt8] = []) throws {
+                try transport.send(Negotiation.optionReply(option: option, type: type, payload: data))
+            }
+
+            switch code {
+            case .exportName:
+                let name = try utf8(payload[...])
+                let session = try Session.open(server: server, exportName: try resolve(name),
+                                               structuredReplies: structuredReplies,
+                                               allocationContextID: nil)
+                do {
+                    try transport.send(Negotiation.exportNameReply(size: session.size, flags: session.flags,
+                                                                   noZeroes: noZeroes))
+                } catch {
+                    session.backend.close()
+                    throw error
+                }
+                return session
+
+            case .abort:
+                try? reply(.ack)
+                return nil
+
+            case .list:
+                guard payload.isEmpty else { try reply(.errInvalid); continue }
+                let exports: [ExportInfo]
+                do {
+                    exports = try server.backend.listExports(readonly: server.readonly, isTLS: false)
+                } catch {
+                    server.logger.error("list_exports: \(error)")
+                    try reply(.errPlatform)
+                    continue
+                }
+                for e in exports {
+                    try reply(.server, Negotiation.serverReplyPayload(name: e.name, description: e.description))
+                }
+                try reply(.ack)
+
+            case .startTLS:
+                guard payload.isEmpty else { try reply(.errInvalid); continue }
+                try reply(.errPolicy)
+
+            case .structuredReply:
+                guard payload.isEmpty, !structuredReplies else { try reply(.errInvalid); continue }
+                structuredReplies = true
+                try reply(.ack)
+
+            case .info, .go:
+                let request: Negotiation.InfoRequest
+                do {
+                    request = try Negotiation.InfoRequest(decoding: payload)
+                } catch {
+                    try reply(.errInvalid)
+                    continue
+                }
+                let name: String
+                let session: Session
+                do {
+                    name = try resolve(request.exportName)
+                    let contextID = metaContext.flatMap { $0.exportName == request.exportName ? $0.id : nil }
+                    session = try Session.open(server: server, exportName: name, structuredReplies: structuredReplies,
+                                               allocationContextID: contextID)
+                } catch {
+                    server.logger.error("cannot open export '\(request.exportName)': \(error)")
+                    try reply(.errUnknown)
+                    continue
+                }
+                do {
+                    try reply(.info, Negotiation.infoExport(size: session.size, flags: session.flags))
+                    for item in Set(request.requests) {
+                        switch InfoType(rawValue: item) {
+                        case .name: try reply(.info, Negotiation.infoString(.name, name))
+                        case .description:
+                            break  // no backend offers descriptions yet
+                        case .blockSize:
+                            try reply(.info, Negotiation.infoBlockSize(minimum: 1, preferred: 4096,
+                                                                       maximum: NBDSize.maxRequest))
+                        default: break
+                        }
+                    }
+                    try reply(.ack)
+                } catch {
+                    session.backend.close()
+                    throw error
+                }
+                if code == .go { return session }
+                session.backend.close()
+
+            case .listMetaContext, .setMetaContext:
+                let request: Negotiation.MetaContextRequest
+                do {
+                    request = try Negotiation.MetaContextRequest(decoding: payload)
+                } catch {
+                    try reply(.errInvalid)
+                    continue
+                }
+                guard structuredReplies else { try reply(.errInvalid); continue }
+                let isSet = code == .setMetaContext
+                let matches: Bool
+                if request.queries.isEmpty {
+                    matches = !isSet
+                } else {
+                    matches = request.queries.contains { q in
+                        q == Handshake.allocationContext || (!isSet && (q == "base:" || q == "base:allocation"))
+                    }
+                }
+                if isSet { metaContext = nil }
+                if matches {
+                    try reply(.metaContext, Negotiation.metaContextPayload(id: Handshake.allocationContextID,
+                                                                           name: Handshake.allocationContext))
+                    if isSet { metaContext = (request.exportName, Handshake.allocationContextID) }
+                }
+                try reply(.ack)
+
+            case .peekExport, .extendedHeaders, nil:
+                try reply(.errUnsup)
+            }
+        }
+        throw HandshakeError("client sent too many options")
+    }
+
+    /// Maps the empty export name to the backend's default export.
+    private func resolve(_ name: String) throws -> String {
+        name.isEmpty ? try server.backend.defaultExport(readonly: server.readonly, isTLS: false) : name
+    }
+
+    private func readU32() throws -> UInt32 {
+        let b = try transport.receive(count: 4)
+        return b.withUnsafeBytes { $0.loadBigEndian(fromByteOffset: 0, as: UInt32.self) }
+    }
+}

@@ -1,0 +1,124 @@
+import Glibc
+import CNBDShim
+
+/// Which address families a TCP listener uses (`-4`, `-6`).
+public enum AddressFamily: Sendable {
+    case any, ipv4, ipv6
+}
+
+/// Where the server listens.
+public enum ListenAddress: Sendable, Equatable {
+    /// TCP on `host` (all addresses when nil) and `port`.
+    case tcp(host: String?, port: String, family: AddressFamily)
+    /// A Unix domain socket at `path`.
+    case unix(path: String)
+}
+
+/// Bound, listening sockets and what clients need to reach them.
+public struct Listeners: Sendable {
+    public let sockets: [FileDescriptor]
+    /// The TCP port actually bound (resolves `-p 0`), or nil for a Unix socket.
+    public let port: Int?
+    public let unixPath: String?
+
+    /// Binds and listens. Wraps getaddrinfo, socket, bind and listen.
+    public static func bind(_ address: ListenAddress) throws -> Listeners {
+        switch address {
+        case .unix(let path): return try bindUnix(path)
+        case .tcp(let host, let port, let family): return try bindTCP(host: host, port: port, family: family)
+        }
+    }
+
+    private static func bindUnix(_ path: String) throws -> Listeners {
+        var addr = sockaddr_un()
+        addr.sun_family = sa_family_t(AF_UNIX)
+        let capacity = MemoryLayout.size(ofValue: addr.sun_path)
+        guard path.utf8.count < capacity else {
+            throw ConfigError("socket path is too long (at most \(capacity - 1) bytes): \(path)")
+        }
+        withUnsafeMutableBytes(of: &addr.sun_path) { dst in
+            for (i, c) in path.utf8.enumerated() { dst[i] = c }
+        }
+        let fd = try syscall("socket") { CNBDShim_stream_socket(AF_UNIX) }
+        do {
+            try withUnsafePointer(to: &addr) { p in
+                try p.withMemoryRebound(to: sockaddr.self, capacity: 1) { sa in
+                    try syscall("bind: \(path)") { Glibc.bind(fd, sa, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+                }
+            }
+            try syscall("listen") { listen(fd, SOMAXCONN) }
+        } catch {
+            _ = close(fd)
+            throw error
+        }
+        return Listeners(sockets: [FileDescriptor(fd)], port: nil, unixPath: path)
+    }
+
+    private static func bindTCP(host: String?, port: String, family: AddressFamily) throws -> Listeners {
+        var hints = addrinfo()
+        hints.ai_flags = AI_PASSIVE | AI_ADDRCONFIG
+        hints.ai_family = switch family { case .any: AF_UNSPEC; case .ipv4: AF_INET; case .ipv6: AF_INET6 }
+        hints.ai_socktype = Int32(SOCK_STREAM.rawValue)
+        var list: UnsafeMutablePointer<addrinfo>? = nil
+        let r = getaddrinfo(host, port, &hints, &list)
+        guard r == 0 else {
+            throw ConfigError("getaddrinfo: \(host ?? "*"): \(port): \(String(cString: gai_strerror(r)))")
+        }
+        defer { freeaddrinfo(list) }
+        var sockets: [FileDescriptor] = []
+        var boundPort: Int? = nil
+        var cursor = list
+        do {
+            while let ai = cursor {
+                defer { cursor = ai.pointee.ai_next }
+                let fd = CNBDShim_stream_socket(ai.pointee.ai_family)
+                if fd == -1 {
+                    let e = CNBDShim_errno()
+                    if e == EAFNOSUPPORT { continue }
+                    throw SystemError("socket", errno: e)
+                }
+                sockets.append(FileDescriptor(fd))
+                var one: Int32 = 1
+                _ = setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, socklen_t(MemoryLayout<Int32>.size))
+                if ai.pointee.ai_family == AF_INET6 {
+                    _ = setsockopt(fd, Int32(IPPROTO_IPV6), IPV6_V6ONLY, &one, socklen_t(MemoryLayout<Int32>.size))
+                }
+                // With port 0, every address family shares the port the first bind chose.
+                if let boundPort, port == "0" { setPort(ai.pointee.ai_addr, boundPort) }
+                try syscall("bind") { Glibc.bind(fd, ai.pointee.ai_addr, ai.pointee.ai_addrlen) }
+                try syscall("listen") { listen(fd, SOMAXCONN) }
+                if boundPort == nil { boundPort = localPort(fd) }
+            }
+        } catch {
+            sockets.forEach { $0.close() }
+            throw error
+        }
+        guard !sockets.isEmpty else { throw ConfigError("no addresses to listen on for \(host ?? "*"):\(port)") }
+        return Listeners(sockets: sockets, port: boundPort, unixPath: nil)
+    }
+
+    private static func localPort(_ fd: Int32) -> Int? {
+        var storage = sockaddr_storage()
+        var length = socklen_t(MemoryLayout<sockaddr_storage>.size)
+        let r = withUnsafeMutablePointer(to: &storage) { p in
+            p.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &length) }
+        }
+        guard r == 0 else { return nil }
+        let family = Int32(storage.ss_family)
+        return withUnsafePointer(to: &storage) { p -> Int? in
+            switch family {
+            case AF_INET: return p.withMemoryRebound(to: sockaddr_in.self, capacity: 1) { Int(UInt16(bigEndian: $0.pointee.sin_port)) }
+            case AF_INET6: return p.withMemoryRebound(to: sockaddr_in6.self, capacity: 1) { Int(UInt16(bigEndian: $0.pointee.sin6_port)) }
+            default: return nil
+            }
+        }
+    }
+
+    private static func setPort(_ sa: UnsafeMutablePointer<sockaddr>, _ port: Int) {
+        switch Int32(sa.pointee.sa_family) {
+        case AF_INET: sa.withMemoryRebound(to: sockaddr_in.self, capacity: 1) { $0.pointee.sin_port = UInt16(port).bigEndian }
+        case AF_INET6: sa.withMemoryRebound(to: sockaddr_in6.self, capacity: 1) { $0.pointee.sin6_port = UInt16(port).bigEndian }
+        default: break
+        }
+    }
+}

@@ -1,0 +1,60 @@
+import Glibc
+import CNBDShim
+
+/// Where log lines go (`--log`).
+public enum LogDestination: String, Sendable {
+    case stderr, syslog, null
+}
+
+/// Writes nbdkit-style log lines: `nbdkit: error: ...` and, with `-v`, `nbdkit: debug: ...`.
+/// Each line is written with one write(2), so lines from different threads never interleave.
+public struct Logger: Sendable {
+    public var destination: LogDestination
+    public var verbose: Bool
+
+    public init(destination: LogDestination = .stderr, verbose: Bool = false) {
+        self.destination = destination
+        self.verbose = verbose
+    }
+
+    public func error(_ message: String) { emit(level: "error", priority: LOG_ERR, message) }
+    public func warning(_ message: String) { emit(level: "warning", priority: LOG_WARNING, message) }
+
+    /// A debug line, written only with `-v`.
+    public func debug(_ message: @autoclosure () -> String) {
+        if verbose { emit(level: "debug", priority: LOG_DEBUG, message()) }
+    }
+
+    /// A line with no level, as nbdkit prints some (`nbdkit: MESSAGE`).
+    public func plain(_ message: String) {
+        switch destination {
+        case .null: return
+        case .syslog: CNBDShim_syslog(LOG_NOTICE, message)
+        case .stderr: raw("nbdkit: \(message)\n")
+        }
+    }
+
+    private func emit(level: String, priority: Int32, _ message: String) {
+        switch destination {
+        case .null:
+            return
+        case .syslog:
+            CNBDShim_syslog(priority, "\(level): \(message)")
+        case .stderr:
+            raw("nbdkit: \(level): \(message)\n")
+        }
+    }
+
+    /// Writes `text` to stderr with as few write(2) calls as possible.
+    public func raw(_ text: String) {
+            var line = text
+            line.withUTF8 { b in
+                var off = 0
+                while off < b.count {
+                    let n = write(2, b.baseAddress! + off, b.count - off)
+                    if n <= 0 { if n < 0 && CNBDShim_errno() == EINTR { continue }; return }
+                    off += n
+                }
+            }
+    }
+}

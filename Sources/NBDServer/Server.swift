@@ -1,0 +1,141 @@
+import Glibc
+import Synchronization
+import CNBDShim
+
+/// The accept loop and the lifetime of every connection.
+public final class Server: Sendable {
+    public let context: ServerContext
+    private let live = Mutex<[Int: any Transport]>([:])
+    private let liveTransmissions = Mutex<[Int: Transmission]>([:])
+    private let nextID = Atomic<Int>(1)
+
+    public init(context: ServerContext) { self.context = context }
+
+    private var logger: Logger { context.logger }
+
+    /// How the accept loop ended.
+    public enum Outcome: Sendable {
+        /// A signal asked the server to stop.
+        case signalled(Int32)
+        /// The `--run` command ended with this wait status.
+        case commandEnded(Int32)
+    }
+
+    /// Accepts clients on `sockets` until a terminating signal arrives or `captivePID` exits,
+    /// then stops reading requests, lets requests in flight finish and waits for every
+    /// connection to close.
+    public func run(sockets: [FileDescriptor], signals: SignalSource, captivePID: pid_t?) -> Outcome {
+        var pollfds = sockets.map { pollfd(fd: $0.raw, events: Int16(POLLIN), revents: 0) }
+        pollfds.append(pollfd(fd: signals.fd.raw, events: Int16(POLLIN), revents: 0))
+        var outcome: Outcome? = nil
+        while outcome == nil {
+            let n = poll(&pollfds, nfds_t(pollfds.count), -1)
+            if n < 0 {
+                if CNBDShim_errno() == EINTR { continue }
+                logger.error("poll: \(SystemError("poll"))")
+                outcome = .signalled(SIGTERM)
+                break
+            }
+            if pollfds.last!.revents != 0 {
+                while let sig = signals.next() {
+                    if sig == SIGCHLD {
+                        if let pid = captivePID {
+                            var status: Int32 = 0
+                            if waitpid(pid, &status, WNOHANG) == pid { outcome = .commandEnded(status) }
+                        }
+                    } else {
+                        logger.debug("received signal \(sig), shutting down")
+                        outcome = .signalled(sig)
+                    }
+                }
+            }
+            guard outcome == nil else { break }
+            for i in 0..<sockets.count where pollfds[i].revents != 0 {
+                let fd = CNBDShim_accept_cloexec(pollfds[i].fd)
+                if fd < 0 {
+                    let e = CNBDShim_errno()
+                    if e != EINTR && e != EAGAIN && e != ECONNABORTED {
+                        logger.error("accept: \(SystemError("accept", errno: e))")
+                        if e == EMFILE || e == ENFILE { usleep(100_000) }
+                    }
+                    continue
+                }
+                startConnection(PlainTransport(socket: fd))
+            }
+        }
+        shutdownConnections()
+        return outcome!
+    }
+
+    /// Serves one connection on the calling thread (`-s`).
+    public func serve(_ transport: any Transport) {
+        serve(transport, id: register(transport))
+    }
+
+    /// Adds a connection to the live table, which shutdown waits to empty.
+    private func register(_ transport: any Transport) -> Int {
+        let id = nextID.wrappingAdd(1, ordering: .relaxed).oldValue
+        live.withLock { $0[id] = transport }
+        return id
+    }
+
+    private func serve(_ transport: any Transport, id: Int) {
+        defer {
+            live.withLock { $0[id] = nil }
+            transport.close()
+        }
+        if context.threadModel == .serializeConnections {
+            context.connectionsLock.withLock { _ in handle(transport, id: id) }
+        } else {
+            handle(transport, id: id)
+        }
+    }
+
+    private func startConnection(_ transport: any Transport) {
+        let id = register(transport)
+        do {
+            // Shutdown waits on the live table rather than joining connection threads.
+            try JoinableThread { [self] in serve(transport, id: id) }.detach()
+        } catch {
+            logger.error("cannot start a connection thread: \(error)")
+            live.withLock { $0[id] = nil }
+            transport.close()
+        }
+    }
+
+    private func handle(_ transport: any Transport, id: Int) {
+        let label = "\(context.backend.name)[\(id)]"
+        logger.debug("\(label): new connection")
+        let session: Session
+        do {
+            guard let s = try Handshake(server: context, transport: transport, connectionID: id).run() else {
+                logger.debug("\(label): client ended negotiation")
+                return
+            }
+            session = s
+        } catch TransportError.endOfFile {
+            logger.debug("\(label): client closed the connection during negotiation")
+            return
+        } catch {
+            logger.error("\(label): negotiation failed: \(error)")
+            return
+        }
+        let transmission = Transmission(server: context, transport: transport, session: session, label: label)
+        liveTransmissions.withLock { $0[id] = transmission }
+        transmission.serve()
+        liveTransmissions.withLock { $0[id] = nil }
+        session.backend.close()
+        logger.debug("\(label): connection closed")
+    }
+
+    /// Stops every connection reading and waits until each has finished and closed.
+    private func shutdownConnections() {
+        live.withLock { $0.values.forEach { $0.shutdownReceive() } }
+        liveTransmissions.withLock { $0.values.forEach { $0.stop() } }
+        while !live.withLock({ $0.isEmpty }) {
+            usleep(5_000)
+            // A connection may have registered after the first pass.
+            live.withLock { $0.values.forEach { $0.shutdownReceive() } }
+        }
+    }
+}

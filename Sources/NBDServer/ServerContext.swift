@@ -1,0 +1,32 @@
+import Synchronization
+
+/// Which handshake the server speaks.
+public enum HandshakeStyle: Sendable {
+    case newstyle, oldstyle
+}
+
+/// What every connection of one server shares: the backend chain, settings and locks.
+public final class ServerContext: Sendable {
+    public let backend: any Backend
+    public let logger: Logger
+    /// `-r`: every export is read-only.
+    public let readonly: Bool
+    /// `-t`: the most requests served at once on one connection.
+    public let threads: Int
+    public let style: HandshakeStyle
+    /// The chain's effective thread model.
+    public let threadModel: ThreadModel
+    /// Held around every backend call under serialize_all_requests.
+    let allRequestsLock = Mutex(())
+    /// Held for a whole connection under serialize_connections.
+    let connectionsLock = Mutex(())
+
+    public init(backend: any Backend, logger: Logger, readonly: Bool, threads: Int, style: HandshakeStyle) {
+        self.backend = backend
+        self.logger = logger
+        self.readonly = readonly
+        self.threads = max(1, threads)
+        self.style = style
+        self.threadModel = backend.threadModel
+    }
+}

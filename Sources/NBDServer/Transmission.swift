@@ -1,0 +1,317 @@
+import Synchronization
+import NBDProtocol
+
+/// The transmission phase of one connection. Up to `maxWorkers` threads each take turns to read
+/// one request (under `readLock`), serve it in parallel, and write the whole reply (under
+/// `writeLock`), so replies may complete out of order. Workers are started only when all
+/// the running ones are busy.
+final class Transmission: Sendable {
+    let server: ServerContext
+    let transport: any Transport
+    let session: Session
+    let label: String
+    private let maxWorkers: Int
+    private let readLock = Mutex(())
+    private let writeLock = Mutex(())
+    private let closed = Atomic<Bool>(false)
+    private let workers = Atomic<Int>(1)
+    private let busy = Atomic<Int>(0)
+    private let spawned = Mutex<[JoinableThread]>([])
+
+    init(server: ServerContext, transport: any Transport, session: Session, label: String) {
+        self.server = server
+        self.transport = transport
+        self.session = session
+        self.label = label
+        self.maxWorkers = server.threadModel >= .parallel ? server.threads : 1
+    }
+
+    /// Serves requests until the client disconnects or the connection fails, then waits for
+    /// every worker to finish its request and reply.
+    func serve() {
+        workerLoop()
+        while let thread = spawned.withLock({ $0.popLast() }) { thread.join() }
+    }
+
+    /// Stops reading new requests; requests in flight still get their replies.
+    func stop() {
+        closed.store(true, ordering: .relaxed)
+        transport.shutdownReceive()
+    }
+
+    private enum Next {
+        case stop
+        case serve(RequestHeader, NBDErrno?)
+    }
+
+    private func workerLoop() {
+        let buffer = RequestBuffer()
+        while true {
+            let next = readLock.withLock { _ in readRequest(buffer) }
+            guard case .serve(let request, let invalid) = next else { return }
+            if request.command == .disconnect {
+                server.logger.debug("\(label): client sent disconnect")
+                stop()
+                return
+            }
+            let nowBusy = busy.wrappingAdd(1, ordering: .relaxed).newValue
+            if nowBusy >= workers.load(ordering: .relaxed) { spawnWorker() }
+            let outcome: Outcome
+            if let invalid {
+                outcome = .failure(invalid, "invalid request")
+            } else if server.threadModel == .serializeAllRequests {
+                outcome = server.allRequestsLock.withLock { _ in perform(request, buffer) }
+            } else {
+                outcome = perform(request, buffer)
+            }
+            if case .failure(let errno, let message) = outcome {
+                server.logger.error("\(label): \(commandName(request.rawCommand)) offset=\(request.offset) count=\(request.length): \(errno.name): \(message)")
+            }
+            let sent = writeLock.withLock { _ in sendReply(request, outcome, buffer) }
+            busy.wrappingSubtract(1, ordering: .relaxed)
+            if !sent { stop(); return }
+        }
+    }
+
+    private func spawnWorker() {
+        let count = workers.load(ordering: .relaxed)
+        guard count < maxWorkers, !closed.load(ordering: .relaxed) else { return }
+        guard workers.compareExchange(expected: count, desired: count + 1, ordering: .relaxed).exchanged else { return }
+        do {
+            let thread = try JoinableThread { [self] in workerLoop() }
+            spawned.withLock { $0.append(thread) }
+        } catch {
+            workers.wrappingSubtract(1, ordering: .relaxed)
+            server.logger.debug("\(label): could not start a worker: \(error)")
+        }
+    }
+
+    /// Reads one request header and, for a write, its payload. Must hold `readLock`.
+    private func readRequest(_ buffer: RequestBuffer) -> Next {
+        guard !closed.load(ordering: .relaxed) else { return .stop }
+        let headerBytes = UnsafeMutableRawBufferPointer(rebasing: buffer.header[0..<NBDSize.requestHeader])
+        do {
+            try transport.receive(into: headerBytes)
+        } catch {
+            if case TransportError.failed(let e) = error, !closed.load(ordering: .relaxed) {
+                server.logger.error("\(label): \(e)")
+            }
+            closed.store(true, ordering: .relaxed)
+            return .stop
+        }
+        let request: RequestHeader
+        do {
+            request = try RequestHeader(decoding: UnsafeRawBufferPointer(headerBytes))
+        } catch {
+            server.logger.error("\(label): invalid request: bad magic; closing the connection")
+            closed.store(true, ordering: .relaxed)
+            return .stop
+        }
+        let invalid = validate(request)
+        if request.command == .write {
+            // The payload must be consumed to stay in step with the client; one too large to
+            // buffer means the stream can't be trusted, so the connection ends instead.
+            guard request.length <= NBDSize.maxRequest else {
+                server.logger.error("\(label): invalid request: write of \(request.length) bytes is too large; closing the connection")
+                closed.store(true, ordering: .relaxed)
+                return .stop
+            }
+            do {
+                try transport.receive(into: buffer.payload(count: Int(request.length)))
+            } catch {
+                server.logger.error("\(label): client went away in the middle of a write payload")
+                closed.store(true, ordering: .relaxed)
+                return .stop
+            }
+        }
+        return .serve(request, invalid)
+    }
+
+    /// Checks a request against the protocol and the export; nil when it may be served.
+    private func validate(_ r: RequestHeader) -> NBDErrno? {
+        guard let command = r.command else { return .einval }
+        let known: CommandFlags = [.fua, .noHole, .df, .reqOne, .fastZero]
+        guard known.isSuperset(of: r.flags) else { return .einval }
+        let flags = session.flags
+        if r.flags.contains(.fua) && !flags.contains(.sendFUA) { return .einval }
+        if r.flags.contains(.noHole) && command != .writeZeroes { return .einval }
+        if r.flags.contains(.fastZero) && (command != .writeZeroes || !flags.contains(.sendFastZero)) { return .einval }
+        if r.flags.contains(.df) && (command != .read || !session.structuredReplies) { return .einval }
+        if r.flags.contains(.reqOne) && command != .blockStatus { return .einval }
+
+        switch command {
+        case .disconnect:
+            return nil
+        case .flush:
+            guard flags.contains(.sendFlush) else { return .einval }
+            return r.offset == 0 && r.length == 0 ? nil : .einval
+        case .write, .trim, .writeZeroes:
+            if session.readonly { return .eperm }
+            if command == .trim && !flags.contains(.sendTrim) { return .einval }
+        case .cache:
+            guard session.canCache else { return .einval }
+        case .blockStatus:
+            guard session.allocationContextID != nil else { return .einval }
+        case .read:
+            break
+        }
+        if (command == .read || command == .write) && r.length > NBDSize.maxRequest {
+            return session.structuredReplies ? .eoverflow : .einval
+        }
+        guard r.length > 0 else { return .einval }
+        if r.offset > session.size || UInt64(r.length) > session.size - r.offset {
+            return command == .write || command == .writeZeroes || command == .trim ? .enospc : .einval
+        }
+        return nil
+    }
+
+    private enum Outcome {
+        case done
+        case read(Int)
+        case extents([Extent])
+        case failure(NBDErrno, String)
+    }
+
+    /// Serves one valid request against the backend.
+    private func perform(_ r: RequestHeader, _ buffer: RequestBuffer) -> Outcome {
+        let backend = session.backend
+        let fua = r.flags.contains(.fua)
+        do {
+            switch r.command! {
+            case .read:
+                try backend.pread(into: buffer.payload(count: Int(r.length)), offset: r.offset)
+                return .read(Int(r.length))
+            case .write:
+                let data = UnsafeRawBufferPointer(buffer.payload(count: Int(r.length)))
+                try backend.pwrite(data, offset: r.offset, fua: fua && session.fua == .native)
+                if fua && session.fua == .emulate { try backend.flush() }
+            case .flush:
+                try backend.flush()
+            case .trim:
+                try backend.trim(offset: r.offset, length: r.length, fua: fua && session.fua == .native)
+                if fua && session.fua == .emulate { try backend.flush() }
+            case .writeZeroes:
+                try zero(r, buffer)
+                if fua && session.fua == .emulate { try backend.flush() }
+            case .cache:
+                try backend.cache(offset: r.offset, length: r.length)
+            case .blockStatus:
+                return .extents(try extents(r))
+            case .disconnect:
+                break
+            }
+            return .done
+        } catch let e as BackendError {
+            return .failure(e.errno, e.message)
+        } catch let e as SystemError {
+            return .failure(NBDErrno(systemErrno: e.errno), e.description)
+        } catch {
+            return .failure(.eio, "\(error)")
+        }
+    }
+
+    /// WRITE_ZEROES: the backend's own zero, or plain writes of zeros when it has none
+    /// (refused with ENOTSUP when the client asked for a fast zero).
+    private func zero(_ r: RequestHeader, _ buffer: RequestBuffer) throws {
+        let fastZero = r.flags.contains(.fastZero)
+        let nativeFUA = r.flags.contains(.fua) && session.fua == .native
+        if session.canZero {
+            do {
+                try session.backend.zero(offset: r.offset, length: r.length, mayTrim: !r.flags.contains(.noHole),
+                                         fua: nativeFUA, fastZero: fastZero)
+                return
+            } catch let e as BackendError where e.errno == .enotsup && !fastZero {
+                // Fall back to writing zeros below.
+            }
+        }
+        if fastZero { throw BackendError(.enotsup, "fast zero is not supported") }
+        let chunk = buffer.payload(count: min(Int(r.length), 1 << 20))
+        chunk.initializeMemory(as: UInt8.self, repeating: 0)
+        var offset = r.offset
+        var remaining = UInt64(r.length)
+        while remaining > 0 {
+            let n = Int(min(remaining, UInt64(chunk.count)))
+            try session.backend.pwrite(UnsafeRawBufferPointer(rebasing: chunk[0..<n]), offset: offset, fua: nativeFUA)
+            offset += UInt64(n)
+            remaining -= UInt64(n)
+        }
+    }
+
+    /// BLOCK_STATUS for base:allocation: extents clipped to the request, merged, non-empty.
+    private func extents(_ r: RequestHeader) throws -> [Extent] {
+        let reqOne = r.flags.contains(.reqOne)
+        let raw = session.canExtents
+            ? try session.backend.extents(offset: r.offset, length: r.length, reqOne: reqOne)
+            : [Extent(length: UInt64(r.length), flags: [])]
+        var result: [Extent] = []
+        var covered: UInt64 = 0
+        for e in raw where e.length > 0 {
+            let length = min(e.length, UInt64(r.length) - covered)
+            if let last = result.last, last.flags == e.flags {
+                result[result.count - 1].length += length
+            } else {
+                result.append(Extent(length: length, flags: e.flags))
+            }
+            covered += length
+            if covered >= UInt64(r.length) { break }
+        }
+        guard !result.isEmpty else { throw BackendError(.eio, "extents: the backend returned no extents") }
+        if reqOne { result.removeSubrange(1...) }
+        return result
+    }
+
+    /// Writes the reply to one request. Must hold `writeLock`. Returns false if the client is gone.
+    private func sendReply(_ r: RequestHeader, _ outcome: Outcome, _ buffer: RequestBuffer) -> Bool {
+        let header = buffer.header
+        let none = UnsafeRawBufferPointer(start: nil, count: 0)
+        do {
+            switch outcome {
+            case .failure(let errno, let message):
+                if session.structuredReplies {
+                    let chunk = Reply.structuredError(cookie: r.cookie, error: errno, message: message)
+                    try chunk.withUnsafeBytes { try transport.send($0, none) }
+                } else {
+                    Reply.encodeSimpleHeader(into: header, error: errno.rawValue, cookie: r.cookie)
+                    try transport.send(UnsafeRawBufferPointer(rebasing: header[0..<NBDSize.simpleReplyHeader]), none)
+                }
+            case .read(let count):
+                let data = UnsafeRawBufferPointer(buffer.payload(count: count))
+                if session.structuredReplies {
+                    Reply.encodeStructuredHeader(into: header, flags: .done, type: .offsetData, cookie: r.cookie,
+                                                 length: UInt32(8 + count))
+                    header.storeBigEndian(r.offset, toByteOffset: NBDSize.structuredReplyHeader)
+                    try transport.send(UnsafeRawBufferPointer(rebasing: header[0..<NBDSize.structuredReplyHeader + 8]), data)
+                } else {
+                    Reply.encodeSimpleHeader(into: header, error: 0, cookie: r.cookie)
+                    try transport.send(UnsafeRawBufferPointer(rebasing: header[0..<NBDSize.simpleReplyHeader]), data)
+                }
+            case .extents(let extents):
+                let chunk = Reply.blockStatus(cookie: r.cookie, contextID: session.allocationContextID ?? 0,
+                                              extents: extents.map { (UInt32($0.length), $0.flags) })
+                try chunk.withUnsafeBytes { try transport.send($0, none) }
+            case .done:
+                Reply.encodeSimpleHeader(into: header, error: 0, cookie: r.cookie)
+                try transport.send(UnsafeRawBufferPointer(rebasing: header[0..<NBDSize.simpleReplyHeader]), none)
+            }
+            return true
+        } catch {
+            server.logger.debug("\(label): could not send a reply: \(error)")
+            return false
+        }
+    }
+}
+
+/// The protocol's name of a command, for log lines.
+func commandName(_ raw: UInt16) -> String {
+    switch Command(rawValue: raw) {
+    case .read: "NBD_CMD_READ"
+    case .write: "NBD_CMD_WRITE"
+    case .disconnect: "NBD_CMD_DISC"
+    case .flush: "NBD_CMD_FLUSH"
+    case .trim: "NBD_CMD_TRIM"
+    case .cache: "NBD_CMD_CACHE"
+    case .writeZeroes: "NBD_CMD_WRITE_ZEROES"
+    case .blockStatus: "NBD_CMD_BLOCK_STATUS"
+    case nil: "unknown command \(raw)"
+    }
+}

@@ -1,0 +1,100 @@
+import Glibc
+import CNBDShim
+
+/// How a connection moves bytes: plain sockets now, TLS later. The protocol code never knows which.
+public protocol Transport: AnyObject, Sendable {
+    /// Fills `buffer` completely; throws `TransportError.endOfFile` if the peer closed first.
+    func receive(into buffer: UnsafeMutableRawBufferPointer) throws
+    /// Sends `header` and then `payload` (which may be empty) as one write where possible.
+    func send(_ header: UnsafeRawBufferPointer, _ payload: UnsafeRawBufferPointer) throws
+    /// Stops further receives, waking a thread blocked in `receive`; sends still work.
+    func shutdownReceive()
+    /// Closes the descriptors; called once, after every other call has returned.
+    func close()
+}
+
+extension Transport {
+    /// Sends a byte array (negotiation messages).
+    public func send(_ bytes: [UInt8]) throws {
+        try bytes.withUnsafeBytes { try send($0, UnsafeRawBufferPointer(start: nil, count: 0)) }
+    }
+
+    /// Receives exactly `count` bytes into a new array (negotiation messages).
+    public func receive(count: Int) throws -> [UInt8] {
+        var bytes = [UInt8](repeating: 0, count: count)
+        if count > 0 { try bytes.withUnsafeMutableBytes { try receive(into: $0) } }
+        return bytes
+    }
+}
+
+/// Why a transport stopped.
+public enum TransportError: Error, Sendable {
+    case endOfFile
+    case failed(SystemError)
+}
+
+/// A transport over plain file descriptors: one socket, or stdin and stdout with `-s`.
+public final class PlainTransport: Transport, @unchecked Sendable {
+    private let readFD: Int32
+    private let writeFD: Int32
+
+    public init(readFD: Int32, writeFD: Int32) {
+        self.readFD = readFD
+        self.writeFD = writeFD
+    }
+
+    public convenience init(socket: Int32) { self.init(readFD: socket, writeFD: socket) }
+
+    public func receive(into buffer: UnsafeMutableRawBufferPointer) throws {
+        var done = 0
+        while done < buffer.count {
+            let n = Glibc.read(readFD, buffer.baseAddress! + done, buffer.count - done)
+            if n > 0 { done += n; continue }
+            if n == 0 { throw TransportError.endOfFile }
+            let e = CNBDShim_errno()
+            if e == EINTR { continue }
+            if e == ECONNRESET { throw TransportError.endOfFile }
+            throw TransportError.failed(SystemError("read", errno: e))
+        }
+    }
+
+    public func send(_ header: UnsafeRawBufferPointer, _ payload: UnsafeRawBufferPointer) throws {
+        var iov = (iovec(iov_base: UnsafeMutableRawPointer(mutating: header.baseAddress), iov_len: header.count),
+                   iovec(iov_base: UnsafeMutableRawPointer(mutating: payload.baseAddress), iov_len: payload.count))
+        var remaining = header.count + payload.count
+        try withUnsafeMutableBytes(of: &iov) { raw in
+            let vecs = raw.bindMemory(to: iovec.self)
+            var first = 0
+            if vecs[0].iov_len == 0 { first = 1 }
+            while remaining > 0 {
+                let n = writev(writeFD, vecs.baseAddress! + first, Int32(2 - first))
+                if n < 0 {
+                    let e = CNBDShim_errno()
+                    if e == EINTR { continue }
+                    throw TransportError.failed(SystemError("writev", errno: e))
+                }
+                remaining -= n
+                var advance = n
+                while advance > 0 && first < 2 {
+                    if advance >= vecs[first].iov_len {
+                        advance -= vecs[first].iov_len
+                        vecs[first].iov_len = 0
+                        first += 1
+                    } else {
+                        vecs[first].iov_base = vecs[first].iov_base! + advance
+                        vecs[first].iov_len -= advance
+                        advance = 0
+                    }
+                }
+                while first < 2 && vecs[first].iov_len == 0 { first += 1 }
+            }
+        }
+    }
+
+    public func shutdownReceive() { _ = shutdown(readFD, Int32(SHUT_RD)) }
+
+    public func close() {
+        _ = Glibc.close(readFD)
+        if writeFD != readFD { _ = Glibc.close(writeFD) }
+    }
+}

@@ -1,0 +1,63 @@
+import NBDServer
+import NBDPlugins
+
+/// Texts printed by `--help`, `--version`, `--dump-config` and `--dump-plugin`.
+enum Help {
+    static let version = "1.32.5"
+
+    static let usage = """
+    nbdkit [-4|--ipv4-only] [-6|--ipv6-only]
+           [-D|--debug PLUGIN|FILTER|nbdkit.FLAG=N]
+           [--exit-with-parent] [-e|--exportname EXPORTNAME]
+           [--filter=FILTER ...] [-f|--foreground]
+           [-g|--group GROUP] [-i|--ipaddr IPADDR]
+           [--log=stderr|syslog|null] [--mask-handshake=MASK]
+           [-n|--newstyle] [--no-sr] [-o|--oldstyle]
+           [-P|--pidfile PIDFILE] [-p|--port PORT]
+           [-r|--readonly] [--run 'COMMAND ARGS ...']
+           [-s|--single] [-t|--threads THREADS] [--tls=off|on|require]
+           [--tls-certificates=/path/to/certificates]
+           [--tls-psk=/path/to/pskfile] [--tls-verify-peer]
+           [-U|--unix SOCKET|-] [-u|--user USER]
+           [-v|--verbose]
+           PLUGIN [[KEY=]VALUE [KEY=VALUE [...]]]
+
+    nbdkit --dump-config
+
+    nbdkit PLUGIN --dump-plugin
+
+    nbdkit --help
+
+    nbdkit [-V|--version]
+
+    Built-in plugins: \(Registry.plugins.map { $0.name }.joined(separator: ", "))
+    Built-in filters: \(Registry.filters.map { $0.name }.joined(separator: ", "))
+
+    Please read the nbdkit(1) manual page for full usage.
+
+    """
+
+    static func dumpConfig(binary: String) -> String {
+        """
+        binary=\(binary)
+        exit_with_parent=yes
+        host_cpu=x86_64
+        host_os=linux-gnu
+        name=nbdkit
+        plugins=\(Registry.plugins.map { $0.name }.joined(separator: ","))
+        filters=\(Registry.filters.map { $0.name }.joined(separator: ","))
+        tls=no
+        version=\(version)
+        version_major=1
+        version_minor=32
+
+        """
+    }
+
+    static func dumpPlugin(_ plugin: any PluginFactory.Type) -> String {
+        var s = "name=\(plugin.name)\nversion=\(version)\napi_version=2\n"
+        s += "thread_model=\(plugin.threadModel)\n"
+        if let key = plugin.magicConfigKey { s += "magic_config_key=\(key)\n" }
+        return s
+    }
+}

@@ -1,0 +1,146 @@
+import NBDServer
+
+/// nbdkit's options: names, whether each takes a value, and where it goes. getopt_long
+/// semantics: options and arguments may be mixed, `--opt=value` or `--opt value`, clustered
+/// short flags (`-fv`), `-pVALUE`, and `--` ends the options.
+struct OptionParser {
+    enum Arity { case flag, value }
+
+    struct Spec: Sendable {
+        let short: Character?
+        let long: [String]
+        let arity: Arity
+        let apply: @Sendable (inout Configuration, String) throws -> Void
+    }
+
+    static let specs: [Spec] = [
+        Spec(short: "4", long: ["ipv4-only"], arity: .flag) { c, _ in c.family = .ipv4 },
+        Spec(short: "6", long: ["ipv6-only"], arity: .flag) { c, _ in c.family = .ipv6 },
+        Spec(short: "D", long: ["debug"], arity: .value) { c, v in c.debugFlags.append(v) },
+        Spec(short: nil, long: ["dump-config"], arity: .flag) { c, _ in c.action = .dumpConfig },
+        Spec(short: nil, long: ["dump-plugin"], arity: .flag) { c, _ in c.action = .dumpPlugin },
+        Spec(short: "e", long: ["exportname", "export-name", "export"], arity: .value) { c, v in c.exportName = v },
+        Spec(short: nil, long: ["exit-with-parent"], arity: .flag) { c, _ in c.exitWithParent = true },
+        Spec(short: "f", long: ["foreground", "no-fork"], arity: .flag) { c, _ in c.foreground = true },
+        Spec(short: nil, long: ["filter"], arity: .value) { c, v in c.filters.append(v) },
+        Spec(short: "g", long: ["group"], arity: .value) { c, v in c.group = v },
+        Spec(short: nil, long: ["help"], arity: .flag) { c, _ in c.action = .help },
+        Spec(short: "i", long: ["ipaddr", "ip-addr"], arity: .value) { c, v in c.ipaddr = v },
+        Spec(short: nil, long: ["log"], arity: .value) { c, v in
+            guard let d = LogDestination(rawValue: v) else { throw ConfigError("--log must be \"stderr\", \"syslog\" or \"null\"") }
+            c.log = d
+        },
+        Spec(short: nil, long: ["long-options"], arity: .flag) { c, _ in c.action = .longOptions },
+        Spec(short: nil, long: ["mask-handshake"], arity: .value) { _, _ in },
+        Spec(short: "n", long: ["newstyle", "new-style"], arity: .flag) { c, _ in c.style = .newstyle },
+        Spec(short: nil, long: ["no-sr"], arity: .flag) { _, _ in },
+        Spec(short: "o", long: ["oldstyle", "old-style"], arity: .flag) { c, _ in c.style = .oldstyle },
+        Spec(short: "P", long: ["pidfile", "pid-file"], arity: .value) { c, v in c.pidFile = v },
+        Spec(short: "p", long: ["port"], arity: .value) { c, v in
+            guard let n = Int(v), (0...65535).contains(n) else { throw ConfigError("cannot parse port number '\(v)'") }
+            c.port = v
+        },
+        Spec(short: "r", long: ["readonly", "read-only"], arity: .flag) { c, _ in c.readonly = true },
+        Spec(short: nil, long: ["run"], arity: .value) { c, v in c.run = v },
+        Spec(short: "s", long: ["single", "stdin"], arity: .flag) { c, _ in c.single = true },
+        Spec(short: nil, long: ["short-options"], arity: .flag) { c, _ in c.action = .shortOptions },
+        Spec(short: "t", long: ["threads"], arity: .value) { c, v in
+            guard let n = Int(v), n >= 0 else { throw ConfigError("cannot parse number of threads '\(v)'") }
+            c.threads = n == 0 ? 16 : n
+        },
+        Spec(short: nil, long: ["tls"], arity: .value) { c, v in
+            switch v.lowercased() {
+            case "off", "no", "false", "0": c.tls = .off
+            case "on", "yes", "true", "1": c.tls = .on
+            case "require", "required", "2": c.tls = .require
+            default: throw ConfigError("--tls flag must be off|on|require")
+            }
+        },
+        Spec(short: nil, long: ["tls-certificates"], arity: .value) { _, _ in },
+        Spec(short: nil, long: ["tls-psk"], arity: .value) { _, _ in },
+        Spec(short: nil, long: ["tls-verify-peer"], arity: .flag) { _, _ in },
+        Spec(short: "U", long: ["unix"], arity: .value) { c, v in c.unixSocket = v },
+        Spec(short: "u", long: ["user"], arity: .value) { c, v in c.user = v },
+        Spec(short: "v", long: ["verbose"], arity: .flag) { c, _ in c.verbose = true },
+        Spec(short: "V", long: ["version"], arity: .flag) { c, _ in c.action = .version },
+    ]
+
+    /// A command-line mistake, reported as getopt reports it.
+    struct UsageError: Error { let message: String }
+
+    static func parse(_ arguments: [String]) throws -> Configuration {
+        var config = Configuration()
+        var positional: [String] = []
+        var i = 0
+        func value(for name: String) throws -> String {
+            i += 1
+            guard i < arguments.count else { throw UsageError(message: "option '\(name)' requires an argument") }
+            return arguments[i]
+        }
+        while i < arguments.count {
+            let arg = arguments[i]
+            if arg == "--" {
+                positional += arguments[(i + 1)...]
+                break
+            } else if arg.hasPrefix("--") {
+                let body = arg.dropFirst(2)
+                let name = String(body.prefix { $0 != "=" })
+                let inline = body.contains("=") ? String(body.drop { $0 != "=" }.dropFirst()) : nil
+                let spec = try lookupLong(name, arg: arg)
+                switch spec.arity {
+                case .flag:
+                    if inline != nil { throw UsageError(message: "option '--\(name)' doesn't allow an argument") }
+                    try spec.apply(&config, "")
+                case .value:
+                    try spec.apply(&config, try inline ?? value(for: "--\(name)"))
+                }
+            } else if arg.hasPrefix("-") && arg != "-" {
+                var rest = Substring(arg.dropFirst())
+                while let c = rest.first {
+                    rest = rest.dropFirst()
+                    guard let spec = specs.first(where: { $0.short == c }) else {
+                        throw UsageError(message: "invalid option -- '\(c)'")
+                    }
+                    if spec.arity == .value {
+                        try spec.apply(&config, rest.isEmpty ? try value(for: String(c)) : String(rest))
+                        break
+                    }
+                    try spec.apply(&config, "")
+                }
+            } else {
+                positional.append(arg)
+            }
+            i += 1
+        }
+        if let plugin = positional.first {
+            config.plugin = plugin
+            for (n, p) in positional.dropFirst().enumerated() {
+                if let eq = p.firstIndex(of: "="), eq != p.startIndex {
+                    config.parameters.append((String(p[..<eq]), String(p[p.index(after: eq)...])))
+                } else if n == 0 {
+                    config.parameters.append(("", p))
+                } else {
+                    throw ConfigError("parameter '\(p)' must be key=value")
+                }
+            }
+        }
+        return config
+    }
+
+    /// Exact long names, or an unambiguous prefix of one, as getopt_long allows.
+    private static func lookupLong(_ name: String, arg: String) throws -> Spec {
+        if let exact = specs.first(where: { $0.long.contains(name) }) { return exact }
+        let candidates = specs.filter { $0.long.contains { $0.hasPrefix(name) } }
+        if candidates.count == 1, !name.isEmpty { return candidates[0] }
+        if candidates.count > 1 { throw UsageError(message: "option '\(arg)' is ambiguous") }
+        throw UsageError(message: "unrecognized option '\(arg)'")
+    }
+
+    static var shortOptions: [String] {
+        specs.compactMap { $0.short }.map { "-\($0)" }
+    }
+
+    static var longOptions: [String] {
+        specs.flatMap { $0.long }.map { "--\($0)" }.sorted()
+    }
+}

@@ -1,0 +1,135 @@
+import Glibc
+import CNBDShim
+import NBDServer
+import NBDPlugins
+
+/// The start-up order, as nbdkit's: signals, plugin and filters, sockets, `--run`, privileges,
+/// background, pid file, then the accept loop; and the clean-up on every way out.
+struct Startup {
+    let config: Configuration
+    let logger: Logger
+
+    /// Runs the server; returns the process exit status.
+    func run() throws -> Int32 {
+        try config.validate()
+        guard let pluginName = config.plugin else {
+            throw ConfigError("no plugins given on the command line.\nUse '\(CommandLine.arguments[0]) --help' or read the nbdkit(1) manual page for documentation.")
+        }
+        guard let factory = Registry.plugin(named: pluginName) else {
+            throw ConfigError("cannot open plugin '\(pluginName)': no such built-in plugin (available: \(Registry.plugins.map { $0.name }.joined(separator: ", ")))")
+        }
+        if config.action == .dumpPlugin {
+            print(Help.dumpPlugin(factory), terminator: "")
+            return 0
+        }
+
+        let parentAtStart = getppid()
+        let signals = try SignalSource()
+        let backend = try buildChain(factory)
+        try backend.getReady()
+
+        var temporaryDirectory: String? = nil
+        var listeners: Listeners? = nil
+        defer {
+            if let path = listeners?.unixPath { _ = unlink(path) }
+            if let dir = temporaryDirectory { _ = rmdir(dir) }
+        }
+        switch config.listenMode {
+        case .single:
+            break
+        case .unixTemporary:
+            let dir = try makeTemporaryDirectory()
+            temporaryDirectory = dir
+            listeners = try Listeners.bind(.unix(path: dir + "/socket"))
+        case .unix(let path):
+            listeners = try Listeners.bind(.unix(path: path))
+        case .tcp(let host, let port, let family):
+            listeners = try Listeners.bind(.tcp(host: host, port: port, family: family))
+        }
+
+        var captivePID: pid_t? = nil
+        if let command = config.run, let listeners {
+            let script = CaptiveCommand(command: command).script(
+                listeners: listeners, exportName: config.exportName,
+                tls: config.tls == .off ? nil : (config.tls == .on ? 1 : 2))
+            captivePID = try CaptiveCommand.spawn(script: script)
+        }
+
+        try dropPrivileges()
+        if !config.staysInForeground { try Daemon.detach(keepStderr: config.verbose) }
+        if let pidFile = config.pidFile { try Daemon.writePIDFile(pidFile) }
+        defer { if let pidFile = config.pidFile { _ = unlink(pidFile) } }
+        if config.exitWithParent {
+            try syscall("prctl") { CNBDShim_set_parent_death_signal(SIGTERM) }
+            // The parent may have died before the signal was armed.
+            if getppid() != parentAtStart { return 0 }
+        }
+
+        let server = Server(context: ServerContext(backend: backend, logger: logger, readonly: config.readonly,
+                                                   threads: config.threads, style: config.style))
+        guard let listeners else {
+            server.serve(PlainTransport(readFD: 0, writeFD: 1))
+            return 0
+        }
+        switch server.run(sockets: listeners.sockets, signals: signals, captivePID: captivePID) {
+        case .commandEnded(let status):
+            let (code, signal) = shellStatus(status)
+            if let signal { logger.plain("external command was killed by signal \(signal)") }
+            return code
+        case .signalled(let sig):
+            guard let pid = captivePID else { return 0 }
+            // Take the command down with the server, so nothing is left behind.
+            kill(pid, sig)
+            var status: Int32 = 0
+            while waitpid(pid, &status, 0) == -1 && CNBDShim_errno() == EINTR {}
+            return shellStatus(status).status
+        }
+    }
+
+    /// The plugin, then each filter in front of it: the first `--filter` named ends up outermost.
+    private func buildChain(_ factory: any PluginFactory.Type) throws -> any Backend {
+        var pairs = config.parameters
+        if let first = pairs.first, first.key.isEmpty {
+            guard let magic = factory.magicConfigKey else {
+                throw ConfigError("\(factory.name): this plugin does not take a bare parameter ('\(first.value)'); use key=value")
+            }
+            pairs[0].key = magic
+        }
+        var parameters = Parameters(pairs)
+        var backend = try factory.make(&parameters, options: PluginOptions(readonly: config.readonly))
+        for name in config.filters.reversed() {
+            guard let filter = Registry.filter(named: name) else {
+                throw ConfigError("cannot open filter '\(name)': no such built-in filter (available: \(Registry.filters.map { $0.name }.joined(separator: ", ")))")
+            }
+            backend = try filter.make(&parameters, next: backend)
+        }
+        try parameters.rejectUnknown()
+        return backend
+    }
+
+    private func makeTemporaryDirectory() throws -> String {
+        let base = getenv("TMPDIR").map { String(cString: $0) } ?? "/tmp"
+        var template = Array((base + "/nbdkitXXXXXX").utf8CString)
+        guard mkdtemp(&template) != nil else { throw SystemError("mkdtemp") }
+        return String(decoding: template.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+    }
+
+    /// `-g` then `-u`, after binding and before serving.
+    private func dropPrivileges() throws {
+        if let group = config.group {
+            let gid: gid_t
+            if let g = getgrnam(group) { gid = g.pointee.gr_gid } else if let n = UInt32(group) { gid = n } else {
+                throw ConfigError("-g option: unknown group: \(group)")
+            }
+            try syscall("setgroups") { setgroups(1, [gid]) }
+            try syscall("setgid") { setgid(gid) }
+        }
+        if let user = config.user {
+            let uid: uid_t
+            if let p = getpwnam(user) { uid = p.pointee.pw_uid } else if let n = UInt32(user) { uid = n } else {
+                throw ConfigError("-u option: unknown user: \(user)")
+            }
+            try syscall("setuid") { setuid(uid) }
+        }
+    }
+}

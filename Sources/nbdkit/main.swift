@@ -1,0 +1,43 @@
+import Glibc
+import NBDServer
+import NBDPlugins
+
+/// Parses the command line, then either prints what was asked or runs the server.
+func main() -> Int32 {
+    let arguments = Array(CommandLine.arguments.dropFirst())
+    let config: Configuration
+    do {
+        config = try OptionParser.parse(arguments)
+    } catch let e as OptionParser.UsageError {
+        Logger().plain(e.message)
+        Logger().raw("Use 'nbdkit --help' or read the nbdkit(1) manual page for documentation.\n")
+        return 1
+    } catch {
+        Logger().error("\(error)")
+        return 1
+    }
+    let logger = Logger(destination: config.log, verbose: config.verbose)
+    switch config.action {
+    case .help: print(Help.usage, terminator: ""); return 0
+    case .version: print("nbdkit \(Help.version) (swift-nbdkit)"); return 0
+    case .dumpConfig: print(Help.dumpConfig(binary: executablePath()), terminator: ""); return 0
+    case .shortOptions: OptionParser.shortOptions.forEach { print($0) }; return 0
+    case .longOptions: OptionParser.longOptions.forEach { print($0) }; return 0
+    case .serve, .dumpPlugin: break
+    }
+    do {
+        return try Startup(config: config, logger: logger).run()
+    } catch {
+        logger.error("\(error)")
+        return 1
+    }
+}
+
+/// The absolute path of this executable, from /proc/self/exe.
+func executablePath() -> String {
+    var buffer = [CChar](repeating: 0, count: 4096)
+    let n = readlink("/proc/self/exe", &buffer, buffer.count - 1)
+    return n > 0 ? String(decoding: buffer[0..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self) : "nbdkit"
+}
+
+exit(main())

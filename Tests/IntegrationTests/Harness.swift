@@ -1,0 +1,191 @@
+import Foundation
+import XCTest
+
+/// Helpers that run the built `nbdkit` and real NBD clients as processes, with time limits,
+/// and clean up after themselves.
+enum Harness {
+    /// The `nbdkit` built beside this test bundle (never one from PATH).
+    static let nbdkit: String = {
+        if let override = ProcessInfo.processInfo.environment["NBDKIT_BIN"] { return override }
+        let exe = URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath()
+        return exe.deletingLastPathComponent().appendingPathComponent("nbdkit").path
+    }()
+
+    /// PATH with the system's /usr/bin first, so nbdsh finds the system Python with libnbd.
+    static let environment: [String: String] = {
+        var env = ProcessInfo.processInfo.environment
+        env["PATH"] = "/usr/bin:/bin:/usr/sbin:/sbin:" + (env["PATH"] ?? "")
+        env["LANG"] = "C.UTF-8"
+        return env
+    }()
+
+    struct Result {
+        let status: Int32
+        let stdout: String
+        let stderr: String
+        /// True if the process ended by a signal (`status` is then the signal number).
+        let signalled: Bool
+    }
+
+    /// Runs `arguments[0]` with the rest as arguments; kills it after `timeout` seconds.
+    @discardableResult
+    static func run(_ arguments: [String], timeout: TimeInterval = 60, stdin: Data? = nil,
+                    file: StaticString = #filePath, line: UInt = #line) -> Result {
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: arguments[0].hasPrefix("/") ? arguments[0] : "/usr/bin/env")
+        p.arguments = arguments[0].hasPrefix("/") ? Array(arguments.dropFirst()) : arguments
+        p.environment = environment
+        let out = Pipe(), err = Pipe()
+        p.standardOutput = out
+        p.standardError = err
+        let input = Pipe()
+        p.standardInput = input
+        do { try p.run() } catch {
+            XCTFail("cannot run \(arguments): \(error)", file: file, line: line)
+            return Result(status: -1, stdout: "", stderr: "", signalled: false)
+        }
+        if let stdin { input.fileHandleForWriting.write(stdin) }
+        try? input.fileHandleForWriting.close()
+        // Read both pipes on other threads so a chatty process can't block on a full pipe.
+        let outData = Box(), errData = Box()
+        let group = DispatchGroup()
+        for (pipe, box) in [(out, outData), (err, errData)] {
+            group.enter()
+            DispatchQueue.global().async {
+                box.data = pipe.fileHandleForReading.readDataToEndOfFile()
+                group.leave()
+            }
+        }
+        let deadline = Date().addingTimeInterval(timeout)
+        while p.isRunning && Date() < deadline { usleep(10_000) }
+        if p.isRunning {
+            kill(p.processIdentifier, SIGKILL)
+            XCTFail("\(arguments) timed out after \(timeout)s", file: file, line: line)
+        }
+        p.waitUntilExit()
+        group.wait()
+        return Result(status: p.terminationStatus,
+                      stdout: String(decoding: outData.data, as: UTF8.self),
+                      stderr: String(decoding: errData.data, as: UTF8.self),
+                      signalled: p.terminationReason == .uncaughtSignal)
+    }
+
+    /// Runs a shell snippet with `sh -c`.
+    @discardableResult
+    static func shell(_ script: String, timeout: TimeInterval = 60, file: StaticString = #filePath, line: UInt = #line) -> Result {
+        run(["/bin/sh", "-c", script], timeout: timeout, file: file, line: line)
+    }
+
+    /// Runs a Python script under nbdsh connected to `uri`; the script's stdout is returned.
+    @discardableResult
+    static func nbdsh(_ uri: String, _ script: String, timeout: TimeInterval = 60,
+                      file: StaticString = #filePath, line: UInt = #line) -> Result {
+        let r = run(["/usr/bin/nbdsh", "-u", uri, "-c", script], timeout: timeout, file: file, line: line)
+        XCTAssertEqual(r.status, 0, "nbdsh failed:\n\(r.stderr)", file: file, line: line)
+        return r
+    }
+
+    final class Box: @unchecked Sendable { var data = Data() }
+}
+
+/// A private temporary directory, removed with everything in it by `remove()`.
+final class TemporaryDirectory {
+    let path: String
+    init() {
+        var template = Array((NSTemporaryDirectory() + "/nbdkit-test-XXXXXX").utf8CString)
+        path = String(cString: mkdtemp(&template)!)
+    }
+    func file(_ name: String) -> String { path + "/" + name }
+    func remove() { try? FileManager.default.removeItem(atPath: path) }
+}
+
+/// A running `nbdkit -f` on a private Unix socket. `stop()` sends SIGTERM and waits; the test
+/// base class stops every server it started, even when the test fails.
+final class ServerProcess {
+    let process = Process()
+    let socket: String
+    let stderrFile: String
+    var uri: String { "nbd+unix:///?socket=\(socket)" }
+    func uri(export: String) -> String { "nbd+unix:///\(export)?socket=\(socket)" }
+
+    init(_ arguments: [String], in dir: TemporaryDirectory, socketName: String = "sock",
+         file: StaticString = #filePath, line: UInt = #line) throws {
+        socket = dir.file(socketName)
+        stderrFile = dir.file(socketName + ".stderr")
+        FileManager.default.createFile(atPath: stderrFile, contents: nil)
+        process.executableURL = URL(fileURLWithPath: Harness.nbdkit)
+        process.arguments = ["-f", "-U", socket] + arguments
+        process.environment = Harness.environment
+        process.standardError = FileHandle(forWritingAtPath: stderrFile)
+        process.standardOutput = FileHandle.nullDevice
+        process.standardInput = FileHandle.nullDevice
+        try process.run()
+        let deadline = Date().addingTimeInterval(20)
+        while !FileManager.default.fileExists(atPath: socket) {
+            guard process.isRunning, Date() < deadline else {
+                XCTFail("nbdkit did not start: \(stderr)", file: file, line: line)
+                throw CocoaError(.fileNoSuchFile)
+            }
+            usleep(10_000)
+        }
+    }
+
+    var pid: Int32 { process.processIdentifier }
+    var isRunning: Bool { process.isRunning }
+    var stderr: String { (try? String(contentsOfFile: stderrFile, encoding: .utf8)) ?? "" }
+
+    /// SIGTERM, then up to 10 s for a clean exit, then SIGKILL. Returns the exit status.
+    @discardableResult
+    func stop() -> Int32 {
+        if process.isRunning {
+            kill(process.processIdentifier, SIGTERM)
+            let deadline = Date().addingTimeInterval(10)
+            while process.isRunning && Date() < deadline { usleep(10_000) }
+            if process.isRunning { kill(process.processIdentifier, SIGKILL) }
+        }
+        process.waitUntilExit()
+        return process.terminationStatus
+    }
+}
+
+/// Base class: a temporary directory per test and servers that are always stopped.
+class IntegrationTestCase: XCTestCase {
+    var dir: TemporaryDirectory!
+    private var servers: [ServerProcess] = []
+
+    override func setUp() {
+        super.setUp()
+        dir = TemporaryDirectory()
+        XCTAssertTrue(FileManager.default.isExecutableFile(atPath: Harness.nbdkit), "no binary at \(Harness.nbdkit)")
+    }
+
+    override func tearDown() {
+        for s in servers { s.stop() }
+        servers = []
+        dir.remove()
+        super.tearDown()
+    }
+
+    /// Starts `nbdkit -f -U SOCKET arguments...` and registers it for clean-up.
+    func startServer(_ arguments: [String], socketName: String = "sock",
+                     file: StaticString = #filePath, line: UInt = #line) throws -> ServerProcess {
+        let s = try ServerProcess(arguments, in: dir, socketName: socketName, file: file, line: line)
+        servers.append(s)
+        return s
+    }
+
+    /// Writes `count` random bytes to a new file in the test directory.
+    func randomFile(_ name: String, count: Int) -> String {
+        var bytes = [UInt8](repeating: 0, count: count)
+        var g = SystemRandomNumberGenerator()
+        for i in stride(from: 0, to: count, by: 8) {
+            var v = g.next()
+            withUnsafeBytes(of: &v) { for j in 0..<min(8, count - i) { bytes[i + j] = $0[j] } }
+        }
+        let path = dir.file(name)
+        FileManager.default.createFile(atPath: path, contents: Data(bytes))
+        return path
+    }
+
+    func contents(_ path: String) -> Data { FileManager.default.contents(atPath: path) ?? Data() }
+}

@@ -1,0 +1,83 @@
+import XCTest
+
+/// What nbdinfo sees: sizes, export lists, flags, meta contexts.
+final class NbdinfoTests: IntegrationTestCase {
+    func testMemorySizeAndFlags() throws {
+        let s = try startServer(["memory", "size=1G"])
+        let r = Harness.run(["nbdinfo", "--json", s.uri])
+        XCTAssertEqual(r.status, 0, r.stderr)
+        let json = try JSONSerialization.jsonObject(with: Data(r.stdout.utf8)) as! [String: Any]
+        let export = (json["exports"] as! [[String: Any]])[0]
+        XCTAssertEqual(export["export-size"] as? Int, 1 << 30)
+        XCTAssertEqual(export["is_read_only"] as? Bool, false)
+        XCTAssertEqual(export["can_flush"] as? Bool, true)
+        XCTAssertEqual(export["can_fua"] as? Bool, true)
+        XCTAssertEqual(export["can_trim"] as? Bool, true)
+        XCTAssertEqual(export["can_zero"] as? Bool, true)
+        XCTAssertEqual(export["can_fast_zero"] as? Bool, true)
+        XCTAssertEqual(export["can_multi_conn"] as? Bool, true)
+        XCTAssertEqual(export["can_cache"] as? Bool, true)
+        XCTAssertEqual(export["can_df"] as? Bool, true)
+        XCTAssertEqual(json["protocol"] as? String, "newstyle-fixed")
+        let contexts = export["contexts"] as? [String] ?? []
+        XCTAssertEqual(contexts, ["base:allocation"])
+        XCTAssertEqual(export["block_size_maximum"] as? Int, 32 << 20)
+    }
+
+    func testReadonlyFlag() throws {
+        let s = try startServer(["-r", "memory", "1M"])
+        let r = Harness.run(["nbdinfo", "--is", "readonly", s.uri])
+        XCTAssertEqual(r.status, 0, "export should be read-only: \(r.stderr)")
+        let p = try startServer(["pattern", "1M"], socketName: "p")
+        XCTAssertEqual(Harness.run(["nbdinfo", "--is", "readonly", p.uri]).status, 0)
+        let m = try startServer(["memory", "1M"], socketName: "m")
+        XCTAssertEqual(Harness.run(["nbdinfo", "--is", "readonly", m.uri]).status, 2)
+    }
+
+    func testExabyteMemoryExport() throws {
+        let s = try startServer(["memory", "size=1E"])
+        let r = Harness.run(["nbdinfo", "--size", s.uri])
+        XCTAssertEqual(r.stdout.trimmingCharacters(in: .whitespacesAndNewlines), String(UInt64(1) << 60))
+    }
+
+    func testMapShowsHolesAndData() throws {
+        let s = try startServer(["memory", "size=1M"])
+        Harness.nbdsh(s.uri, "h.pwrite(b'x' * 65536, 131072)")
+        let r = Harness.run(["nbdinfo", "--map", s.uri])
+        XCTAssertEqual(r.status, 0, r.stderr)
+        let lines = r.stdout.split(separator: "\n").map { $0.split(separator: " ", omittingEmptySubsequences: true).prefix(3).joined(separator: " ") }
+        XCTAssertEqual(lines, ["0 131072 3", "131072 65536 0", "196608 851968 3"])
+    }
+
+    func testNoExtentsFilterReportsAllData() throws {
+        let s = try startServer(["--filter=noextents", "memory", "size=1M"])
+        let r = Harness.run(["nbdinfo", "--map", s.uri])
+        XCTAssertEqual(r.stdout.split(separator: "\n").map { $0.split(separator: " ").prefix(3).joined(separator: " ") },
+                       ["0 1048576 0"])
+    }
+
+    func testFileDirectoryExportList() throws {
+        let d = dir.file("exports")
+        try FileManager.default.createDirectory(atPath: d, withIntermediateDirectories: false)
+        FileManager.default.createFile(atPath: d + "/alpha", contents: Data(count: 4096))
+        FileManager.default.createFile(atPath: d + "/beta", contents: Data(count: 8192))
+        let s = try startServer(["file", "dir=\(d)"])
+        let r = Harness.run(["nbdinfo", "--list", "--json", s.uri])
+        XCTAssertEqual(r.status, 0, r.stderr)
+        let json = try JSONSerialization.jsonObject(with: Data(r.stdout.utf8)) as! [String: Any]
+        let names = (json["exports"] as! [[String: Any]]).compactMap { $0["export-name"] as? String }
+        XCTAssertEqual(names.sorted(), ["alpha", "beta"])
+        XCTAssertEqual(Harness.run(["nbdinfo", "--size", s.uri(export: "beta")]).stdout, "8192\n")
+        let missing = Harness.run(["nbdinfo", "--size", s.uri(export: "gamma")])
+        XCTAssertNotEqual(missing.status, 0)
+        XCTAssertTrue(s.isRunning)
+    }
+
+    func testOldstyle() throws {
+        let s = try startServer(["-o", "memory", "size=64K"])
+        let r = Harness.run(["nbdinfo", "--json", s.uri])
+        XCTAssertEqual(r.status, 0, r.stderr)
+        XCTAssertTrue(r.stdout.contains("\"protocol\": \"oldstyle\""), r.stdout)
+        XCTAssertTrue(r.stdout.contains("\"export-size\": 65536"), r.stdout)
+    }
+}

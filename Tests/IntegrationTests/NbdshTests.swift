@@ -1,0 +1,177 @@
+import XCTest
+
+/// Exact requests through libnbd's nbdsh: data, error codes, bounds, structured replies.
+final class NbdshTests: IntegrationTestCase {
+    func testReadWriteFlushTrimZeroCache() throws {
+        let s = try startServer(["memory", "size=1M"])
+        let r = Harness.nbdsh(s.uri, """
+        h.pwrite(b'abcd' * 1024, 4096, nbd.CMD_FLAG_FUA)
+        assert h.pread(4096, 4096) == b'abcd' * 1024
+        assert h.pread(16, 0) == bytes(16)
+        h.flush()
+        h.cache(4096, 4096)
+        h.zero(1024, 4096 + 512)
+        assert h.pread(1024, 4096 + 512) == bytes(1024)
+        assert h.pread(512, 4096 + 1536) == (b'abcd' * 1024)[1536:2048]
+        h.trim(65536, 0)
+        assert h.pread(65536, 0) == bytes(65536)
+        h.zero(4096, 8192, nbd.CMD_FLAG_NO_HOLE | nbd.CMD_FLAG_FUA)
+        h.zero(4096, 8192, nbd.CMD_FLAG_FAST_ZERO)
+        print('ok')
+        """)
+        XCTAssertEqual(r.stdout, "ok\n")
+    }
+
+    func testBoundsAndErrorCodes() throws {
+        let s = try startServer(["memory", "size=1M"])
+        let r = Harness.nbdsh(s.uri, """
+        import errno
+        def fails(f, code):
+            try:
+                f()
+            except nbd.Error as e:
+                assert e.errno == code, (e.errno, code)
+                return
+            raise AssertionError('no error')
+        size = h.get_size()
+        fails(lambda: h.pread(512, size - 256), errno.EINVAL)
+        fails(lambda: h.pread(1, size), errno.EINVAL)
+        fails(lambda: h.pwrite(b'x' * 512, size - 256), errno.ENOSPC)
+        fails(lambda: h.zero(1024, size), errno.ENOSPC)
+        fails(lambda: h.trim(1024, size - 512), errno.ENOSPC)
+        fails(lambda: h.pread(512, 2**63), errno.EINVAL)
+        # The connection is still good after every refusal.
+        h.pwrite(b'y' * 512, size - 512)
+        assert h.pread(512, size - 512) == b'y' * 512
+        print('ok')
+        """)
+        XCTAssertEqual(r.stdout, "ok\n")
+        XCTAssertTrue(s.stderr.contains("NBD_CMD_READ"), "refusals are logged: \(s.stderr)")
+    }
+
+    func testReadonlyRefusesWrites() throws {
+        let s = try startServer(["-r", "memory", "size=1M"])
+        let r = Harness.nbdsh(s.uri, """
+        import errno
+        assert h.is_read_only()
+        for f in (lambda: h.pwrite(b'x', 0), lambda: h.zero(512, 0), lambda: h.trim(512, 0)):
+            try:
+                f()
+                raise AssertionError('write allowed')
+            except nbd.Error as e:
+                assert e.errno in (errno.EPERM, errno.EINVAL), e.errno
+        assert h.pread(512, 0) == bytes(512)
+        print('ok')
+        """)
+        XCTAssertEqual(r.stdout, "ok\n")
+    }
+
+    func testStrictModeOffSendsRawErrors() throws {
+        // With libnbd's client-side checks off, the server itself must refuse bad requests.
+        let s = try startServer(["-r", "memory", "size=1M"])
+        let r = Harness.nbdsh(s.uri, """
+        import errno
+        h.set_strict_mode(0)
+        def code(f):
+            try:
+                f()
+            except nbd.Error as e:
+                return e.errno
+            return 0
+        assert code(lambda: h.pwrite(b'x' * 512, 0)) == errno.EPERM
+        assert code(lambda: h.pread(512, 1024 * 1024)) == errno.EINVAL
+        assert code(lambda: h.pread(0, 0)) == errno.EINVAL
+        assert code(lambda: h.pread(512, 0, nbd.CMD_FLAG_FUA)) == errno.EINVAL
+        assert code(lambda: h.trim(512, 0)) == errno.EPERM
+        assert code(lambda: h.pread(512, 0)) == 0
+        print('ok')
+        """)
+        XCTAssertEqual(r.stdout, "ok\n")
+    }
+
+    func testStructuredRepliesAndBlockStatus() throws {
+        let s = try startServer(["memory", "size=1M"])
+        let r = Harness.nbdsh(s.uri, """
+        assert h.get_structured_replies_negotiated()
+        assert h.can_meta_context('base:allocation')
+        h.pwrite(b'z' * 32768, 32768)
+        seen = []
+        def cb(metacontext, offset, entries, err):
+            seen.append((metacontext, offset, list(entries)))
+        h.block_status(1048576, 0, cb)
+        assert seen == [('base:allocation', 0, [32768, 3, 32768, 0, 983040, 3])], seen
+        seen.clear()
+        h.block_status(65536, 0, cb, nbd.CMD_FLAG_REQ_ONE)
+        assert seen == [('base:allocation', 0, [32768, 3])], seen
+        # DF: the read arrives as one chunk.
+        assert h.pread(4096, 32768, nbd.CMD_FLAG_DF) == b'z' * 4096
+        print('ok')
+        """)
+        XCTAssertEqual(r.stdout, "ok\n")
+    }
+
+    func testSimpleRepliesWithoutStructured() throws {
+        let s = try startServer(["memory", "size=1M"])
+        let r = Harness.run(["/usr/bin/nbdsh", "-c", """
+        h.set_request_structured_replies(False)
+        h.connect_uri('\(s.uri)')
+        assert not h.get_structured_replies_negotiated()
+        h.pwrite(b'q' * 1000, 5)
+        assert h.pread(1000, 5) == b'q' * 1000
+        import errno
+        try:
+            h.pread(10, 1048570)
+            raise AssertionError('read past the end allowed')
+        except nbd.Error as e:
+            assert e.errno == errno.EINVAL
+        print('ok')
+        """])
+        XCTAssertEqual(r.status, 0, r.stderr)
+        XCTAssertEqual(r.stdout, "ok\n")
+    }
+
+    func testPatternPlugin() throws {
+        let s = try startServer(["pattern", "size=1M"])
+        let r = Harness.nbdsh(s.uri, """
+        import struct
+        b = h.pread(64, 4096)
+        assert b == b''.join(struct.pack('>Q', 4096 + 8 * i) for i in range(8)), b
+        assert h.pread(3, 8 + 5) == struct.pack('>Q', 8)[5:]
+        print('ok')
+        """)
+        XCTAssertEqual(r.stdout, "ok\n")
+    }
+
+    func testNullPlugin() throws {
+        let s = try startServer(["null", "size=10M"])
+        let r = Harness.nbdsh(s.uri, """
+        h.pwrite(b'x' * 4096, 0)
+        assert h.pread(4096, 0) == bytes(4096)
+        assert h.get_size() == 10 * 1024 * 1024
+        print('ok')
+        """)
+        XCTAssertEqual(r.stdout, "ok\n")
+    }
+
+    func testOffsetFilter() throws {
+        let s = try startServer(["--filter=offset", "pattern", "size=1M", "offset=4096", "range=8192"])
+        let r = Harness.nbdsh(s.uri, """
+        import struct
+        assert h.get_size() == 8192
+        assert h.pread(8, 0) == struct.pack('>Q', 4096)
+        print('ok')
+        """)
+        XCTAssertEqual(r.stdout, "ok\n")
+    }
+
+    func testExportNameAndInfo() throws {
+        let s = try startServer(["memory", "size=1M"])
+        let r = Harness.nbdsh(s.uri(export: "anything"), """
+        assert h.get_export_name() == 'anything'
+        assert h.get_canonical_export_name() == 'anything'
+        assert h.get_block_size(nbd.SIZE_MAXIMUM) == 32 * 1024 * 1024
+        print('ok')
+        """)
+        XCTAssertEqual(r.stdout, "ok\n")
+    }
+}
