@@ -112,7 +112,7 @@ final class ServerProcess {
          file: StaticString = #filePath, line: UInt = #line) throws {
         socket = dir.file(socketName)
         stderrFile = dir.file(socketName + ".stderr")
-        FileManager.default.createFile(atPath: stderrFile, contents: nil)
+        _ = FileManager.default.createFile(atPath: stderrFile, contents: nil)
         process.executableURL = URL(fileURLWithPath: Harness.nbdkit)
         process.arguments = ["-f", "-U", socket] + arguments
         process.environment = Harness.environment
@@ -183,7 +183,7 @@ class IntegrationTestCase: XCTestCase {
             withUnsafeBytes(of: &v) { for j in 0..<min(8, count - i) { bytes[i + j] = $0[j] } }
         }
         let path = dir.file(name)
-        FileManager.default.createFile(atPath: path, contents: Data(bytes))
+        _ = FileManager.default.createFile(atPath: path, contents: Data(bytes))
         return path
     }
 

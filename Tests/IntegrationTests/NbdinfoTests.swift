@@ -59,8 +59,8 @@ final class NbdinfoTests: IntegrationTestCase {
     func testFileDirectoryExportList() throws {
         let d = dir.file("exports")
         try FileManager.default.createDirectory(atPath: d, withIntermediateDirectories: false)
-        FileManager.default.createFile(atPath: d + "/alpha", contents: Data(count: 4096))
-        FileManager.default.createFile(atPath: d + "/beta", contents: Data(count: 8192))
+        _ = FileManager.default.createFile(atPath: d + "/alpha", contents: Data(count: 4096))
+        _ = FileManager.default.createFile(atPath: d + "/beta", contents: Data(count: 8192))
         let s = try startServer(["file", "dir=\(d)"])
         let r = Harness.run(["nbdinfo", "--list", "--json", s.uri])
         XCTAssertEqual(r.status, 0, r.stderr)
