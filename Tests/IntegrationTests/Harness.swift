@@ -63,7 +63,9 @@ enum Harness {
             XCTFail("\(arguments) timed out after \(timeout)s", file: file, line: line)
         }
         p.waitUntilExit()
-        group.wait()
+        if group.wait(timeout: .now() + 10) == .timedOut {
+            XCTFail("\(arguments): output still open after exit (a leaked process holds it)", file: file, line: line)
+        }
         return Result(status: p.terminationStatus,
                       stdout: String(decoding: outData.data, as: UTF8.self),
                       stderr: String(decoding: errData.data, as: UTF8.self),

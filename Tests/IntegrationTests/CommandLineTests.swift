@@ -1,0 +1,150 @@
+import XCTest
+
+/// The command line: errors, informational options, and the captive `--run` basics.
+final class CommandLineTests: IntegrationTestCase {
+    func testErrorsGoToStderrWithStatus1() {
+        let cases: [([String], String)] = [
+            (["-f", "memory"], "nbdkit: error: you must specify size=<SIZE> on the command line"),
+            (["-f", "memory", "size=abc"], "nbdkit: error: could not parse size string (abc)"),
+            (["-f", "memory", "1G", "foo=bar"], "nbdkit: error: unknown parameter 'foo'"),
+            (["-f", "nosuchplugin"], "nbdkit: error: cannot open plugin 'nosuchplugin'"),
+            (["--bogus"], "nbdkit: unrecognized option '--bogus'"),
+            (["-f", "-p", "notaport", "memory", "1M"], "nbdkit: error: cannot parse port number 'notaport'"),
+            (["-f", "file", dir.file("missing.img")], "nbdkit: error: realpath"),
+            (["-f", "--filter=nosuch", "memory", "1M"], "nbdkit: error: cannot open filter 'nosuch'"),
+            (["-f", "memory", "1M", "2M"], "nbdkit: error: parameter '2M' must be key=value"),
+            (["-f", "example1", "x"], "nbdkit: error:"),
+            (["-f", "-U", dir.file("s"), "-p", "1", "memory", "1M"], "nbdkit: error:"),
+        ]
+        for (args, message) in cases {
+            let r = Harness.run([Harness.nbdkit] + args, timeout: 20)
+            XCTAssertEqual(r.status, 1, "\(args): \(r.stderr)")
+            XCTAssertTrue(r.stderr.hasPrefix(message), "\(args): \(r.stderr)")
+            XCTAssertEqual(r.stdout, "", "\(args)")
+        }
+    }
+
+    func testSizeSuffixes() {
+        for (size, bytes) in [("512", 512), ("1k", 1024), ("2K", 2048), ("1M", 1 << 20), ("1g", 1 << 30),
+                              ("3s", 1536), ("1T", 1 << 40), ("10b", 10)] {
+            let r = Harness.run([Harness.nbdkit, "-U", "-", "memory", size, "--run", "nbdinfo --size \"$uri\""])
+            XCTAssertEqual(r.status, 0, r.stderr)
+            XCTAssertEqual(r.stdout, "\(bytes)\n", size)
+        }
+    }
+
+    func testInformationalOptions() {
+        let help = Harness.run([Harness.nbdkit, "--help"])
+        XCTAssertEqual(help.status, 0)
+        XCTAssertTrue(help.stdout.contains("--exportname"))
+        XCTAssertTrue(help.stdout.contains("memory"))
+        let version = Harness.run([Harness.nbdkit, "--version"])
+        XCTAssertTrue(version.stdout.hasPrefix("nbdkit 1."), version.stdout)
+        let config = Harness.run([Harness.nbdkit, "--dump-config"])
+        XCTAssertTrue(config.stdout.contains("version_major=1\n"), config.stdout)
+        XCTAssertTrue(config.stdout.contains("binary=\(Harness.nbdkit)"), config.stdout)
+        let plugin = Harness.run([Harness.nbdkit, "memory", "--dump-plugin"])
+        XCTAssertTrue(plugin.stdout.contains("name=memory\n"), plugin.stdout)
+        XCTAssertTrue(plugin.stdout.contains("thread_model=parallel\n"), plugin.stdout)
+        let short = Harness.run([Harness.nbdkit, "--short-options"]).stdout.split(separator: "\n")
+        XCTAssertTrue(short.contains("-U") && short.contains("-r") && short.contains("-e"), "\(short)")
+        let long = Harness.run([Harness.nbdkit, "--long-options"]).stdout.split(separator: "\n")
+        XCTAssertTrue(long.contains("--run") && long.contains("--exit-with-parent") && long.contains("--filter"), "\(long)")
+    }
+
+    func testRunVariablesAndURIs() {
+        let r = Harness.run([Harness.nbdkit, "-U", "-", "memory", "1M", "--run",
+                             "echo \"$uri|$nbd|$port|$unixsocket|$exportname|${tls-unset}\""])
+        XCTAssertEqual(r.status, 0, r.stderr)
+        let fields = r.stdout.dropLast().split(separator: "|", omittingEmptySubsequences: false).map(String.init)
+        XCTAssertEqual(fields.count, 6)
+        XCTAssertTrue(fields[0].hasPrefix("nbd+unix://?socket=/"), fields[0])
+        XCTAssertTrue(fields[0].hasSuffix("/socket"), fields[0])
+        XCTAssertEqual(fields[0], fields[1])
+        XCTAssertEqual(fields[2], "")
+        XCTAssertEqual("nbd+unix://?socket=" + fields[3], fields[0])
+        XCTAssertEqual(fields[4], "")
+        XCTAssertEqual(fields[5], "unset")
+        // The private directory is gone afterwards.
+        let socketDir = (fields[3] as NSString).deletingLastPathComponent
+        XCTAssertFalse(FileManager.default.fileExists(atPath: socketDir), socketDir)
+    }
+
+    func testRunWithSpecialExportNameReachesTheServer() {
+        let name = "my disk/a?b#c%d'e\"f$g€"
+        let socket = dir.file("odd socket")
+        let r = Harness.run([Harness.nbdkit, "-U", socket, "-e", name, "memory", "1M", "--run",
+                             "printf '%s\\n' \"$uri\" \"$exportname\"; nbdsh -u \"$uri\" -c 'print(h.get_export_name())'"])
+        XCTAssertEqual(r.status, 0, r.stderr)
+        let lines = r.stdout.split(separator: "\n").map(String.init)
+        XCTAssertEqual(lines.count, 3, r.stdout)
+        XCTAssertEqual(lines.first, "nbd+unix:///my%20disk/a%3Fb%23c%25d%27e%22f%24g%E2%82%AC?socket=\(socket.replacingOccurrences(of: " ", with: "%20"))")
+        XCTAssertEqual(lines.dropFirst().first, name)
+        XCTAssertEqual(lines.last, name)
+        XCTAssertFalse(FileManager.default.fileExists(atPath: socket), "socket removed at exit")
+    }
+
+    func testRunOverTCP() {
+        let port = String(20000 + Int(getpid() % 20000))
+        let r = Harness.run([Harness.nbdkit, "-i", "127.0.0.1", "-p", port, "memory", "1M", "--run",
+                             "echo \"$uri|$port\"; nbdinfo --size \"$uri\""])
+        XCTAssertEqual(r.status, 0, r.stderr)
+        XCTAssertEqual(r.stdout, "nbd://localhost:\(port)|\(port)\n1048576\n")
+    }
+
+    func testRunExitStatuses() {
+        XCTAssertEqual(Harness.run([Harness.nbdkit, "-U", "-", "null", "--run", "exit 3"]).status, 3)
+        let killed = Harness.run([Harness.nbdkit, "-U", "-", "null", "--run", "kill -9 $$"])
+        XCTAssertEqual(killed.status, 137)
+        XCTAssertTrue(killed.stderr.contains("killed by signal 9"), killed.stderr)
+        XCTAssertEqual(Harness.run([Harness.nbdkit, "-U", "-", "null", "--run", "true"]).status, 0)
+    }
+
+    func testCommandNeverRunsWhenServerCannotStart() {
+        let marker = dir.file("ran")
+        let r = Harness.run([Harness.nbdkit, "-U", "-", "file", dir.file("missing"), "--run", "touch \(marker)"])
+        XCTAssertEqual(r.status, 1)
+        XCTAssertFalse(FileManager.default.fileExists(atPath: marker))
+    }
+
+    func testSingleModeOnStdio() throws {
+        // -s serves one client on stdin/stdout: nbdsh can drive it through a subprocess.
+        let r = Harness.run(["/usr/bin/nbdsh", "-c", """
+        h.connect_command(['\(Harness.nbdkit)', '-s', 'memory', '1M'])
+        h.pwrite(b'hi', 0)
+        assert h.pread(2, 0) == b'hi'
+        print(h.get_size())
+        """])
+        XCTAssertEqual(r.status, 0, r.stderr)
+        XCTAssertEqual(r.stdout, "1048576\n")
+    }
+
+    func testBackgroundModeWithPidFile() throws {
+        let pidFile = dir.file("pid")
+        let socket = dir.file("sock")
+        // Started through Python, which passes no descriptors but 0-2: Foundation's Process
+        // watches its child through an inherited socket that the daemon would otherwise keep.
+        let r = Harness.run(["/usr/bin/python3", "-c", "import subprocess, sys; sys.exit(subprocess.call(sys.argv[1:]))",
+                             Harness.nbdkit, "-P", pidFile, "-U", socket, "memory", "1M"], timeout: 20)
+        XCTAssertEqual(r.status, 0, r.stderr)
+        let pidText = (try? String(contentsOfFile: pidFile, encoding: .utf8)) ?? ""
+        guard let pid = Int32(pidText.trimmingCharacters(in: .whitespacesAndNewlines)) else {
+            return XCTFail("no pid file: \(pidText)")
+        }
+        defer { kill(pid, SIGKILL) }
+        XCTAssertEqual(Harness.run(["nbdinfo", "--size", "nbd+unix:///?socket=\(socket)"]).stdout, "1048576\n")
+        XCTAssertEqual(kill(pid, SIGTERM), 0)
+        let deadline = Date().addingTimeInterval(10)
+        while kill(pid, 0) == 0 && Date() < deadline { usleep(10_000) }
+        XCTAssertNotEqual(kill(pid, 0), 0, "server still running after SIGTERM")
+        XCTAssertFalse(FileManager.default.fileExists(atPath: socket))
+        XCTAssertFalse(FileManager.default.fileExists(atPath: pidFile))
+    }
+
+    func testSigtermStopsForegroundServerCleanly() throws {
+        let s = try startServer(["memory", "1M"])
+        XCTAssertEqual(Harness.run(["nbdinfo", "--size", s.uri]).stdout, "1048576\n")
+        XCTAssertEqual(s.stop(), 0)
+        XCTAssertFalse(FileManager.default.fileExists(atPath: s.socket))
+    }
+}
