@@ -54,23 +54,33 @@ int CNBDShim_wexitstatus(int status) { return WEXITSTATUS(status); }
 int CNBDShim_wifsignaled(int status) { return WIFSIGNALED(status); }
 int CNBDShim_wtermsig(int status) { return WTERMSIG(status); }
 
-int CNBDShim_spawn_shell(const char *command, pid_t *pid, char *const envp[])
+int CNBDShim_spawn_shell(const char *command, pid_t *pid, char *const envp[], int terminal_fd)
 {
   posix_spawnattr_t attr;
+  posix_spawn_file_actions_t actions;
   sigset_t empty, all;
   int r;
 
   if ((r = posix_spawnattr_init(&attr)) != 0)
     return r;
+  if ((r = posix_spawn_file_actions_init(&actions)) != 0) {
+    posix_spawnattr_destroy(&attr);
+    return r;
+  }
   sigemptyset(&empty);
   sigfillset(&all);
   sigdelset(&all, SIGKILL);
   sigdelset(&all, SIGSTOP);
   posix_spawnattr_setsigmask(&attr, &empty);
   posix_spawnattr_setsigdefault(&attr, &all);
-  posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF);
+  short flags = POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF | POSIX_SPAWN_SETPGROUP;
+  posix_spawnattr_setpgroup(&attr, 0);
+  if (terminal_fd >= 0)
+    posix_spawn_file_actions_addtcsetpgrp_np(&actions, terminal_fd);
+  posix_spawnattr_setflags(&attr, flags);
   char *argv[] = { "/bin/sh", "-c", (char *) command, NULL };
-  r = posix_spawn(pid, "/bin/sh", NULL, &attr, argv, envp);
+  r = posix_spawn(pid, "/bin/sh", &actions, &attr, argv, envp);
+  posix_spawn_file_actions_destroy(&actions);
   posix_spawnattr_destroy(&attr);
   return r;
 }

@@ -25,12 +25,41 @@ public struct CaptiveCommand: Sendable {
         return s
     }
 
-    /// Starts `/bin/sh -c script` with the server's environment and default signal handling.
-    public static func spawn(script: String) throws(SystemError) -> pid_t {
+    /// Starts `/bin/sh -c script` with the server's environment and default signal handling,
+    /// in a process group of its own so that the whole command can be signalled at once. When
+    /// nbdkit runs in the terminal's foreground, the command's group takes the terminal (as a
+    /// shell's job would), so it can read from it and gets the terminal's Ctrl-C itself.
+    public static func spawn(script: String) throws(SystemError) -> CaptiveProcess {
+        let terminal: Int32? = isatty(0) != 0 && tcgetpgrp(0) == getpgrp() ? 0 : nil
         var pid: pid_t = 0
-        let r = CNBDShim_spawn_shell(script, &pid, environ)
+        let r = CNBDShim_spawn_shell(script, &pid, environ, terminal ?? -1)
         if r != 0 { throw SystemError("posix_spawn: /bin/sh", errno: r) }
-        return pid
+        return CaptiveProcess(pid: pid, terminal: terminal)
+    }
+}
+
+/// The running `--run` command.
+public struct CaptiveProcess: Sendable {
+    public let pid: pid_t
+    /// The terminal handed to the command's process group, to take back at the end.
+    let terminal: Int32?
+
+    /// Sends `signal` to the command's whole process group.
+    public func signal(_ signal: Int32) { _ = kill(-pid, signal) }
+
+    /// Waits for the command to end; returns its wait status.
+    public func wait() -> Int32 {
+        var status: Int32 = 0
+        while waitpid(pid, &status, 0) == -1 && CNBDShim_errno() == EINTR {}
+        return status
+    }
+
+    /// Gives the terminal back to nbdkit's process group.
+    public func restoreTerminal() {
+        guard let terminal else { return }
+        let old = Glibc.signal(SIGTTOU, SIG_IGN)
+        _ = tcsetpgrp(terminal, getpgrp())
+        _ = Glibc.signal(SIGTTOU, old)
     }
 }
 

@@ -41,7 +41,7 @@ public struct Listeners: Sendable {
         }
         let fd = try syscall("socket") { CNBDShim_stream_socket(AF_UNIX) }
         do {
-            try withUnsafePointer(to: &addr) { p in
+            _ = try withUnsafePointer(to: &addr) { p in
                 try p.withMemoryRebound(to: sockaddr.self, capacity: 1) { sa in
                     try syscall("bind: \(path)") { Glibc.bind(fd, sa, socklen_t(MemoryLayout<sockaddr_un>.size)) }
                 }

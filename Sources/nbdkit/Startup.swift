@@ -47,12 +47,12 @@ struct Startup {
             listeners = try Listeners.bind(.tcp(host: host, port: port, family: family))
         }
 
-        var captivePID: pid_t? = nil
+        var captive: CaptiveProcess? = nil
         if let command = config.run, let listeners {
             let script = CaptiveCommand(command: command).script(
                 listeners: listeners, exportName: config.exportName,
                 tls: config.tls == .off ? nil : (config.tls == .on ? 1 : 2))
-            captivePID = try CaptiveCommand.spawn(script: script)
+            captive = try CaptiveCommand.spawn(script: script)
         }
 
         try dropPrivileges()
@@ -71,17 +71,19 @@ struct Startup {
             server.serve(PlainTransport(readFD: 0, writeFD: 1))
             return 0
         }
-        switch server.run(sockets: listeners.sockets, signals: signals, captivePID: captivePID) {
+        let outcome = server.run(sockets: listeners.sockets, signals: signals, captivePID: captive?.pid)
+        defer { captive?.restoreTerminal() }
+        switch outcome {
         case .commandEnded(let status):
             let (code, signal) = shellStatus(status)
             if let signal { logger.plain("external command was killed by signal \(signal)") }
             return code
         case .signalled(let sig):
-            guard let pid = captivePID else { return 0 }
-            // Take the command down with the server, so nothing is left behind.
-            kill(pid, sig)
-            var status: Int32 = 0
-            while waitpid(pid, &status, 0) == -1 && CNBDShim_errno() == EINTR {}
+            guard let captive else { return 0 }
+            // Take the command's whole process group down with the server: nothing is left behind.
+            captive.signal(sig)
+            let status = captive.wait()
+            captive.signal(SIGKILL)
             return shellStatus(status).status
         }
     }

@@ -108,6 +108,11 @@ final class QemuAndCopyTests: IntegrationTestCase {
         XCTAssertEqual(disk[511], 0xaa)
         let table = Harness.run(["/sbin/sfdisk", "-l", out])
         XCTAssertTrue(table.stdout.contains("Linux"), table.stdout + table.stderr)
+        // The partition holds an ext2 filesystem whose files read back.
+        let fs = dir.file("fs.img")
+        XCTAssertEqual(Harness.run(["dd", "if=\(out)", "of=\(fs)", "bs=512", "skip=64", "status=none"]).status, 0)
+        let cat = Harness.run(["/sbin/debugfs", "-R", "cat /hello.txt", fs])
+        XCTAssertEqual(cat.stdout, "Hello from swift-nbdkit's example1 disk.\n", cat.stderr)
     }
 }
 

@@ -39,8 +39,10 @@ int CNBDShim_wtermsig(int status);
 
 /* posix_spawn of /bin/sh -c command with the default signal dispositions and an
  * empty signal mask, so the child does not inherit the server's blocked or
- * ignored signals. Returns 0 and sets *pid, or an errno value. */
-int CNBDShim_spawn_shell(const char *command, pid_t *pid, char *const envp[]);
+ * ignored signals. The child leads a new process group; if terminal_fd >= 0 that
+ * group becomes the terminal's foreground group. Returns 0 and sets *pid, or an
+ * errno value. */
+int CNBDShim_spawn_shell(const char *command, pid_t *pid, char *const envp[], int terminal_fd);
 
 /* fallocate with the named mode; return as fallocate(2). */
 int CNBDShim_punch_hole(int fd, int64_t offset, int64_t length);
