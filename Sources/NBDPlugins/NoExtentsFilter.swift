@@ -17,7 +17,7 @@ extension NoExtentsFilter: FilterFactory {
     static let name = "noextents"
     static let configHelp = ""
 
-    static func make(_ parameters: inout Parameters, next: any Backend) throws -> any Backend {
+    static func make(_ parameters: inout Parameters, next: any Backend, control: ServerControl) throws -> any Backend {
         NoExtentsFilter(next: next)
     }
 }

@@ -24,8 +24,8 @@ public struct PluginOptions: Sendable {
 public protocol FilterFactory: SendableMetatype {
     static var name: String { get }
     static var configHelp: String { get }
-    /// Builds the filter in front of `next`, taking the keys it knows.
-    static func make(_ parameters: inout Parameters, next: any Backend) throws -> any Backend
+    /// Builds the filter in front of `next`, taking the keys it knows. `control` steers the server.
+    static func make(_ parameters: inout Parameters, next: any Backend, control: ServerControl) throws -> any Backend
 }
 
 /// The built-in plugins and filters, found by name.
@@ -35,7 +35,7 @@ public enum Registry {
     ]
 
     public static let filters: [any FilterFactory.Type] = [
-        NoExtentsFilter.self, OffsetFilter.self,
+        ExitLastFilter.self, ExitWhenFilter.self, NoExtentsFilter.self, OffsetFilter.self,
     ]
 
     public static func plugin(named name: String) -> (any PluginFactory.Type)? {

@@ -89,6 +89,9 @@ public protocol Backend: AnyObject, Sendable {
     var threadModel: ThreadModel { get }
     /// Called once, after configuration and before any connection.
     func getReady() throws
+    /// Called once after the server has forked into the background (or decided not to), before
+    /// the first connection: the first moment a plugin or filter may start threads.
+    func afterFork() throws
     /// The exports offered to NBD_OPT_LIST.
     func listExports(readonly: Bool, isTLS: Bool) throws -> [ExportInfo]
     /// The export that the empty name selects.
@@ -100,6 +103,7 @@ public protocol Backend: AnyObject, Sendable {
 extension Backend {
     public var threadModel: ThreadModel { .parallel }
     public func getReady() throws {}
+    public func afterFork() throws {}
     public func listExports(readonly: Bool, isTLS: Bool) throws -> [ExportInfo] {
         [ExportInfo(name: try defaultExport(readonly: readonly, isTLS: isTLS))]
     }

@@ -45,6 +45,7 @@ open class PassthroughFilter: Backend, @unchecked Sendable {
 
     open var threadModel: ThreadModel { next.threadModel }
     open func getReady() throws { try next.getReady() }
+    open func afterFork() throws { try next.afterFork() }
     open func listExports(readonly: Bool, isTLS: Bool) throws -> [ExportInfo] {
         try next.listExports(readonly: readonly, isTLS: isTLS)
     }

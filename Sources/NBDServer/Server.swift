@@ -9,7 +9,12 @@ public final class Server: Sendable {
     private let liveTransmissions = Mutex<[Int: Transmission]>([:])
     private let nextID = Atomic<Int>(1)
 
-    public init(context: ServerContext) { self.context = context }
+    public let control: ServerControl
+
+    public init(context: ServerContext, control: ServerControl) {
+        self.context = context
+        self.control = control
+    }
 
     private var logger: Logger { context.logger }
 
@@ -19,6 +24,8 @@ public final class Server: Sendable {
         case signalled(Int32)
         /// The `--run` command ended with this wait status.
         case commandEnded(Int32)
+        /// A filter asked for shutdown (exitlast, exitwhen).
+        case requested
     }
 
     /// Accepts clients on `sockets` until a terminating signal arrives or `captivePID` exits,
@@ -26,6 +33,7 @@ public final class Server: Sendable {
     /// connection to close.
     public func run(sockets: [FileDescriptor], signals: SignalSource, captivePID: pid_t?) -> Outcome {
         var pollfds = sockets.map { pollfd(fd: $0.raw, events: Int16(POLLIN), revents: 0) }
+        pollfds.append(pollfd(fd: control.wakeFD, events: Int16(POLLIN), revents: 0))
         pollfds.append(pollfd(fd: signals.fd.raw, events: Int16(POLLIN), revents: 0))
         var outcome: Outcome? = nil
         while outcome == nil {
@@ -49,6 +57,10 @@ public final class Server: Sendable {
                     }
                 }
             }
+            if outcome == nil && pollfds[sockets.count].revents != 0 {
+                logger.debug("shutdown requested")
+                outcome = .requested
+            }
             guard outcome == nil else { break }
             for i in 0..<sockets.count where pollfds[i].revents != 0 {
                 let fd = CNBDShim_accept_cloexec(pollfds[i].fd)
@@ -58,6 +70,10 @@ public final class Server: Sendable {
                         logger.error("accept: \(SystemError("accept", errno: e))")
                         if e == EMFILE || e == ENFILE { usleep(100_000) }
                     }
+                    continue
+                }
+                if control.isDraining {
+                    _ = close(fd)
                     continue
                 }
                 startConnection(PlainTransport(socket: fd))
@@ -76,6 +92,7 @@ public final class Server: Sendable {
     private func register(_ transport: any Transport) -> Int {
         let id = nextID.wrappingAdd(1, ordering: .relaxed).oldValue
         live.withLock { $0[id] = transport }
+        control.connectionOpened()
         return id
     }
 
@@ -83,6 +100,7 @@ public final class Server: Sendable {
         defer {
             live.withLock { $0[id] = nil }
             transport.close()
+            control.connectionClosed()
         }
         if context.threadModel == .serializeConnections {
             context.connectionsLock.withLock { _ in handle(transport, id: id) }
@@ -100,6 +118,7 @@ public final class Server: Sendable {
             logger.error("cannot start a connection thread: \(error)")
             live.withLock { $0[id] = nil }
             transport.close()
+            control.connectionClosed()
         }
     }
 

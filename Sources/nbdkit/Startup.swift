@@ -25,7 +25,8 @@ struct Startup {
 
         let parentAtStart = getppid()
         let signals = try SignalSource()
-        let backend = try buildChain(factory)
+        let control = try ServerControl()
+        let backend = try buildChain(factory, control: control)
         try backend.getReady()
 
         var temporaryDirectory: String? = nil
@@ -65,8 +66,10 @@ struct Startup {
             if getppid() != parentAtStart { return 0 }
         }
 
+        try backend.afterFork()
         let server = Server(context: ServerContext(backend: backend, logger: logger, readonly: config.readonly,
-                                                   threads: config.threads, style: config.style))
+                                                   threads: config.threads, style: config.style),
+                            control: control)
         guard let listeners else {
             server.serve(PlainTransport(readFD: 0, writeFD: 1))
             return 0
@@ -78,6 +81,10 @@ struct Startup {
             let (code, signal) = shellStatus(status)
             if let signal { logger.plain("external command was killed by signal \(signal)") }
             return code
+        case .requested:
+            guard let captive else { return 0 }
+            captive.signal(SIGTERM)
+            return shellStatus(captive.wait()).status
         case .signalled(let sig):
             guard let captive else { return 0 }
             // Take the command's whole process group down with the server: nothing is left behind.
@@ -89,7 +96,7 @@ struct Startup {
     }
 
     /// The plugin, then each filter in front of it: the first `--filter` named ends up outermost.
-    private func buildChain(_ factory: any PluginFactory.Type) throws -> any Backend {
+    private func buildChain(_ factory: any PluginFactory.Type, control: ServerControl) throws -> any Backend {
         var pairs = config.parameters
         if let first = pairs.first, first.key.isEmpty {
             guard let magic = factory.magicConfigKey else {
@@ -103,7 +110,7 @@ struct Startup {
             guard let filter = Registry.filter(named: name) else {
                 throw ConfigError("cannot open filter '\(name)': no such built-in filter (available: \(Registry.filters.map { $0.name }.joined(separator: ", ")))")
             }
-            backend = try filter.make(&parameters, next: backend)
+            backend = try filter.make(&parameters, next: backend, control: control)
         }
         try parameters.rejectUnknown()
         return backend

@@ -1,0 +1,55 @@
+import Glibc
+import Synchronization
+import CNBDShim
+
+/// Lets filters steer the server's lifetime: ask it to shut down, refuse new clients, and
+/// learn when the last client has gone. Shutdown requests wake the accept loop through an
+/// eventfd, so they are safe from any thread.
+public final class ServerControl: Sendable {
+    let wakeFD: Int32
+    private let state = Mutex(State())
+
+    private struct State {
+        var connections = 0
+        var draining = false
+        var lastClosedObservers: [@Sendable () -> Void] = []
+    }
+
+    public init() throws(SystemError) {
+        wakeFD = try syscall("eventfd") { CNBDShim_eventfd() }
+    }
+
+    /// Asks the accept loop to stop; connections in flight are finished first.
+    public func requestShutdown() {
+        var one: UInt64 = 1
+        _ = write(wakeFD, &one, 8)
+    }
+
+    /// Stops accepting clients and shuts down once the current ones are gone.
+    public func drain() {
+        let idle = state.withLock { s in
+            s.draining = true
+            return s.connections == 0
+        }
+        if idle { requestShutdown() }
+    }
+
+    /// True once `drain()` was called.
+    public var isDraining: Bool { state.withLock { $0.draining } }
+
+    /// Calls `observer` (on the closing connection's thread) each time the number of clients drops to zero.
+    public func onLastConnectionClosed(_ observer: @escaping @Sendable () -> Void) {
+        state.withLock { $0.lastClosedObservers.append(observer) }
+    }
+
+    func connectionOpened() { state.withLock { $0.connections += 1 } }
+
+    func connectionClosed() {
+        let (observers, draining) = state.withLock { s -> ([@Sendable () -> Void], Bool) in
+            s.connections -= 1
+            return s.connections == 0 ? (s.lastClosedObservers, s.draining) : ([], false)
+        }
+        observers.forEach { $0() }
+        if draining { requestShutdown() }
+    }
+}

@@ -1,0 +1,168 @@
+import XCTest
+
+/// Captive runs, --exit-with-parent, and the exit filters: every way out leaves no process,
+/// socket or temporary directory behind.
+final class LifecycleTests: IntegrationTestCase {
+    /// Waits up to `seconds` for `pid` to be gone (reaped or not ours). Returns whether it is.
+    func waitGone(_ pid: Int32, seconds: Double = 10) -> Bool {
+        let deadline = Date().addingTimeInterval(seconds)
+        while Date() < deadline {
+            if kill(pid, 0) != 0 { return true }
+            // A zombie child of ours counts as gone once reaped.
+            var status: Int32 = 0
+            if waitpid(pid, &status, WNOHANG) == pid { return true }
+            if let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
+               stat.split(separator: " ").dropFirst(2).first == "Z" { return true }
+            usleep(20_000)
+        }
+        return false
+    }
+
+    func readPID(_ path: String, seconds: Double = 10) -> Int32? {
+        let deadline = Date().addingTimeInterval(seconds)
+        while Date() < deadline {
+            if let text = try? String(contentsOfFile: path, encoding: .utf8),
+               text.hasSuffix("\n"), let pid = Int32(text.trimmingCharacters(in: .whitespacesAndNewlines)) {
+                return pid
+            }
+            usleep(20_000)
+        }
+        return nil
+    }
+
+    func testSigtermDuringRunLeavesNothingBehind() throws {
+        let pids = dir.file("pids")
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: Harness.nbdkit)
+        p.arguments = ["-U", "-", "memory", "1M", "--run",
+                       "echo $$ > \(pids).sh; sleep 60 & echo $! > \(pids); echo \"$unixsocket\" > \(pids).sock; wait"]
+        p.standardError = FileHandle.nullDevice
+        try p.run()
+        defer { if p.isRunning { kill(p.processIdentifier, SIGKILL) } }
+        guard let sleeper = readPID(pids), let shell = readPID(pids + ".sh") else { return XCTFail("command did not start") }
+        let socket = (try? String(contentsOfFile: pids + ".sock", encoding: .utf8))?.trimmingCharacters(in: .whitespacesAndNewlines) ?? ""
+        XCTAssertTrue(FileManager.default.fileExists(atPath: socket), socket)
+        kill(p.processIdentifier, SIGTERM)
+        XCTAssertTrue(waitGone(p.processIdentifier), "nbdkit survived SIGTERM")
+        p.waitUntilExit()
+        XCTAssertEqual(p.terminationStatus, 128 + SIGTERM)
+        XCTAssertTrue(waitGone(shell), "the command's shell was orphaned")
+        XCTAssertTrue(waitGone(sleeper), "the command's child was orphaned")
+        XCTAssertFalse(FileManager.default.fileExists(atPath: socket))
+        XCTAssertFalse(FileManager.default.fileExists(atPath: (socket as NSString).deletingLastPathComponent))
+    }
+
+    func testManPageExamples() {
+        let r = Harness.run([Harness.nbdkit, "-U", "-", "memory", "1", "--run", "nbdsh -u \"$uri\" -c \"print(h.pread(1, 0))\""])
+        XCTAssertEqual(r.status, 0, r.stderr)
+        XCTAssertTrue(["b'\\x00'\n", "bytearray(b'\\x00')\n"].contains(r.stdout), r.stdout)
+        let out = dir.file("disk.img")
+        let copy = Harness.run([Harness.nbdkit, "-U", "-", "example1", "--run", "qemu-img convert \"$uri\" \(out)"])
+        XCTAssertEqual(copy.status, 0, copy.stderr)
+        XCTAssertEqual(contents(out).count, 1 << 20)
+    }
+
+    /// Starts `nbdkit --exit-with-parent` from a shell that then either exits or is killed.
+    func exitWithParent(killParent: Bool) throws {
+        let pidFile = dir.file("pid"), socket = dir.file("sock")
+        let parent = Process()
+        parent.executableURL = URL(fileURLWithPath: "/bin/sh")
+        parent.arguments = ["-c", "'\(Harness.nbdkit)' --exit-with-parent -U \(socket) memory 1M & echo $! > \(pidFile); " +
+                            (killParent ? "exec sleep 60" : "while [ ! -S \(socket) ]; do sleep 0.05; done; sleep 0.2")]
+        parent.standardError = FileHandle.nullDevice
+        try parent.run()
+        defer { if parent.isRunning { kill(parent.processIdentifier, SIGKILL) } }
+        guard let server = readPID(pidFile) else { return XCTFail("no server pid") }
+        defer { kill(server, SIGKILL) }
+        let deadline = Date().addingTimeInterval(10)
+        while !FileManager.default.fileExists(atPath: socket) && Date() < deadline { usleep(20_000) }
+        XCTAssertEqual(Harness.run(["nbdinfo", "--size", "nbd+unix:///?socket=\(socket)"]).stdout, "1048576\n")
+        if killParent { kill(parent.processIdentifier, SIGKILL) }
+        parent.waitUntilExit()
+        XCTAssertTrue(waitGone(server, seconds: 5), "server outlived its parent")
+        XCTAssertFalse(FileManager.default.fileExists(atPath: socket))
+    }
+
+    func testExitWithParentNormalExit() throws { try exitWithParent(killParent: false) }
+    func testExitWithParentSIGKILL() throws { try exitWithParent(killParent: true) }
+
+    func testExitLastFilter() throws {
+        let s = try startServer(["--filter=exitlast", "memory", "1M"])
+        XCTAssertEqual(Harness.run(["nbdinfo", "--size", s.uri]).stdout, "1048576\n")
+        XCTAssertTrue(waitGone(s.pid), "exitlast did not exit")
+        XCTAssertEqual(s.stop(), 0)
+        XCTAssertFalse(FileManager.default.fileExists(atPath: s.socket))
+    }
+
+    func exitWhen(_ parameters: [String], trigger: () -> Void) throws {
+        let s = try startServer(["--filter=exitwhen", "memory", "1M", "exitwhen-poll=1"] + parameters)
+        XCTAssertEqual(Harness.run(["nbdinfo", "--size", s.uri]).stdout, "1048576\n")
+        usleep(1_200_000)
+        XCTAssertTrue(s.isRunning, "exited before the event")
+        trigger()
+        XCTAssertTrue(waitGone(s.pid, seconds: 10), "exitwhen did not exit")
+        XCTAssertEqual(s.stop(), 0)
+        XCTAssertFalse(FileManager.default.fileExists(atPath: s.socket))
+    }
+
+    func testExitWhenFileCreated() throws {
+        let f = dir.file("flag")
+        try exitWhen(["exit-when-file-created=\(f)"]) { _ = FileManager.default.createFile(atPath: f, contents: nil) }
+    }
+
+    func testExitWhenFileDeleted() throws {
+        let f = dir.file("flag")
+        _ = FileManager.default.createFile(atPath: f, contents: nil)
+        try exitWhen(["exit-when-file-deleted=\(f)"]) { unlink(f) }
+    }
+
+    func testExitWhenProcessExits() throws {
+        let sleeper = Process()
+        sleeper.executableURL = URL(fileURLWithPath: "/bin/sleep")
+        sleeper.arguments = ["60"]
+        try sleeper.run()
+        defer { if sleeper.isRunning { kill(sleeper.processIdentifier, SIGKILL) } }
+        try exitWhen(["exit-when-process-exits=\(sleeper.processIdentifier)"]) {
+            kill(sleeper.processIdentifier, SIGKILL)
+            sleeper.waitUntilExit()
+        }
+    }
+
+    func testExitWhenScript() throws {
+        let f = dir.file("flag")
+        try exitWhen(["exit-when-script=test -f \(f) && exit 88; exit 0"]) {
+            _ = FileManager.default.createFile(atPath: f, contents: nil)
+        }
+    }
+
+    func testExitWhenPipeClosed() throws {
+        // Python holds the write end of a pipe whose read end nbdkit inherits.
+        let socket = dir.file("sock")
+        let r = Harness.run(["/usr/bin/python3", "-c", """
+        import os, subprocess, sys, time
+        r, w = os.pipe()
+        p = subprocess.Popen([sys.argv[1], '-f', '-U', sys.argv[2], '--filter=exitwhen', 'memory', '1M',
+                              'exit-when-pipe-closed=%d' % r, 'exitwhen-poll=1'], pass_fds=[r])
+        os.close(r)
+        for _ in range(200):
+            if os.path.exists(sys.argv[2]): break
+            time.sleep(0.05)
+        time.sleep(1.2)
+        assert p.poll() is None, 'exited before the pipe closed'
+        os.close(w)
+        print(p.wait(timeout=10))
+        """, Harness.nbdkit, socket], timeout: 30)
+        XCTAssertEqual(r.stdout, "0\n", r.stderr)
+        XCTAssertFalse(FileManager.default.fileExists(atPath: socket))
+    }
+
+    func testBadUserAndGroupAreErrors() {
+        let u = Harness.run([Harness.nbdkit, "-f", "-U", dir.file("s"), "-u", "no-such-user-x", "memory", "1M"], timeout: 20)
+        XCTAssertEqual(u.status, 1)
+        XCTAssertTrue(u.stderr.contains("nbdkit: error: -u option: unknown user: no-such-user-x"), u.stderr)
+        let g = Harness.run([Harness.nbdkit, "-f", "-U", dir.file("s"), "-g", "no-such-group-x", "memory", "1M"], timeout: 20)
+        XCTAssertEqual(g.status, 1)
+        XCTAssertTrue(g.stderr.contains("unknown group"), g.stderr)
+        XCTAssertFalse(FileManager.default.fileExists(atPath: dir.file("s")), "socket removed after a start-up failure")
+    }
+}
