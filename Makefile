@@ -4,7 +4,7 @@ SWIFT ?= swift
 BIN := .build/debug/nbdkit
 # Debian packages the build and the tests need.
 DEB_PACKAGES := libnbd-bin python3-libnbd qemu-utils libgnutls28-dev libsystemd-dev pkg-config \
-                fdisk e2fsprogs
+                fdisk e2fsprogs gnutls-bin python3
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: all deps build run check unit-test clean example1-image

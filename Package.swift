@@ -9,10 +9,12 @@ let package = Package(
     targets: [
         // Thin C helpers for libc calls Swift cannot make directly (variadic calls, macros).
         .target(name: "CNBDShim"),
+        // A thin C layer over GnuTLS (libgnutls28-dev) for STARTTLS.
+        .target(name: "CNBDTLS", linkerSettings: [.linkedLibrary("gnutls")]),
         // The NBD wire format: constants, encoding and decoding. No I/O.
         .target(name: "NBDProtocol"),
         // Listeners, handshake, transmission, worker threads, the backend chain, lifecycle.
-        .target(name: "NBDServer", dependencies: ["NBDProtocol", "CNBDShim"]),
+        .target(name: "NBDServer", dependencies: ["NBDProtocol", "CNBDShim", "CNBDTLS"]),
         // Built-in plugins and filters, found by name.
         .target(name: "NBDPlugins", dependencies: ["NBDServer", "NBDProtocol", "CNBDShim"]),
         // The executable: command line to typed configuration, then run.

@@ -9,8 +9,16 @@ struct HandshakeError: Error, CustomStringConvertible {
 /// The server side of the NBD handshake for one connection.
 struct Handshake {
     let server: ServerContext
-    let transport: any Transport
-    let connectionID: Int
+    /// The connection's transport; replaced by a TLS transport after STARTTLS.
+    private(set) var transport: any Transport
+    let label: String
+    private var isTLS = false
+
+    init(server: ServerContext, transport: any Transport, label: String) {
+        self.server = server
+        self.transport = transport
+        self.label = label
+    }
 
     /// The context id given to `base:allocation`.
     static let allocationContextID: UInt32 = 1
@@ -18,7 +26,7 @@ struct Handshake {
 
     /// Runs the oldstyle or newstyle handshake. Returns the session to serve, or nil when the
     /// client ended negotiation cleanly (NBD_OPT_ABORT, or EOF between options).
-    func run() throws -> Session? {
+    mutating func run() throws -> Session? {
         switch server.style {
         case .oldstyle: return try oldstyle()
         case .newstyle: return try newstyle()
@@ -28,7 +36,7 @@ struct Handshake {
     private func oldstyle() throws -> Session {
         let exportName = try server.backend.defaultExport(readonly: server.readonly, isTLS: false)
         let session = try Session.open(server: server, exportName: exportName, structuredReplies: false,
-                                       allocationContextID: nil)
+                                       allocationContextID: nil, isTLS: false)
         do {
             try transport.send(Negotiation.oldstyleGreeting(size: session.size, flags: session.flags))
         } catch {
@@ -38,7 +46,7 @@ struct Handshake {
         return session
     }
 
-    private func newstyle() throws -> Session? {
+    private mutating func newstyle() throws -> Session? {
         try transport.send(Negotiation.newstyleGreeting([.fixedNewstyle, .noZeroes]))
         let clientFlags = ClientFlags(rawValue: try readU32())
         guard ClientFlags.known.isSuperset(of: clientFlags) else {
@@ -66,8 +74,18 @@ struct Handshake {
             let code = OptionCode(rawValue: option)
             server.logger.debug("newstyle negotiation: option \(code.map { "\($0)" } ?? String(option)) length \(length)")
 
+            let transport = self.transport
             func reply(_ type: OptionReplyType, _ data: [UInt8] = []) throws {
                 try transport.send(Negotiation.optionReply(option: option, type: type, payload: data))
+            }
+
+            // Under --tls=require nothing but STARTTLS and ABORT is allowed before TLS.
+            if server.tls.mode == .require && !isTLS && code != .startTLS && code != .abort {
+                if code == .exportName {
+                    throw HandshakeError("client sent NBD_OPT_EXPORT_NAME before TLS, which is required")
+                }
+                try reply(.errTLSReqd)
+                continue
             }
 
             switch code {
@@ -75,7 +93,7 @@ struct Handshake {
                 let name = try utf8(payload[...])
                 let session = try Session.open(server: server, exportName: try resolve(name),
                                                structuredReplies: structuredReplies,
-                                               allocationContextID: nil)
+                                               allocationContextID: nil, isTLS: isTLS)
                 do {
                     try transport.send(Negotiation.exportNameReply(size: session.size, flags: session.flags,
                                                                    noZeroes: noZeroes))
@@ -93,7 +111,7 @@ struct Handshake {
                 guard payload.isEmpty else { try reply(.errInvalid); continue }
                 let exports: [ExportInfo]
                 do {
-                    exports = try server.backend.listExports(readonly: server.readonly, isTLS: false)
+                    exports = try server.backend.listExports(readonly: server.readonly, isTLS: isTLS)
                 } catch {
                     server.logger.error("list_exports: \(error)")
                     try reply(.errPlatform)
@@ -105,8 +123,19 @@ struct Handshake {
                 try reply(.ack)
 
             case .startTLS:
-                guard payload.isEmpty else { try reply(.errInvalid); continue }
-                try reply(.errPolicy)
+                guard payload.isEmpty, !isTLS else { try reply(.errInvalid); continue }
+                guard server.tls.mode != .off, let socket = transport.upgradableSocket else {
+                    try reply(.errPolicy)
+                    continue
+                }
+                try reply(.ack)
+                let tls = try TLSTransport(fd: socket, settings: server.tls)
+                server.logger.debug("\(label): TLS established: \(tls.sessionDescription)")
+                self.transport = tls
+                isTLS = true
+                // Nothing negotiated in plaintext survives the upgrade.
+                structuredReplies = false
+                metaContext = nil
 
             case .structuredReply:
                 guard payload.isEmpty, !structuredReplies else { try reply(.errInvalid); continue }
@@ -127,7 +156,7 @@ struct Handshake {
                     name = try resolve(request.exportName)
                     let contextID = metaContext.flatMap { $0.exportName == request.exportName ? $0.id : nil }
                     session = try Session.open(server: server, exportName: name, structuredReplies: structuredReplies,
-                                               allocationContextID: contextID)
+                                               allocationContextID: contextID, isTLS: isTLS)
                 } catch {
                     server.logger.error("cannot open export '\(request.exportName)': \(error)")
                     try reply(.errUnknown)
@@ -189,7 +218,7 @@ struct Handshake {
 
     /// Maps the empty export name to the backend's default export.
     private func resolve(_ name: String) throws -> String {
-        name.isEmpty ? try server.backend.defaultExport(readonly: server.readonly, isTLS: false) : name
+        name.isEmpty ? try server.backend.defaultExport(readonly: server.readonly, isTLS: isTLS) : name
     }
 
     private func readU32() throws -> UInt32 {

@@ -97,16 +97,15 @@ public final class Server: Sendable {
     }
 
     private func serve(_ transport: any Transport, id: Int) {
-        defer {
-            live.withLock { $0[id] = nil }
-            transport.close()
-            control.connectionClosed()
-        }
+        let final: any Transport
         if context.threadModel == .serializeConnections {
-            context.connectionsLock.withLock { _ in handle(transport, id: id) }
+            final = context.connectionsLock.withLock { _ in handle(transport, id: id) }
         } else {
-            handle(transport, id: id)
+            final = handle(transport, id: id)
         }
+        live.withLock { $0[id] = nil }
+        final.close()
+        control.connectionClosed()
     }
 
     private func startConnection(_ transport: any Transport) {
@@ -122,35 +121,39 @@ public final class Server: Sendable {
         }
     }
 
-    private func handle(_ transport: any Transport, id: Int) {
+    /// Negotiates and serves one connection; returns the transport to close (TLS after STARTTLS).
+    private func handle(_ plain: any Transport, id: Int) -> any Transport {
         let label = "\(context.backend.name)[\(id)]"
         logger.debug("\(label): new connection")
+        var handshake = Handshake(server: context, transport: plain, label: label)
         let session: Session
         do {
-            guard let s = try Handshake(server: context, transport: transport, connectionID: id).run() else {
+            guard let s = try handshake.run() else {
                 logger.debug("\(label): client ended negotiation")
-                return
+                return handshake.transport
             }
             session = s
         } catch TransportError.endOfFile {
             logger.debug("\(label): client closed the connection during negotiation")
-            return
+            return handshake.transport
         } catch {
             logger.error("\(label): negotiation failed: \(error)")
-            return
+            return handshake.transport
         }
+        let transport = handshake.transport
         let transmission = Transmission(server: context, transport: transport, session: session, label: label)
         liveTransmissions.withLock { $0[id] = transmission }
         transmission.serve()
         liveTransmissions.withLock { $0[id] = nil }
         session.backend.close()
         logger.debug("\(label): connection closed")
+        return transport
     }
 
     /// Stops every connection reading and waits until each has finished and closed.
     private func shutdownConnections() {
         live.withLock { $0.values.forEach { $0.shutdownReceive() } }
-        liveTransmissions.withLock { $0.values.forEach { $0.stop() } }
+        liveTransmissions.withLock { $0.values.forEach { $0.shutdown() } }
         while !live.withLock({ $0.isEmpty }) {
             usleep(5_000)
             // A connection may have registered after the first pass.

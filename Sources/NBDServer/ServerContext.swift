@@ -16,12 +16,15 @@ public final class ServerContext: Sendable {
     public let style: HandshakeStyle
     /// The chain's effective thread model.
     public let threadModel: ThreadModel
+    public let tls: TLSSettings
     /// Held around every backend call under serialize_all_requests.
     let allRequestsLock = Mutex(())
     /// Held for a whole connection under serialize_connections.
     let connectionsLock = Mutex(())
 
-    public init(backend: any Backend, logger: Logger, readonly: Bool, threads: Int, style: HandshakeStyle) {
+    public init(backend: any Backend, logger: Logger, readonly: Bool, threads: Int, style: HandshakeStyle,
+                tls: TLSSettings = .off) {
+        self.tls = tls
         self.backend = backend
         self.logger = logger
         self.readonly = readonly

@@ -18,8 +18,8 @@ struct Session: Sendable {
     /// Opens `exportName` on the backend and works out the transmission flags.
     /// The caller owns the returned session and must `close()` its backend.
     static func open(server: ServerContext, exportName: String, structuredReplies: Bool,
-                     allocationContextID: UInt32?) throws -> Session {
-        let backend = try server.backend.open(OpenRequest(readonly: server.readonly, exportName: exportName))
+                     allocationContextID: UInt32?, isTLS: Bool) throws -> Session {
+        let backend = try server.backend.open(OpenRequest(readonly: server.readonly, exportName: exportName, isTLS: isTLS))
         do {
             let size = try backend.size()
             let readonly = try server.readonly || !backend.canWrite()

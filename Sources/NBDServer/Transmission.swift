@@ -14,6 +14,7 @@ final class Transmission: Sendable {
     private let readLock = Mutex(())
     private let writeLock = Mutex(())
     private let closed = Atomic<Bool>(false)
+    private let shuttingDown = Atomic<Bool>(false)
     private let workers = Atomic<Int>(1)
     private let busy = Atomic<Int>(0)
     private let spawned = Mutex<[JoinableThread]>([])
@@ -31,6 +32,13 @@ final class Transmission: Sendable {
     func serve() {
         workerLoop()
         while let thread = spawned.withLock({ $0.popLast() }) { thread.join() }
+    }
+
+    /// Server shutdown: requests already sent by the client are answered with ESHUTDOWN, requests
+    /// in flight finish normally, and the connection ends when the client's data runs out.
+    func shutdown() {
+        shuttingDown.store(true, ordering: .relaxed)
+        transport.shutdownReceive()
     }
 
     /// Stops reading new requests; requests in flight still get their replies.
@@ -59,6 +67,8 @@ final class Transmission: Sendable {
             let outcome: Outcome
             if let invalid {
                 outcome = .failure(invalid, "invalid request")
+            } else if shuttingDown.load(ordering: .relaxed) {
+                outcome = .failure(.eshutdown, "server is shutting down")
             } else if server.threadModel == .serializeAllRequests {
                 outcome = server.allRequestsLock.withLock { _ in perform(request, buffer) }
             } else {

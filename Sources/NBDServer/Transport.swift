@@ -11,6 +11,8 @@ public protocol Transport: AnyObject, Sendable {
     func shutdownReceive()
     /// Closes the descriptors; called once, after every other call has returned.
     func close()
+    /// The socket to run a TLS handshake on after STARTTLS, or nil if this transport can't upgrade.
+    var upgradableSocket: Int32? { get }
 }
 
 extension Transport {
@@ -92,6 +94,8 @@ public final class PlainTransport: Transport, @unchecked Sendable {
     }
 
     public func shutdownReceive() { _ = shutdown(readFD, Int32(SHUT_RD)) }
+
+    public var upgradableSocket: Int32? { readFD == writeFD ? readFD : nil }
 
     public func close() {
         _ = Glibc.close(readFD)

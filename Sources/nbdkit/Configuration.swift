@@ -1,9 +1,5 @@
+import Glibc
 import NBDServer
-
-/// `--tls`.
-enum TLSMode: String {
-    case off, on, require
-}
 
 /// Where clients come from.
 enum ListenMode: Equatable {
@@ -44,6 +40,9 @@ struct Configuration {
     var exitWithParent = false
     var pidFile: String? = nil
     var tls = TLSMode.off
+    var tlsCertificates: String? = nil
+    var tlsPSK: String? = nil
+    var tlsVerifyPeer = false
     var user: String? = nil
     var group: String? = nil
     var debugFlags: [String] = []
@@ -58,6 +57,24 @@ struct Configuration {
     /// Whether the server stays in the foreground (`-f`, `--run`, `--exit-with-parent`, `-s`).
     var staysInForeground: Bool { foreground || run != nil || exitWithParent || single }
 
+    /// The TLS settings, with credentials loaded now so that bad files are start-up errors.
+    func tlsSettings() throws -> TLSSettings {
+        guard tls != .off else { return .off }
+        let credentials: TLSCredentials
+        if let psk = tlsPSK {
+            credentials = try TLSCredentials(pskFile: psk)
+        } else {
+            credentials = try TLSCredentials(x509Directory: tlsCertificates ?? Configuration.defaultCertificateDirectory)
+        }
+        return TLSSettings(mode: tls, credentials: credentials, verifyPeer: tlsVerifyPeer)
+    }
+
+    /// nbdkit's default: /etc/pki/nbdkit for root, $HOME/.pki/nbdkit for anyone else.
+    static var defaultCertificateDirectory: String {
+        if getuid() == 0 { return "/etc/pki/nbdkit" }
+        return (getenv("HOME").map { String(cString: $0) } ?? "") + "/.pki/nbdkit"
+    }
+
     /// Cross-option checks nbdkit makes before starting.
     func validate() throws {
         if single && (port != nil || unixSocket != nil || run != nil) {
@@ -66,8 +83,11 @@ struct Configuration {
         if port != nil && unixSocket != nil {
             throw ConfigError("-p (--port) and -U (--unix) are mutually exclusive")
         }
-        if tls != .off {
-            throw ConfigError("--tls=\(tls.rawValue): TLS is not supported by this build yet")
+        if tls != .off && style == .oldstyle {
+            throw ConfigError("TLS cannot be used with the oldstyle protocol (-o)")
+        }
+        if tlsCertificates != nil && tlsPSK != nil {
+            throw ConfigError("--tls-certificates and --tls-psk are mutually exclusive")
         }
         if threads < 1 { throw ConfigError("-t (--threads) must be at least 1") }
     }

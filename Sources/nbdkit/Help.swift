@@ -46,7 +46,7 @@ enum Help {
         name=nbdkit
         plugins=\(Registry.plugins.map { $0.name }.joined(separator: ","))
         filters=\(Registry.filters.map { $0.name }.joined(separator: ","))
-        tls=no
+        tls=yes
         version=\(version)
         version_major=1
         version_minor=32

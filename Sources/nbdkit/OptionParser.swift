@@ -56,9 +56,9 @@ struct OptionParser {
             default: throw ConfigError("--tls flag must be off|on|require")
             }
         },
-        Spec(short: nil, long: ["tls-certificates"], arity: .value) { _, _ in },
-        Spec(short: nil, long: ["tls-psk"], arity: .value) { _, _ in },
-        Spec(short: nil, long: ["tls-verify-peer"], arity: .flag) { _, _ in },
+        Spec(short: nil, long: ["tls-certificates"], arity: .value) { c, v in c.tlsCertificates = v },
+        Spec(short: nil, long: ["tls-psk"], arity: .value) { c, v in c.tlsPSK = v },
+        Spec(short: nil, long: ["tls-verify-peer"], arity: .flag) { c, _ in c.tlsVerifyPeer = true },
         Spec(short: "U", long: ["unix"], arity: .value) { c, v in c.unixSocket = v },
         Spec(short: "u", long: ["user"], arity: .value) { c, v in c.user = v },
         Spec(short: "v", long: ["verbose"], arity: .flag) { c, _ in c.verbose = true },

@@ -23,6 +23,7 @@ struct Startup {
             return 0
         }
 
+        let tls = try config.tlsSettings()
         let parentAtStart = getppid()
         let signals = try SignalSource()
         let control = try ServerControl()
@@ -68,7 +69,7 @@ struct Startup {
 
         try backend.afterFork()
         let server = Server(context: ServerContext(backend: backend, logger: logger, readonly: config.readonly,
-                                                   threads: config.threads, style: config.style),
+                                                   threads: config.threads, style: config.style, tls: tls),
                             control: control)
         guard let listeners else {
             server.serve(PlainTransport(readFD: 0, writeFD: 1))

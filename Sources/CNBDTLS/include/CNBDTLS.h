@@ -1,0 +1,48 @@
+#ifndef CNBDTLS_H
+#define CNBDTLS_H
+
+#include <stddef.h>
+#include <sys/types.h>
+
+/* A thin layer over GnuTLS for the server side of NBD's STARTTLS. Swift sees only
+ * opaque pointers and plain integers; every GnuTLS error comes back as a negative
+ * GnuTLS error code, readable with CNBDTLS_strerror. */
+
+typedef struct CNBDTLS_credentials CNBDTLS_credentials;
+typedef struct CNBDTLS_session CNBDTLS_session;
+
+/* Initialises GnuTLS once; returns 0 or a GnuTLS error code. */
+int CNBDTLS_global_init(void);
+
+/* The message for a GnuTLS error code. */
+const char *CNBDTLS_strerror(int code);
+
+/* X.509 credentials from DIR/ca-cert.pem, DIR/server-cert.pem, DIR/server-key.pem and the
+ * optional DIR/ca-crl.pem. On failure returns NULL, sets *code and writes the name of the
+ * file at fault into failed_file. */
+CNBDTLS_credentials *CNBDTLS_credentials_x509(const char *dir, int *code, char *failed_file, size_t failed_file_len);
+
+/* PSK credentials from a psktool file (username:hexkey lines). */
+CNBDTLS_credentials *CNBDTLS_credentials_psk(const char *file, int *code);
+
+void CNBDTLS_credentials_free(CNBDTLS_credentials *creds);
+
+/* A server session on the connected socket fd. With verify_peer the client must present
+ * a certificate signed by the CA (X.509 only). */
+CNBDTLS_session *CNBDTLS_session_new(CNBDTLS_credentials *creds, int fd, int verify_peer, int *code);
+
+/* Runs the handshake to completion; returns 0 or a GnuTLS error code. */
+int CNBDTLS_handshake(CNBDTLS_session *s);
+
+/* Record I/O: bytes moved, 0 at end of file, or a negative GnuTLS error code.
+ * Interrupted and would-block results are retried inside. */
+ssize_t CNBDTLS_recv(CNBDTLS_session *s, void *buf, size_t len);
+ssize_t CNBDTLS_send(CNBDTLS_session *s, const void *buf, size_t len);
+
+/* Sends close_notify (best effort) and frees the session; the fd is not closed. */
+void CNBDTLS_session_free(CNBDTLS_session *s, int send_bye);
+
+/* A one-line description of the negotiated protocol and cipher, for debug logs. */
+const char *CNBDTLS_session_description(CNBDTLS_session *s);
+
+#endif

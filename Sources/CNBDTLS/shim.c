@@ -1,0 +1,157 @@
+#include "CNBDTLS.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <gnutls/gnutls.h>
+#include <gnutls/x509.h>
+
+struct CNBDTLS_credentials {
+  int is_psk;
+  gnutls_certificate_credentials_t x509;
+  gnutls_psk_server_credentials_t psk;
+};
+
+struct CNBDTLS_session {
+  gnutls_session_t session;
+  char description[128];
+};
+
+int CNBDTLS_global_init(void) { return gnutls_global_init(); }
+
+const char *CNBDTLS_strerror(int code) { return gnutls_strerror(code); }
+
+static int file_exists(const char *path) { return access(path, R_OK) == 0; }
+
+CNBDTLS_credentials *CNBDTLS_credentials_x509(const char *dir, int *code, char *failed_file, size_t failed_file_len)
+{
+  char ca[4096], cert[4096], key[4096], crl[4096];
+  CNBDTLS_credentials *c = calloc(1, sizeof *c);
+  int r;
+
+  if (c == NULL) { *code = GNUTLS_E_MEMORY_ERROR; return NULL; }
+  snprintf(ca, sizeof ca, "%s/ca-cert.pem", dir);
+  snprintf(cert, sizeof cert, "%s/server-cert.pem", dir);
+  snprintf(key, sizeof key, "%s/server-key.pem", dir);
+  snprintf(crl, sizeof crl, "%s/ca-crl.pem", dir);
+
+  if ((r = gnutls_certificate_allocate_credentials(&c->x509)) < 0) goto fail_nofile;
+  if ((r = gnutls_certificate_set_x509_trust_file(c->x509, ca, GNUTLS_X509_FMT_PEM)) < 0) {
+    snprintf(failed_file, failed_file_len, "%s", ca);
+    goto fail;
+  }
+  if (file_exists(crl) && (r = gnutls_certificate_set_x509_crl_file(c->x509, crl, GNUTLS_X509_FMT_PEM)) < 0) {
+    snprintf(failed_file, failed_file_len, "%s", crl);
+    goto fail;
+  }
+  if ((r = gnutls_certificate_set_x509_key_file(c->x509, cert, key, GNUTLS_X509_FMT_PEM)) < 0) {
+    snprintf(failed_file, failed_file_len, "%s and %s", cert, key);
+    goto fail;
+  }
+  return c;
+
+ fail_nofile:
+  snprintf(failed_file, failed_file_len, "%s", dir);
+ fail:
+  *code = r;
+  CNBDTLS_credentials_free(c);
+  return NULL;
+}
+
+CNBDTLS_credentials *CNBDTLS_credentials_psk(const char *file, int *code)
+{
+  CNBDTLS_credentials *c = calloc(1, sizeof *c);
+  int r;
+
+  if (c == NULL) { *code = GNUTLS_E_MEMORY_ERROR; return NULL; }
+  c->is_psk = 1;
+  if ((r = gnutls_psk_allocate_server_credentials(&c->psk)) < 0 ||
+      (r = gnutls_psk_set_server_credentials_file(c->psk, file)) < 0) {
+    *code = r;
+    CNBDTLS_credentials_free(c);
+    return NULL;
+  }
+  return c;
+}
+
+void CNBDTLS_credentials_free(CNBDTLS_credentials *c)
+{
+  if (c == NULL) return;
+  if (c->x509) gnutls_certificate_free_credentials(c->x509);
+  if (c->psk) gnutls_psk_free_server_credentials(c->psk);
+  free(c);
+}
+
+CNBDTLS_session *CNBDTLS_session_new(CNBDTLS_credentials *c, int fd, int verify_peer, int *code)
+{
+  CNBDTLS_session *s = calloc(1, sizeof *s);
+  int r;
+
+  if (s == NULL) { *code = GNUTLS_E_MEMORY_ERROR; return NULL; }
+  if ((r = gnutls_init(&s->session, GNUTLS_SERVER)) < 0) { free(s); *code = r; return NULL; }
+  if (c->is_psk) {
+    r = gnutls_priority_set_direct(s->session, "NORMAL:+ECDHE-PSK:+DHE-PSK:+PSK", NULL);
+    if (r >= 0) r = gnutls_credentials_set(s->session, GNUTLS_CRD_PSK, c->psk);
+  } else {
+    r = gnutls_priority_set_direct(s->session, "NORMAL", NULL);
+    if (r >= 0) r = gnutls_credentials_set(s->session, GNUTLS_CRD_CERTIFICATE, c->x509);
+    if (r >= 0 && verify_peer) {
+      gnutls_certificate_server_set_request(s->session, GNUTLS_CERT_REQUIRE);
+      gnutls_session_set_verify_cert(s->session, NULL, 0);
+    }
+  }
+  if (r < 0) {
+    gnutls_deinit(s->session);
+    free(s);
+    *code = r;
+    return NULL;
+  }
+  gnutls_transport_set_int2(s->session, fd, fd);
+  gnutls_handshake_set_timeout(s->session, GNUTLS_DEFAULT_HANDSHAKE_TIMEOUT);
+  return s;
+}
+
+int CNBDTLS_handshake(CNBDTLS_session *s)
+{
+  int r;
+  do {
+    r = gnutls_handshake(s->session);
+  } while (r < 0 && !gnutls_error_is_fatal(r));
+  return r < 0 ? r : 0;
+}
+
+ssize_t CNBDTLS_recv(CNBDTLS_session *s, void *buf, size_t len)
+{
+  ssize_t r;
+  do {
+    r = gnutls_record_recv(s->session, buf, len);
+  } while (r == GNUTLS_E_INTERRUPTED || r == GNUTLS_E_AGAIN);
+  return r;
+}
+
+ssize_t CNBDTLS_send(CNBDTLS_session *s, const void *buf, size_t len)
+{
+  ssize_t r;
+  do {
+    r = gnutls_record_send(s->session, buf, len);
+  } while (r == GNUTLS_E_INTERRUPTED || r == GNUTLS_E_AGAIN);
+  return r;
+}
+
+void CNBDTLS_session_free(CNBDTLS_session *s, int send_bye)
+{
+  if (s == NULL) return;
+  if (send_bye) gnutls_bye(s->session, GNUTLS_SHUT_WR);
+  gnutls_deinit(s->session);
+  free(s);
+}
+
+const char *CNBDTLS_session_description(CNBDTLS_session *s)
+{
+  char *d = gnutls_session_get_desc(s->session);
+  snprintf(s->description, sizeof s->description, "%s", d ? d : "unknown");
+  gnutls_free(d);
+  return s->description;
+}

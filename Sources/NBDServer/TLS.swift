@@ -1,0 +1,130 @@
+import Glibc
+import CNBDTLS
+
+/// `--tls`: whether STARTTLS is refused, offered, or required before anything else.
+public enum TLSMode: String, Sendable {
+    case off, on, require
+}
+
+/// Server credentials loaded once at start-up, so that a bad file is reported then and
+/// not at the first connection.
+public final class TLSCredentials: @unchecked Sendable {
+    fileprivate let raw: OpaquePointer
+    public let isPSK: Bool
+
+    /// Loads ca-cert.pem, server-cert.pem, server-key.pem (and ca-crl.pem if present) from `directory`.
+    public init(x509Directory directory: String) throws {
+        try TLSCredentials.initialiseLibrary()
+        var code: Int32 = 0
+        var failed = [CChar](repeating: 0, count: 8192)
+        guard let raw = CNBDTLS_credentials_x509(directory, &code, &failed, failed.count) else {
+            let file = String(decoding: failed.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+            throw ConfigError("TLS certificates: \(file): \(TLSCredentials.message(code))")
+        }
+        self.raw = raw
+        isPSK = false
+    }
+
+    /// Loads a psktool file of `username:hexkey` lines.
+    public init(pskFile file: String) throws {
+        try TLSCredentials.initialiseLibrary()
+        guard access(file, R_OK) == 0 else { throw ConfigError("--tls-psk: \(SystemError(file))") }
+        var code: Int32 = 0
+        guard let raw = CNBDTLS_credentials_psk(file, &code) else {
+            throw ConfigError("--tls-psk: \(file): \(TLSCredentials.message(code))")
+        }
+        self.raw = raw
+        isPSK = true
+    }
+
+    deinit { CNBDTLS_credentials_free(raw) }
+
+    static func message(_ code: Int32) -> String { String(cString: CNBDTLS_strerror(code)) }
+
+    private static func initialiseLibrary() throws {
+        let r = CNBDTLS_global_init()
+        if r < 0 { throw ConfigError("gnutls_global_init: \(message(r))") }
+    }
+}
+
+/// Everything a connection needs to know about TLS.
+public struct TLSSettings: Sendable {
+    public var mode: TLSMode
+    public var credentials: TLSCredentials?
+    public var verifyPeer: Bool
+
+    public init(mode: TLSMode, credentials: TLSCredentials?, verifyPeer: Bool) {
+        self.mode = mode
+        self.credentials = credentials
+        self.verifyPeer = verifyPeer
+    }
+
+    public static let off = TLSSettings(mode: .off, credentials: nil, verifyPeer: false)
+}
+
+/// A TLS failure during the handshake or on a record.
+struct TLSError: Error, CustomStringConvertible {
+    let call: String
+    let code: Int
+    var description: String { "\(call): \(TLSCredentials.message(Int32(code)))" }
+}
+
+/// The transport after STARTTLS: GnuTLS records over the connection's socket. One thread may
+/// receive while another sends, which GnuTLS allows; the connection's locks ensure no more.
+final class TLSTransport: Transport, @unchecked Sendable {
+    private let session: OpaquePointer
+    private let fd: Int32
+
+    /// Runs the server handshake on `fd`; throws if it fails (the caller ends the connection).
+    init(fd: Int32, settings: TLSSettings) throws {
+        guard let credentials = settings.credentials else { throw TLSError(call: "gnutls_init", code: -1) }
+        var code: Int32 = 0
+        guard let session = CNBDTLS_session_new(credentials.raw, fd, settings.verifyPeer && !credentials.isPSK ? 1 : 0, &code) else {
+            throw TLSError(call: "gnutls_init", code: Int(code))
+        }
+        let r = CNBDTLS_handshake(session)
+        if r < 0 {
+            CNBDTLS_session_free(session, 0)
+            throw TLSError(call: "gnutls_handshake", code: Int(r))
+        }
+        self.session = session
+        self.fd = fd
+    }
+
+    /// The negotiated protocol and cipher, for debug logs.
+    var sessionDescription: String { String(cString: CNBDTLS_session_description(session)) }
+
+    func receive(into buffer: UnsafeMutableRawBufferPointer) throws {
+        var done = 0
+        while done < buffer.count {
+            let n = CNBDTLS_recv(session, buffer.baseAddress! + done, buffer.count - done)
+            if n > 0 { done += n; continue }
+            if n == 0 { throw TransportError.endOfFile }
+            // A peer that drops the connection without close_notify is end of file too.
+            if n == -110 /* GNUTLS_E_PREMATURE_TERMINATION */ || n == -54 /* GNUTLS_E_PULL_ERROR */ {
+                throw TransportError.endOfFile
+            }
+            throw TLSError(call: "gnutls_record_recv", code: n)
+        }
+    }
+
+    func send(_ header: UnsafeRawBufferPointer, _ payload: UnsafeRawBufferPointer) throws {
+        for part in [header, payload] where part.count > 0 {
+            var done = 0
+            while done < part.count {
+                let n = CNBDTLS_send(session, part.baseAddress! + done, part.count - done)
+                if n < 0 { throw TLSError(call: "gnutls_record_send", code: n) }
+                done += n
+            }
+        }
+    }
+
+    func shutdownReceive() { _ = shutdown(fd, Int32(SHUT_RD)) }
+
+    var upgradableSocket: Int32? { nil }
+
+    func close() {
+        CNBDTLS_session_free(session, 1)
+        _ = Glibc.close(fd)
+    }
+}

@@ -1,0 +1,251 @@
+import XCTest
+
+/// STARTTLS with X.509 and PSK, driven by libnbd, qemu and raw sockets. Keys and certificates
+/// are made at test time with certtool and psktool.
+final class TLSTests: IntegrationTestCase {
+    nonisolated(unsafe) static var pki: TemporaryDirectory!
+
+    /// A CA with a server and a client certificate in `pki`, a second CA with its own client
+    /// certificate in `pki/other`, and PSK files for alice (good) and alice (wrong key).
+    override class func setUp() {
+        super.setUp()
+        let d = TemporaryDirectory()
+        pki = d
+        let script = """
+        set -e
+        cd '\(d.path)'
+        mkdir other noclient
+        gen() { certtool --generate-privkey --outfile "$1" >/dev/null 2>&1; }
+        printf 'cn = Test CA\\nca\\ncert_signing_key\\nexpiration_days = 30\\n' > ca.info
+        printf 'cn = localhost\\ndns_name = localhost\\ntls_www_server\\nencryption_key\\nsigning_key\\nexpiration_days = 30\\n' > server.info
+        printf 'cn = client\\ntls_www_client\\nencryption_key\\nsigning_key\\nexpiration_days = 30\\n' > client.info
+        gen ca-key.pem
+        certtool --generate-self-signed --load-privkey ca-key.pem --template ca.info --outfile ca-cert.pem >/dev/null 2>&1
+        gen server-key.pem
+        certtool --generate-certificate --load-ca-certificate ca-cert.pem --load-ca-privkey ca-key.pem \\
+          --load-privkey server-key.pem --template server.info --outfile server-cert.pem >/dev/null 2>&1
+        gen client-key.pem
+        certtool --generate-certificate --load-ca-certificate ca-cert.pem --load-ca-privkey ca-key.pem \\
+          --load-privkey client-key.pem --template client.info --outfile client-cert.pem >/dev/null 2>&1
+        cp ca-cert.pem noclient/
+        gen other/ca-key.pem
+        certtool --generate-self-signed --load-privkey other/ca-key.pem --template ca.info --outfile other/ca-cert.pem >/dev/null 2>&1
+        gen other/client-key.pem
+        certtool --generate-certificate --load-ca-certificate other/ca-cert.pem --load-ca-privkey other/ca-key.pem \\
+          --load-privkey other/client-key.pem --template client.info --outfile other/client-cert.pem >/dev/null 2>&1
+        psktool -u alice -p keys.psk >/dev/null
+        psktool -u alice -p wrong.psk >/dev/null
+        psktool -u mallory -p mallory.psk >/dev/null
+        """
+        let r = Harness.run(["/bin/sh", "-c", script])
+        precondition(r.status == 0, "making certificates failed: \(r.stderr)")
+    }
+
+    override class func tearDown() {
+        pki.remove()
+        super.tearDown()
+    }
+
+    var certs: String { Self.pki.path }
+    var pskFile: String { Self.pki.file("keys.psk") }
+
+    func x509URI(_ s: ServerProcess, dir: String? = nil) -> String {
+        "nbds+unix:///?socket=\(s.socket)&tls-certificates=\(dir ?? certs)"
+    }
+
+    func pskURI(_ s: ServerProcess, user: String = "alice", file: String? = nil) -> String {
+        "nbds+unix://\(user)@/?socket=\(s.socket)&tls-psk-file=\(file ?? pskFile)"
+    }
+
+    /// nbdsh connected to a TLS URI that names local files (which libnbd must be allowed to read).
+    @discardableResult
+    func tlsNbdsh(_ uri: String, _ script: String, file: StaticString = #filePath, line: UInt = #line) -> Harness.Result {
+        let r = Harness.run(["/usr/bin/nbdsh", "-c", "h.set_uri_allow_local_file(True)\nh.connect_uri(\(pythonString(uri)))\n" + script])
+        XCTAssertEqual(r.status, 0, "nbdsh failed:\n\(r.stderr)", file: file, line: line)
+        return r
+    }
+
+    func pythonString(_ s: String) -> String { "'" + s.replacingOccurrences(of: "'", with: "\\'") + "'" }
+
+    /// A good TLS client still works: the server survived whatever came before.
+    func assertStillServes(_ s: ServerProcess, psk: Bool = false, file: StaticString = #filePath, line: UInt = #line) {
+        XCTAssertTrue(s.isRunning, "server died", file: file, line: line)
+        let r = Harness.run(["nbdinfo", "--size", psk ? pskURI(s) : x509URI(s)])
+        XCTAssertEqual(r.stdout, "1048576\n", r.stderr, file: file, line: line)
+    }
+
+    func testX509RequireWithNbdinfoAndNbdsh() throws {
+        let s = try startServer(["--tls=require", "--tls-certificates=\(certs)", "memory", "1M"])
+        let info = Harness.run(["nbdinfo", x509URI(s)])
+        XCTAssertEqual(info.status, 0, info.stderr)
+        XCTAssertTrue(info.stdout.contains("with TLS"), info.stdout)
+        let r = tlsNbdsh(x509URI(s), """
+        assert h.get_tls_negotiated()
+        h.pwrite(b'secret' * 1000, 4096)
+        assert h.pread(6000, 4096) == b'secret' * 1000
+        print('ok')
+        """)
+        XCTAssertEqual(r.stdout, "ok\n")
+    }
+
+    func testPSKWithNbdcopyRoundTrip() throws {
+        let s = try startServer(["--tls=require", "--tls-psk=\(pskFile)", "memory", "4M"])
+        let source = randomFile("source.img", count: 4 << 20)
+        XCTAssertEqual(Harness.run(["nbdcopy", source, pskURI(s)]).status, 0)
+        let back = dir.file("back.img")
+        let r = Harness.run(["nbdcopy", pskURI(s), back])
+        XCTAssertEqual(r.status, 0, r.stderr)
+        XCTAssertEqual(contents(back), contents(source))
+    }
+
+    func testQemuImgX509AndPSK() throws {
+        let source = randomFile("source.img", count: 1 << 20)
+        let x = try startServer(["--tls=require", "--tls-certificates=\(certs)", "memory", "1M"], socketName: "x")
+        let up = Harness.run(["qemu-img", "convert", "-n", "-f", "raw", source,
+                              "--object", "tls-creds-x509,id=tls0,endpoint=client,dir=\(certs)",
+                              "--target-image-opts", "driver=nbd,path=\(x.socket),tls-creds=tls0,tls-hostname=localhost"])
+        XCTAssertEqual(up.status, 0, up.stderr)
+        let p = try startServer(["--tls=require", "--tls-psk=\(pskFile)", "memory", "1M"], socketName: "p")
+        let pskDir = dir.file("pskdir")
+        try FileManager.default.createDirectory(atPath: pskDir, withIntermediateDirectories: false)
+        try FileManager.default.copyItem(atPath: pskFile, toPath: pskDir + "/keys.psk")
+        let up2 = Harness.run(["qemu-img", "convert", "-n", "-f", "raw", source,
+                               "--object", "tls-creds-psk,id=tls0,endpoint=client,dir=\(pskDir),username=alice",
+                               "--target-image-opts", "driver=nbd,path=\(p.socket),tls-creds=tls0"])
+        XCTAssertEqual(up2.status, 0, up2.stderr)
+        let back = dir.file("back.img")
+        XCTAssertEqual(Harness.run(["nbdcopy", pskURI(p), back]).status, 0)
+        XCTAssertEqual(contents(back), contents(source))
+    }
+
+    func testPlaintextClientUnderRequireGetsNoData() throws {
+        let s = try startServer(["--tls=require", "--tls-certificates=\(certs)", "memory", "1M"])
+        tlsNbdsh(x509URI(s), "h.pwrite(b'private', 0)")
+        let r = Harness.run(["/usr/bin/nbdsh", "-c", """
+        h.set_opt_mode(True)
+        h.connect_uri('nbd+unix:///?socket=\(s.socket)')
+        assert not h.get_tls_negotiated()
+        try:
+            h.opt_go()
+            print('GO succeeded')
+        except nbd.Error as e:
+            print('refused')
+        """])
+        XCTAssertEqual(r.stdout, "refused\n", r.stderr)
+        let plain = Harness.run(["nbdsh", "-u", "nbd+unix:///?socket=\(s.socket)", "-c", "print(h.pread(7, 0))"])
+        XCTAssertNotEqual(plain.status, 0)
+        XCTAssertFalse(plain.stdout.contains("private"))
+        assertStillServes(s)
+    }
+
+    func testTLSOnAllowsBothAndTLSOffRefusesSTARTTLS() throws {
+        let on = try startServer(["--tls=on", "--tls-certificates=\(certs)", "memory", "1M"], socketName: "on")
+        XCTAssertEqual(Harness.run(["nbdinfo", "--size", "nbd+unix:///?socket=\(on.socket)"]).stdout, "1048576\n")
+        XCTAssertTrue(Harness.run(["nbdinfo", x509URI(on)]).stdout.contains("with TLS"))
+        let off = try startServer(["memory", "1M"], socketName: "off")
+        let r = Harness.run(["nbdinfo", x509URI(off)])
+        XCTAssertNotEqual(r.status, 0, "a client requiring TLS must fail against --tls=off")
+        XCTAssertEqual(Harness.run(["nbdinfo", "--size", off.uri]).stdout, "1048576\n")
+    }
+
+    func testWrongPSKAndUnknownUserFailCleanly() throws {
+        let s = try startServer(["--tls=require", "--tls-psk=\(pskFile)", "memory", "1M"])
+        XCTAssertNotEqual(Harness.run(["nbdinfo", "--size", pskURI(s, file: Self.pki.file("wrong.psk"))]).status, 0)
+        XCTAssertNotEqual(Harness.run(["nbdinfo", "--size", pskURI(s, user: "mallory", file: Self.pki.file("mallory.psk"))]).status, 0)
+        assertStillServes(s, psk: true)
+    }
+
+    func testVerifyPeerRequiresClientCertificateFromTheCA() throws {
+        let s = try startServer(["--tls=require", "--tls-certificates=\(certs)", "--tls-verify-peer", "memory", "1M"])
+        // The good client: certificates directory with ca-cert, client-cert and client-key.
+        assertStillServes(s)
+        // No client certificate.
+        XCTAssertNotEqual(Harness.run(["nbdinfo", "--size", x509URI(s, dir: Self.pki.file("noclient"))]).status, 0)
+        // A client certificate from another CA (the client still trusts our CA).
+        let mixed = dir.file("mixed")
+        try FileManager.default.createDirectory(atPath: mixed, withIntermediateDirectories: false)
+        try FileManager.default.copyItem(atPath: certs + "/ca-cert.pem", toPath: mixed + "/ca-cert.pem")
+        try FileManager.default.copyItem(atPath: certs + "/other/client-cert.pem", toPath: mixed + "/client-cert.pem")
+        try FileManager.default.copyItem(atPath: certs + "/other/client-key.pem", toPath: mixed + "/client-key.pem")
+        XCTAssertNotEqual(Harness.run(["nbdinfo", "--size", x509URI(s, dir: mixed)]).status, 0)
+        assertStillServes(s)
+    }
+
+    func testClientDroppingMidHandshake() throws {
+        let s = try startServer(["--tls=require", "--tls-certificates=\(certs)", "memory", "1M"])
+        let r = Harness.run(["/usr/bin/python3", "-c", """
+        import socket, struct, sys
+        for garbage in (b'', b'\\x16\\x03\\x01\\x00\\x05hello', b'\\x00' * 100):
+            s = socket.socket(socket.AF_UNIX); s.settimeout(5); s.connect(sys.argv[1])
+            s.recv(18)
+            s.sendall(struct.pack('>I', 3))
+            s.sendall(b'IHAVEOPT' + struct.pack('>II', 5, 0))
+            hdr = b''
+            while len(hdr) < 20: hdr += s.recv(20 - len(hdr))
+            assert struct.unpack('>QIII', hdr)[2] == 1, hdr
+            s.sendall(garbage); s.close()
+        print('ok')
+        """, s.socket])
+        XCTAssertEqual(r.stdout, "ok\n", r.stderr)
+        assertStillServes(s)
+        // Each dropped client is one log line, not a flood.
+        XCTAssertLessThanOrEqual(s.stderr.split(separator: "\n").count, 3, s.stderr)
+    }
+
+    func testRequireAnswersOptionsWithTLSReqd() throws {
+        let s = try startServer(["--tls=require", "--tls-certificates=\(certs)", "memory", "1M"])
+        let r = Harness.run(["/usr/bin/python3", "-c", """
+        import socket, struct, sys
+        s = socket.socket(socket.AF_UNIX); s.settimeout(5); s.connect(sys.argv[1])
+        s.recv(18); s.sendall(struct.pack('>I', 3))
+        def opt(code, data=b''):
+            s.sendall(b'IHAVEOPT' + struct.pack('>II', code, len(data)) + data)
+            hdr = b''
+            while len(hdr) < 20: hdr += s.recv(20 - len(hdr))
+            magic, option, rtype, length = struct.unpack('>QIII', hdr)
+            if length: s.recv(length)
+            return rtype
+        TLS_REQD = 0x80000005
+        assert opt(3) == TLS_REQD                      # LIST
+        assert opt(8) == TLS_REQD                      # STRUCTURED_REPLY
+        assert opt(7, struct.pack('>IH', 0, 0)) == TLS_REQD   # GO, payload consumed
+        assert opt(6, struct.pack('>I', 3) + b'abc' + struct.pack('>H', 0)) == TLS_REQD
+        assert opt(2) == 1                             # ABORT is allowed
+        # EXPORT_NAME before TLS ends the connection.
+        s = socket.socket(socket.AF_UNIX); s.settimeout(5); s.connect(sys.argv[1])
+        s.recv(18); s.sendall(struct.pack('>I', 3))
+        s.sendall(b'IHAVEOPT' + struct.pack('>II', 1, 0))
+        assert s.recv(100) == b''
+        print('ok')
+        """, s.socket])
+        XCTAssertEqual(r.stdout, "ok\n", r.stderr)
+        assertStillServes(s)
+    }
+
+    func testCaptiveRunWithTLS() {
+        let r = Harness.run([Harness.nbdkit, "-U", "-", "--tls=require", "--tls-certificates=\(certs)", "memory", "1M",
+                             "--run", "echo \"$tls $uri\"; nbdinfo --size \"$uri&tls-certificates=\(certs)\""])
+        XCTAssertEqual(r.status, 0, r.stderr)
+        let lines = r.stdout.split(separator: "\n")
+        XCTAssertTrue(lines.first?.hasPrefix("2 nbds+unix://?socket=") ?? false, r.stdout)
+        XCTAssertEqual(lines.last, "1048576")
+        let on = Harness.run([Harness.nbdkit, "-U", "-", "--tls=on", "--tls-certificates=\(certs)", "memory", "1M",
+                              "--run", "echo \"$tls $uri\""])
+        XCTAssertTrue(on.stdout.hasPrefix("1 nbd+unix://?socket="), on.stdout)
+    }
+
+    func testBadTLSFilesAreStartupErrors() {
+        let marker = dir.file("ran")
+        let missing = Harness.run([Harness.nbdkit, "-U", "-", "--tls=on", "--tls-certificates=\(dir.file("none"))",
+                                   "memory", "1M", "--run", "touch \(marker)"])
+        XCTAssertEqual(missing.status, 1)
+        XCTAssertTrue(missing.stderr.contains("nbdkit: error: TLS certificates: \(dir.file("none"))/ca-cert.pem"), missing.stderr)
+        let psk = Harness.run([Harness.nbdkit, "-U", "-", "--tls=on", "--tls-psk=\(dir.file("none.psk"))", "memory", "1M", "--run", "touch \(marker)"])
+        XCTAssertEqual(psk.status, 1)
+        XCTAssertTrue(psk.stderr.contains("none.psk"), psk.stderr)
+        let old = Harness.run([Harness.nbdkit, "-U", "-", "-o", "--tls=on", "--tls-certificates=\(certs)", "memory", "1M", "--run", "touch \(marker)"])
+        XCTAssertEqual(old.status, 1)
+        XCTAssertTrue(old.stderr.contains("oldstyle"), old.stderr)
+        XCTAssertFalse(FileManager.default.fileExists(atPath: marker))
+    }
+}
