@@ -1,0 +1,460 @@
+import Foundation
+import Glibc
+import XCTest
+
+/// Clients that break the NBD protocol on purpose, through a raw Unix socket. After each one the
+/// same server must still be running and must serve a fresh, well-behaved client correctly.
+final class HostileClientTests: IntegrationTestCase {
+    // MARK: Handshake phase
+
+    func testUnknownClientFlagsCloseConnection() throws {
+        let s = try startServer(["memory", "size=1M"])
+        for flags: UInt32 in [0x8000_0003, 0xDEAD_BEEF, 0x0000_0004] {
+            let c = try RawClient(s.socket)
+            defer { c.close() }
+            XCTAssertEqual(c.readExactly(18), Wire.greeting, "greeting")
+            XCTAssertTrue(c.send(Wire.u32(flags)))
+            let (rest, closed) = c.readToEOF()
+            XCTAssertTrue(closed, "flags 0x\(String(flags, radix: 16)): connection not closed")
+            XCTAssertEqual(rest, [], "flags 0x\(String(flags, radix: 16)): unexpected reply")
+        }
+        assertServerHealthy(s)
+    }
+
+    func testBadOptionMagicClosesConnection() throws {
+        let s = try startServer(["memory", "size=1M"])
+        let c = try RawClient(s.socket)
+        defer { c.close() }
+        XCTAssertEqual(c.readExactly(18), Wire.greeting)
+        XCTAssertTrue(c.send(Wire.u32(3)))
+        // "IHAVEOPX" instead of "IHAVEOPT", then a plausible option number and length.
+        XCTAssertTrue(c.send(Array("IHAVEOPX".utf8) + Wire.u32(7) + Wire.u32(0)))
+        let (rest, closed) = c.readToEOF()
+        XCTAssertTrue(closed)
+        XCTAssertEqual(rest, [])
+        assertServerHealthy(s)
+    }
+
+    func testUnknownOptionGetsErrUnsupAndNegotiationContinues() throws {
+        let s = try startServer(["memory", "size=1M"])
+        let c = try RawClient(s.socket)
+        defer { c.close() }
+        try c.startNegotiation()
+        XCTAssertTrue(c.send(Wire.option(0x1234, Array("hello".utf8))))
+        let reply = try XCTUnwrap(c.readOptionReply())
+        XCTAssertEqual(reply.option, 0x1234)
+        XCTAssertEqual(reply.type, 0x8000_0001, "NBD_REP_ERR_UNSUP")
+        // Negotiation goes on: a real option is still served...
+        XCTAssertTrue(c.send(Wire.option(8, [])))  // NBD_OPT_STRUCTURED_REPLY
+        let ack = try XCTUnwrap(c.readOptionReply())
+        XCTAssertEqual(ack.option, 8)
+        XCTAssertEqual(ack.type, 1, "NBD_REP_ACK")
+        XCTAssertEqual(ack.payload, [])
+        // ...and NBD_OPT_ABORT ends it with an ACK (or a bare close).
+        XCTAssertTrue(c.send(Wire.option(2, [])))
+        let (rest, closed) = c.readToEOF()
+        XCTAssertTrue(closed)
+        XCTAssertTrue(rest.isEmpty || rest == Wire.optionReply(option: 2, type: 1), "abort reply: \(rest)")
+        assertServerHealthy(s)
+    }
+
+    func testOversizedOptionLengthClosesPromptly() throws {
+        let s = try startServer(["memory", "size=1M"])
+        do {
+            // The largest payload allowed (64 KiB) is read and answered.
+            let c = try RawClient(s.socket)
+            defer { c.close() }
+            try c.startNegotiation()
+            XCTAssertTrue(c.send(Wire.option(0x1234, [UInt8](repeating: 0x5A, count: 65536))))
+            let reply = try XCTUnwrap(c.readOptionReply())
+            XCTAssertEqual(reply.option, 0x1234)
+            XCTAssertEqual(reply.type, 0x8000_0001)
+        }
+        for length: UInt32 in [65537, 0xFFFF_FFFF] {
+            let c = try RawClient(s.socket)
+            defer { c.close() }
+            try c.startNegotiation()
+            XCTAssertTrue(c.send(Wire.ihaveopt + Wire.u32(0x1234) + Wire.u32(length)))
+            let start = Date()
+            let (rest, closed) = c.readToEOF()
+            let elapsed = Date().timeIntervalSince(start)
+            XCTAssertTrue(closed, "length \(length): connection not closed")
+            XCTAssertEqual(rest, [], "length \(length)")
+            XCTAssertLessThan(elapsed, 2, "length \(length): server waited for the payload")
+        }
+        assertServerHealthy(s)
+    }
+
+    func testMalformedGoPayloadGetsErrInvalid() throws {
+        let s = try startServer(["memory", "size=1M"])
+        let c = try RawClient(s.socket)
+        defer { c.close() }
+        try c.startNegotiation()
+        let malformed: [[UInt8]] = [
+            Wire.u32(100) + Array("abc".utf8),               // name longer than the payload
+            Wire.u32(0xFFFF_FFFF) + Wire.u16(0),              // absurd name length
+            Wire.u32(0) + Wire.u16(3) + Wire.u16(1),          // 3 info requests, only 1 present
+            Wire.u32(0) + Wire.u16(0) + [0xEE],               // trailing byte
+            [0, 0],                                           // shorter than the name length field
+        ]
+        for (i, payload) in malformed.enumerated() {
+            XCTAssertTrue(c.send(Wire.option(7, payload)))
+            let reply = try XCTUnwrap(c.readOptionReply(), "case \(i)")
+            XCTAssertEqual(reply.option, 7, "case \(i)")
+            XCTAssertEqual(reply.type, 0x8000_0003, "case \(i): expected NBD_REP_ERR_INVALID")
+        }
+        // The connection is still negotiating: a correct NBD_OPT_GO now succeeds.
+        XCTAssertTrue(c.send(Wire.option(7, Wire.u32(0) + Wire.u16(0))))
+        let info = try XCTUnwrap(c.readOptionReply())
+        XCTAssertEqual(info.type, 3, "NBD_REP_INFO")
+        XCTAssertEqual(info.payload.count, 12)
+        XCTAssertEqual(Wire.be16(info.payload, 0), 0, "NBD_INFO_EXPORT")
+        XCTAssertEqual(Wire.be64(info.payload, 2), 1 << 20)
+        let ack = try XCTUnwrap(c.readOptionReply())
+        XCTAssertEqual(ack.option, 7)
+        XCTAssertEqual(ack.type, 1)
+        try c.expectRead512Works(cookie: 5)
+        assertServerHealthy(s)
+    }
+
+    func testTooManyOptionsEndConnection() throws {
+        let s = try startServer(["memory", "size=1M"])
+        let c = try RawClient(s.socket)
+        defer { c.close() }
+        try c.startNegotiation()
+        var answered = 0
+        var closed = false
+        let start = Date()
+        for i in 0..<2000 {
+            guard c.send(Wire.option(0x1234 + UInt32(i), [])) else { closed = true; break }
+            guard let reply = c.readOptionReply() else { closed = c.lastEnd == .eof || c.lastEnd == .reset; break }
+            XCTAssertEqual(reply.option, 0x1234 + UInt32(i))
+            XCTAssertEqual(reply.type, 0x8000_0001)
+            answered += 1
+        }
+        if !closed { closed = c.readToEOF().closed }
+        XCTAssertTrue(closed, "the server kept negotiating forever")
+        XCTAssertGreaterThan(answered, 0)
+        XCTAssertEqual(answered, 1024, "the server's documented cap is 1024 options per connection")
+        XCTAssertLessThan(Date().timeIntervalSince(start), 10)
+        assertServerHealthy(s)
+    }
+
+    func testTruncatedHandshakes() throws {
+        let s = try startServer(["memory", "size=1M"])
+        do {  // Close without reading anything.
+            let c = try RawClient(s.socket)
+            c.close()
+        }
+        do {  // Read the greeting, then vanish.
+            let c = try RawClient(s.socket)
+            XCTAssertEqual(c.readExactly(18), Wire.greeting)
+            c.close()
+        }
+        do {  // Half the client flags.
+            let c = try RawClient(s.socket)
+            XCTAssertEqual(c.readExactly(18), Wire.greeting)
+            XCTAssertTrue(c.send([0, 0]))
+            c.close()
+        }
+        do {  // Half an option header.
+            let c = try RawClient(s.socket)
+            try c.startNegotiation()
+            XCTAssertTrue(c.send(Array(Wire.ihaveopt.prefix(8))))
+            c.close()
+        }
+        do {  // An option whose payload never fully arrives.
+            let c = try RawClient(s.socket)
+            try c.startNegotiation()
+            XCTAssertTrue(c.send(Wire.ihaveopt + Wire.u32(7) + Wire.u32(100) + [0, 0, 0]))
+            c.close()
+        }
+        assertServerHealthy(s)
+    }
+
+    // MARK: Transmission phase
+
+    func testBadRequestMagicClosesConnection() throws {
+        let s = try startServer(["memory", "size=1M"])
+        let c = try RawClient(s.socket)
+        defer { c.close() }
+        try c.exportNameHandshake()
+        var bad = Wire.request(command: 0, cookie: 1, offset: 0, length: 512)
+        bad[3] ^= 0xFF
+        XCTAssertTrue(c.send(bad))
+        let (rest, closed) = c.readToEOF()
+        XCTAssertTrue(closed)
+        XCTAssertEqual(rest, [])
+        assertServerHealthy(s)
+    }
+
+    func testUnknownCommandGetsEINVAL() throws {
+        let s = try startServer(["memory", "size=1M"])
+        let c = try RawClient(s.socket)
+        defer { c.close() }
+        try c.exportNameHandshake()
+        XCTAssertTrue(c.send(Wire.request(command: 99, cookie: 0x1122_3344_5566_7788, offset: 0, length: 512)))
+        XCTAssertEqual(c.readExactly(16), Wire.simpleReply(error: 22, cookie: 0x1122_3344_5566_7788))
+        try c.expectRead512Works(cookie: 0x99)
+        try c.disconnect()
+        assertServerHealthy(s)
+    }
+
+    func testUnknownCommandFlagGetsEINVAL() throws {
+        let s = try startServer(["memory", "size=1M"])
+        let c = try RawClient(s.socket)
+        defer { c.close() }
+        try c.exportNameHandshake()
+        XCTAssertTrue(c.send(Wire.request(flags: 0x8000, command: 0, cookie: 0xABCD, offset: 0, length: 512)))
+        // Exactly a 16-byte error reply: no 512 bytes of data may follow it.
+        XCTAssertEqual(c.readExactly(16), Wire.simpleReply(error: 22, cookie: 0xABCD))
+        try c.expectRead512Works(cookie: 0xABCE)
+        try c.disconnect()
+        assertServerHealthy(s)
+    }
+
+    func testOversizedWriteClosesConnection() throws {
+        let s = try startServer(["memory", "size=1M"])
+        let c = try RawClient(s.socket)
+        defer { c.close() }
+        try c.exportNameHandshake()
+        let start = Date()
+        XCTAssertTrue(c.send(Wire.request(command: 1, cookie: 7, offset: 0, length: 0x7FFF_FFFF)))
+        XCTAssertTrue(c.send([UInt8](repeating: 0x77, count: 4096)))
+        let (rest, closed) = c.readToEOF()
+        XCTAssertTrue(closed)
+        XCTAssertEqual(rest, [])
+        XCTAssertLessThan(Date().timeIntervalSince(start), 2)
+        let r = Harness.nbdsh(s.uri, "assert h.pread(4096, 0) == bytes(4096); print('ok')")
+        XCTAssertEqual(r.stdout, "ok\n", "the oversized write's data must not reach the disk")
+        assertServerHealthy(s)
+    }
+
+    func testClientVanishesMidWrite() throws {
+        let s = try startServer(["memory", "size=1M"])
+        do {
+            let c = try RawClient(s.socket)
+            defer { c.close() }
+            try c.exportNameHandshake()
+            XCTAssertTrue(c.send(Wire.request(command: 1, cookie: 8, offset: 0, length: 4096)
+                                 + [UInt8](repeating: 0xAB, count: 100)))
+        }
+        // Give the server time to see the end of file before checking nothing was written.
+        let deadline = Date().addingTimeInterval(5)
+        while !s.stderr.contains("write payload") && Date() < deadline { usleep(20_000) }
+        let r = Harness.nbdsh(s.uri, "assert h.pread(4096, 0) == bytes(4096); print('ok')")
+        XCTAssertEqual(r.stdout, "ok\n", "a half-received write must not be applied")
+        assertServerHealthy(s)
+    }
+
+    func testReadOutOfRangeGetsEINVAL() throws {
+        let s = try startServer(["memory", "size=1M"])
+        let c = try RawClient(s.socket)
+        defer { c.close() }
+        try c.exportNameHandshake()
+        XCTAssertTrue(c.send(Wire.request(command: 0, cookie: 21, offset: (1 << 20) - 256, length: 512)))
+        XCTAssertEqual(c.readExactly(16), Wire.simpleReply(error: 22, cookie: 21))
+        XCTAssertTrue(c.send(Wire.request(command: 0, cookie: 22, offset: 0, length: 0x7FFF_FFFF)))
+        XCTAssertEqual(c.readExactly(16), Wire.simpleReply(error: 22, cookie: 22))
+        XCTAssertTrue(c.send(Wire.request(command: 0, cookie: 23, offset: UInt64.max - 100, length: 512)))
+        XCTAssertEqual(c.readExactly(16), Wire.simpleReply(error: 22, cookie: 23))
+        // No stray data followed the errors: the next reply is exactly the next request's.
+        try c.expectRead512Works(cookie: 24)
+        try c.disconnect()
+        assertServerHealthy(s)
+    }
+
+    func testTruncatedRequestHeader() throws {
+        let s = try startServer(["memory", "size=1M"])
+        do {
+            let c = try RawClient(s.socket)
+            defer { c.close() }
+            try c.exportNameHandshake()
+            XCTAssertTrue(c.send(Array(Wire.request(command: 0, cookie: 1, offset: 0, length: 512).prefix(10))))
+        }
+        assertServerHealthy(s)
+    }
+
+    // MARK: Helpers
+
+    /// The same server still serves a fresh, well-behaved client.
+    private func assertServerHealthy(_ s: ServerProcess, file: StaticString = #filePath, line: UInt = #line) {
+        let r = Harness.nbdsh(s.uri, "h.pwrite(b'x'*512, 0); assert h.pread(512, 0) == b'x'*512; print('ok')",
+                              timeout: 30, file: file, line: line)
+        XCTAssertEqual(r.stdout, "ok\n", "fresh client failed: \(r.stderr)", file: file, line: line)
+        XCTAssertTrue(s.isRunning, "server died:\n\(s.stderr)", file: file, line: line)
+    }
+}
+
+/// Big-endian encoders and decoders for the raw NBD wire format.
+private enum Wire {
+    static func u16(_ v: UInt16) -> [UInt8] { [UInt8(v >> 8), UInt8(v & 0xFF)] }
+    static func u32(_ v: UInt32) -> [UInt8] { (0..<4).map { UInt8((v >> (24 - 8 * $0)) & 0xFF) } }
+    static func u64(_ v: UInt64) -> [UInt8] { (0..<8).map { UInt8((v >> (56 - 8 * $0)) & 0xFF) } }
+    static func be16(_ b: [UInt8], _ at: Int) -> UInt16 { b[at..<at + 2].reduce(0) { $0 << 8 | UInt16($1) } }
+    static func be32(_ b: [UInt8], _ at: Int) -> UInt32 { b[at..<at + 4].reduce(0) { $0 << 8 | UInt32($1) } }
+    static func be64(_ b: [UInt8], _ at: Int) -> UInt64 { b[at..<at + 8].reduce(0) { $0 << 8 | UInt64($1) } }
+
+    static let ihaveopt = Array("IHAVEOPT".utf8)
+    static let optionReplyMagic: UInt64 = 0x0003_e889_0455_65a9
+    /// NBDMAGIC, IHAVEOPT, handshake flags FIXED_NEWSTYLE | NO_ZEROES.
+    static let greeting = Array("NBDMAGIC".utf8) + ihaveopt + u16(3)
+
+    static func option(_ option: UInt32, _ payload: [UInt8]) -> [UInt8] {
+        ihaveopt + u32(option) + u32(UInt32(payload.count)) + payload
+    }
+
+    static func optionReply(option: UInt32, type: UInt32, payload: [UInt8] = []) -> [UInt8] {
+        u64(optionReplyMagic) + u32(option) + u32(type) + u32(UInt32(payload.count)) + payload
+    }
+
+    static func request(flags: UInt16 = 0, command: UInt16, cookie: UInt64, offset: UInt64, length: UInt32) -> [UInt8] {
+        u32(0x2560_9513) + u16(flags) + u16(command) + u64(cookie) + u64(offset) + u32(length)
+    }
+
+    static func simpleReply(error: UInt32, cookie: UInt64) -> [UInt8] {
+        u32(0x6744_6698) + u32(error) + u64(cookie)
+    }
+}
+
+private struct RawClientError: Error, CustomStringConvertible {
+    let description: String
+}
+
+/// A minimal blocking NBD client on a Unix socket. Every receive and send times out after 5 s,
+/// so a misbehaving server fails the test instead of hanging it.
+private final class RawClient {
+    enum End: Equatable { case none, eof, reset, timeout, error(Int32) }
+
+    private var fd: Int32
+    /// How the last short read ended.
+    private(set) var lastEnd: End = .none
+
+    init(_ path: String, timeout: Int = 5) throws {
+        fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
+        guard fd >= 0 else { throw RawClientError(description: "socket: errno \(errno)") }
+        var addr = sockaddr_un()
+        addr.sun_family = sa_family_t(AF_UNIX)
+        let bytes = Array(path.utf8)
+        guard bytes.count < MemoryLayout.size(ofValue: addr.sun_path) else {
+            Glibc.close(fd)
+            throw RawClientError(description: "socket path too long: \(path)")
+        }
+        withUnsafeMutableBytes(of: &addr.sun_path) { p in
+            for (i, b) in bytes.enumerated() { p[i] = b }
+            p[bytes.count] = 0
+        }
+        let r = withUnsafePointer(to: &addr) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size))
+            }
+        }
+        guard r == 0 else {
+            let e = errno
+            Glibc.close(fd)
+            throw RawClientError(description: "connect \(path): errno \(e)")
+        }
+        var tv = timeval(tv_sec: timeout, tv_usec: 0)
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+        setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+    }
+
+    deinit { close() }
+
+    func close() {
+        if fd >= 0 { Glibc.close(fd); fd = -1 }
+    }
+
+    /// Sends everything; false if the peer is gone or the send timed out.
+    func send(_ bytes: [UInt8]) -> Bool {
+        var sent = 0
+        while sent < bytes.count {
+            let n = bytes.withUnsafeBytes { Glibc.send(fd, $0.baseAddress! + sent, bytes.count - sent, Int32(MSG_NOSIGNAL)) }
+            if n < 0 && errno == EINTR { continue }
+            guard n > 0 else { return false }
+            sent += n
+        }
+        return true
+    }
+
+    /// Exactly `count` bytes, or nil (see `lastEnd` for why).
+    func readExactly(_ count: Int) -> [UInt8]? {
+        var out = [UInt8](repeating: 0, count: count)
+        var got = 0
+        while got < count {
+            let n = out.withUnsafeMutableBytes { recv(fd, $0.baseAddress! + got, count - got, 0) }
+            if n > 0 { got += n; continue }
+            if n < 0 && errno == EINTR { continue }
+            lastEnd = Self.end(n)
+            return nil
+        }
+        return out
+    }
+
+    /// Everything until the peer closes. `closed` is false if it was still open after the timeout.
+    func readToEOF(limit: Int = 1 << 20) -> (data: [UInt8], closed: Bool) {
+        var out: [UInt8] = []
+        var chunk = [UInt8](repeating: 0, count: 65536)
+        while out.count < limit {
+            let n = chunk.withUnsafeMutableBytes { recv(fd, $0.baseAddress!, $0.count, 0) }
+            if n > 0 { out += chunk[0..<n]; continue }
+            if n < 0 && errno == EINTR { continue }
+            lastEnd = Self.end(n)
+            return (out, lastEnd == .eof || lastEnd == .reset)
+        }
+        return (out, false)
+    }
+
+    private static func end(_ n: Int) -> End {
+        if n == 0 { return .eof }
+        switch errno {
+        case ECONNRESET: return .reset
+        case EAGAIN, EWOULDBLOCK: return .timeout
+        case let e: return .error(e)
+        }
+    }
+
+    // MARK: Protocol steps
+
+    /// Reads the greeting and sends client flags FIXED_NEWSTYLE | NO_ZEROES.
+    func startNegotiation() throws {
+        guard let greeting = readExactly(18) else { throw RawClientError(description: "no greeting (\(lastEnd))") }
+        guard greeting == Wire.greeting else { throw RawClientError(description: "bad greeting \(greeting)") }
+        guard send(Wire.u32(3)) else { throw RawClientError(description: "cannot send client flags") }
+    }
+
+    /// One option reply: header fields checked for the magic, payload read in full.
+    func readOptionReply() -> (option: UInt32, type: UInt32, payload: [UInt8])? {
+        guard let h = readExactly(20) else { return nil }
+        XCTAssertEqual(Wire.be64(h, 0), Wire.optionReplyMagic, "option reply magic")
+        let length = Wire.be32(h, 16)
+        guard length <= 1 << 20, let payload = readExactly(Int(length)) else { return nil }
+        return (Wire.be32(h, 8), Wire.be32(h, 12), payload)
+    }
+
+    /// Fixed newstyle handshake ending with NBD_OPT_EXPORT_NAME "" (no structured replies).
+    func exportNameHandshake() throws {
+        try startNegotiation()
+        guard send(Wire.option(1, [])) else { throw RawClientError(description: "cannot send EXPORT_NAME") }
+        guard let reply = readExactly(10) else { throw RawClientError(description: "no export reply (\(lastEnd))") }
+        XCTAssertEqual(Wire.be64(reply, 0), 1 << 20, "export size")
+        XCTAssertEqual(Wire.be16(reply, 8) & 1, 1, "NBD_FLAG_HAS_FLAGS")
+    }
+
+    /// A 512-byte READ at offset 0 gets a clean simple reply followed by exactly 512 bytes.
+    func expectRead512Works(cookie: UInt64, file: StaticString = #filePath, line: UInt = #line) throws {
+        guard send(Wire.request(command: 0, cookie: cookie, offset: 0, length: 512)) else {
+            throw RawClientError(description: "cannot send READ")
+        }
+        XCTAssertEqual(readExactly(16), Wire.simpleReply(error: 0, cookie: cookie), "READ reply", file: file, line: line)
+        XCTAssertEqual(readExactly(512)?.count, 512, "READ data (\(lastEnd))", file: file, line: line)
+    }
+
+    /// NBD_CMD_DISC, after which the server closes without a reply.
+    func disconnect(file: StaticString = #filePath, line: UInt = #line) throws {
+        XCTAssertTrue(send(Wire.request(command: 2, cookie: 0, offset: 0, length: 0)), file: file, line: line)
+        let (rest, closed) = readToEOF()
+        XCTAssertTrue(closed, "still open after NBD_CMD_DISC", file: file, line: line)
+        XCTAssertEqual(rest, [], "reply to NBD_CMD_DISC", file: file, line: line)
+    }
+}
