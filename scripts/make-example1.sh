@@ -38,8 +38,22 @@ for f in / /hello.txt /README /lost+found; do
   for field in atime ctime mtime; do echo "set_inode_field $f $field @1700000000"; done
 done > "$work/debugfs.cmds"
 debugfs -w -f "$work/debugfs.cmds" "$work/fs.img" >/dev/null 2>&1
-e2fsck -fn "$work/fs.img" >/dev/null 2>&1
 dd if="$work/fs.img" of="$work/disk.img" bs=512 seek=$start conv=notrunc status=none
+
+# Check the result: the partition table lists the partition, and the filesystem read back out
+# of the disk at the partition's offset is clean.
+sfdisk -l "$work/disk.img" > "$work/sfdisk.txt"
+if ! grep -Eq "^$work/disk.img1 +$start +$((disk_sectors - 1)) +$fs_sectors .* 83 +Linux\$" "$work/sfdisk.txt"; then
+  cat "$work/sfdisk.txt" >&2
+  echo "make-example1.sh: sfdisk -l does not show the expected partition" >&2
+  exit 1
+fi
+dd if="$work/disk.img" of="$work/part.img" bs=512 skip=$start count=$fs_sectors status=none
+if ! e2fsck -fn "$work/part.img" > "$work/e2fsck.txt" 2>&1; then
+  cat "$work/e2fsck.txt" >&2
+  echo "make-example1.sh: e2fsck found problems in the partition" >&2
+  exit 1
+fi
 
 python3 - "$work/disk.img" "$out" <<'PY'
 import sys
@@ -61,6 +75,7 @@ with open(sys.argv[2], 'w') as f:
     f.write("    /// Size of the disk in bytes.\n")
     f.write("    static let size: UInt64 = %d\n" % len(data))
     f.write("    /// Non-zero runs of the disk: the byte offset of each run and its bytes in lowercase hex.\n")
+    f.write("    /// Runs are sorted by offset, do not overlap, and have lengths that are multiples of 512.\n")
     f.write("    static let runs: [(offset: UInt64, hex: String)] = [\n")
     for a, b in runs:
         f.write('        (%d, "%s"),\n' % (a, data[a:b].hex()))
