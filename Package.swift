@@ -11,10 +11,12 @@ let package = Package(
         .target(name: "CNBDShim"),
         // A thin C layer over GnuTLS (libgnutls28-dev) for STARTTLS.
         .target(name: "CNBDTLS", linkerSettings: [.linkedLibrary("gnutls")]),
+        // A thin C layer over libsystemd (libsystemd-dev): socket activation and sd_notify.
+        .target(name: "CNBDSystemd", linkerSettings: [.linkedLibrary("systemd")]),
         // The NBD wire format: constants, encoding and decoding. No I/O.
         .target(name: "NBDProtocol"),
         // Listeners, handshake, transmission, worker threads, the backend chain, lifecycle.
-        .target(name: "NBDServer", dependencies: ["NBDProtocol", "CNBDShim", "CNBDTLS"]),
+        .target(name: "NBDServer", dependencies: ["NBDProtocol", "CNBDShim", "CNBDTLS", "CNBDSystemd"]),
         // Built-in plugins and filters, found by name.
         .target(name: "NBDPlugins", dependencies: ["NBDServer", "NBDProtocol", "CNBDShim"]),
         // The executable: command line to typed configuration, then run.

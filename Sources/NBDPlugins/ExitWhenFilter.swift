@@ -83,9 +83,10 @@ final class ExitWhenFilter: PassthroughFilter, @unchecked Sendable {
     }
 }
 
-/// Runs `script` with /bin/sh and returns its exit status (-1 if it could not run).
+/// Runs `script` with /bin/sh, without handing it the terminal, and returns its exit status
+/// (-1 if it could not run).
 private func runScript(_ script: String) -> Int32 {
-    guard let captive = try? CaptiveCommand.spawn(script: script) else { return -1 }
+    guard let captive = try? CaptiveCommand.spawn(script: script, takeTerminal: false) else { return -1 }
     return shellStatus(captive.wait()).status
 }
 

@@ -28,9 +28,10 @@ public struct CaptiveCommand: Sendable {
     /// Starts `/bin/sh -c script` with the server's environment and default signal handling,
     /// in a process group of its own so that the whole command can be signalled at once. When
     /// nbdkit runs in the terminal's foreground, the command's group takes the terminal (as a
-    /// shell's job would), so it can read from it and gets the terminal's Ctrl-C itself.
-    public static func spawn(script: String) throws(SystemError) -> CaptiveProcess {
-        let terminal: Int32? = isatty(0) != 0 && tcgetpgrp(0) == getpgrp() ? 0 : nil
+    /// shell's job would), so it can read from it and gets the terminal's Ctrl-C itself;
+    /// `takeTerminal: false` (for helper scripts) leaves the terminal where it is.
+    public static func spawn(script: String, takeTerminal: Bool = true) throws(SystemError) -> CaptiveProcess {
+        let terminal: Int32? = takeTerminal && isatty(0) != 0 && tcgetpgrp(0) == getpgrp() ? 0 : nil
         var pid: pid_t = 0
         let r = CNBDShim_spawn_shell(script, &pid, environ, terminal ?? -1)
         if r != 0 { throw SystemError("posix_spawn: /bin/sh", errno: r) }

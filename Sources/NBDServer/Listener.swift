@@ -21,6 +21,12 @@ public struct Listeners: Sendable {
     public let port: Int?
     public let unixPath: String?
 
+    public init(sockets: [FileDescriptor], port: Int?, unixPath: String?) {
+        self.sockets = sockets
+        self.port = port
+        self.unixPath = unixPath
+    }
+
     /// Binds and listens. Wraps getaddrinfo, socket, bind and listen.
     public static func bind(_ address: ListenAddress) throws -> Listeners {
         switch address {

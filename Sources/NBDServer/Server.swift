@@ -31,13 +31,23 @@ public final class Server: Sendable {
     /// Accepts clients on `sockets` until a terminating signal arrives or `captivePID` exits,
     /// then stops reading requests, lets requests in flight finish and waits for every
     /// connection to close.
-    public func run(sockets: [FileDescriptor], signals: SignalSource, captivePID: pid_t?) -> Outcome {
+    public func run(sockets: [FileDescriptor], signals: SignalSource, captivePID: pid_t?,
+                    notifier: ServiceNotifier = ServiceNotifier()) -> Outcome {
+        control.onConnectionCountChanged { notifier.status(clients: $0) }
+        notifier.ready()
+        // Ping the watchdog at half its interval.
+        let timeout = notifier.watchdogInterval.map { max(1, Int32(clamping: $0 / 2000)) } ?? -1
         var pollfds = sockets.map { pollfd(fd: $0.raw, events: Int16(POLLIN), revents: 0) }
         pollfds.append(pollfd(fd: control.wakeFD, events: Int16(POLLIN), revents: 0))
         pollfds.append(pollfd(fd: signals.fd.raw, events: Int16(POLLIN), revents: 0))
         var outcome: Outcome? = nil
+        var lastPing = MonotonicClock.milliseconds()
         while outcome == nil {
-            let n = poll(&pollfds, nfds_t(pollfds.count), -1)
+            let n = poll(&pollfds, nfds_t(pollfds.count), timeout)
+            if timeout >= 0, MonotonicClock.milliseconds() - lastPing >= Int64(timeout) {
+                notifier.watchdog()
+                lastPing = MonotonicClock.milliseconds()
+            }
             if n < 0 {
                 if CNBDShim_errno() == EINTR { continue }
                 logger.error("poll: \(SystemError("poll"))")
@@ -79,6 +89,7 @@ public final class Server: Sendable {
                 startConnection(PlainTransport(socket: fd))
             }
         }
+        notifier.stopping()
         shutdownConnections()
         return outcome!
     }

@@ -13,6 +13,7 @@ public final class ServerControl: Sendable {
         var connections = 0
         var draining = false
         var lastClosedObservers: [@Sendable () -> Void] = []
+        var countObservers: [@Sendable (Int) -> Void] = []
     }
 
     public init() throws(SystemError) {
@@ -42,13 +43,26 @@ public final class ServerControl: Sendable {
         state.withLock { $0.lastClosedObservers.append(observer) }
     }
 
-    func connectionOpened() { state.withLock { $0.connections += 1 } }
+    /// Calls `observer` with the number of clients each time it changes.
+    public func onConnectionCountChanged(_ observer: @escaping @Sendable (Int) -> Void) {
+        state.withLock { $0.countObservers.append(observer) }
+    }
+
+    func connectionOpened() {
+        let (count, observers) = state.withLock { s in
+            s.connections += 1
+            return (s.connections, s.countObservers)
+        }
+        observers.forEach { $0(count) }
+    }
 
     func connectionClosed() {
-        let (observers, draining) = state.withLock { s -> ([@Sendable () -> Void], Bool) in
+        let (count, counted, observers, draining) = state.withLock { s in
             s.connections -= 1
-            return s.connections == 0 ? (s.lastClosedObservers, s.draining) : ([], false)
+            return (s.connections, s.countObservers,
+                    s.connections == 0 ? s.lastClosedObservers : [], s.connections == 0 && s.draining)
         }
+        counted.forEach { $0(count) }
         observers.forEach { $0() }
         if draining { requestShutdown() }
     }

@@ -9,6 +9,8 @@ enum ListenMode: Equatable {
     case unixTemporary
     /// `-s`: one client on stdin and stdout.
     case single
+    /// Sockets passed by systemd (LISTEN_FDS).
+    case activated
 }
 
 /// What the command line asks for.
@@ -46,16 +48,19 @@ struct Configuration {
     var user: String? = nil
     var group: String? = nil
     var debugFlags: [String] = []
+    /// systemd passed listening sockets to this process.
+    var socketActivated = false
 
     /// Where to listen, from -U, -s, -p, -i, -4 and -6.
     var listenMode: ListenMode {
+        if socketActivated { return .activated }
         if single { return .single }
         if let unixSocket { return unixSocket == "-" ? .unixTemporary : .unix(path: unixSocket) }
         return .tcp(host: ipaddr, port: port ?? "10809", family: family)
     }
 
     /// Whether the server stays in the foreground (`-f`, `--run`, `--exit-with-parent`, `-s`).
-    var staysInForeground: Bool { foreground || run != nil || exitWithParent || single }
+    var staysInForeground: Bool { foreground || run != nil || exitWithParent || single || socketActivated }
 
     /// The TLS settings, with credentials loaded now so that bad files are start-up errors.
     func tlsSettings() throws -> TLSSettings {
@@ -77,6 +82,9 @@ struct Configuration {
 
     /// Cross-option checks nbdkit makes before starting.
     func validate() throws {
+        if socketActivated && (port != nil || ipaddr != nil || unixSocket != nil || run != nil || single) {
+            throw ConfigError("socket activation cannot be used with -p, -i, -U, --run or -s")
+        }
         if single && (port != nil || unixSocket != nil || run != nil) {
             throw ConfigError("-s (--single) cannot be combined with -p, -U or --run")
         }

@@ -30,6 +30,13 @@ enum Help {
 
     nbdkit [-V|--version]
 
+    nbdkit --short-options | --long-options
+
+    Synonyms: --export, --export-name for --exportname; --ip-addr for --ipaddr;
+    --new-style for --newstyle; --old-style for --oldstyle; --no-fork for
+    --foreground; --pid-file for --pidfile; --read-only for --readonly;
+    --stdin for --single.
+
     Built-in plugins: \(Registry.plugins.map { $0.name }.joined(separator: ", "))
     Built-in filters: \(Registry.filters.map { $0.name }.joined(separator: ", "))
 

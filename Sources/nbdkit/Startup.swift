@@ -39,6 +39,8 @@ struct Startup {
         switch config.listenMode {
         case .single:
             break
+        case .activated:
+            listeners = Listeners(sockets: try SocketActivation.takeSockets(), port: nil, unixPath: nil)
         case .unixTemporary:
             let dir = try makeTemporaryDirectory()
             temporaryDirectory = dir

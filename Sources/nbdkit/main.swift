@@ -5,7 +5,7 @@ import NBDPlugins
 /// Parses the command line, then either prints what was asked or runs the server.
 func main() -> Int32 {
     let arguments = Array(CommandLine.arguments.dropFirst())
-    let config: Configuration
+    var config: Configuration
     do {
         config = try OptionParser.parse(arguments)
     } catch let e as OptionParser.UsageError {
@@ -16,6 +16,7 @@ func main() -> Int32 {
         Logger().error("\(error)")
         return 1
     }
+    config.socketActivated = SocketActivation.isActive
     let logger = Logger(destination: config.log, verbose: config.verbose)
     switch config.action {
     case .help: print(Help.usage, terminator: ""); return 0

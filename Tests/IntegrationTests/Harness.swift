@@ -191,3 +191,56 @@ class IntegrationTestCase: XCTestCase {
 
     func contents(_ path: String) -> Data { FileManager.default.contents(atPath: path) ?? Data() }
 }
+
+/// A background process started with posix_spawn rather than Foundation's Process, for
+/// programs that close every inherited descriptor (such as `systemd-socket-activate`): Process
+/// takes the closing of its watch socket for the child's exit and then blocks in waitpid.
+/// stdin and stdout are /dev/null, stderr goes to `stderrFile`.
+final class SpawnedProcess {
+    let pid: pid_t
+    private var status: Int32? = nil
+
+    init(_ arguments: [String], environment: [String: String], stderrFile: String) throws {
+        var actions = posix_spawn_file_actions_t()
+        posix_spawn_file_actions_init(&actions)
+        defer { posix_spawn_file_actions_destroy(&actions) }
+        posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
+        posix_spawn_file_actions_addopen(&actions, 1, "/dev/null", O_WRONLY, 0)
+        posix_spawn_file_actions_addopen(&actions, 2, stderrFile, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
+        let argv = arguments.map { strdup($0) } + [nil]
+        let envp = environment.map { strdup("\($0.key)=\($0.value)") } + [nil]
+        defer { (argv + envp).forEach { free($0) } }
+        var child: pid_t = 0
+        let r = posix_spawn(&child, arguments[0], &actions, nil, argv, envp)
+        guard r == 0 else { throw POSIXError(POSIXErrorCode(rawValue: r) ?? .EINVAL) }
+        pid = child
+    }
+
+    /// Reaps the process if it has ended.
+    var isRunning: Bool {
+        if status != nil { return false }
+        var s: Int32 = 0
+        if waitpid(pid, &s, WNOHANG) == pid { status = s; return false }
+        return true
+    }
+
+    /// The exit status, 128+N for signal N; waits up to `seconds`, then SIGKILLs and reports -1.
+    func wait(seconds: Double = 10) -> Int32 {
+        let deadline = Date().addingTimeInterval(seconds)
+        while isRunning && Date() < deadline { usleep(10_000) }
+        if isRunning {
+            kill(pid, SIGKILL)
+            var s: Int32 = 0
+            waitpid(pid, &s, 0)
+            status = s
+            return -1
+        }
+        let s = status!
+        return s & 0x7f == 0 ? (s >> 8) & 0xff : 128 + (s & 0x7f)
+    }
+
+    /// SIGKILL and reap, if still running.
+    func kill9() {
+        if isRunning { kill(pid, SIGKILL); _ = wait() }
+    }
+}

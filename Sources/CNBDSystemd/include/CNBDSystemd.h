@@ -1,0 +1,18 @@
+#ifndef CNBDSYSTEMD_H
+#define CNBDSYSTEMD_H
+
+#include <stdint.h>
+
+/* Thin wrappers over libsystemd's sd-daemon calls. */
+
+/* sd_listen_fds(1): the number of sockets passed by socket activation (starting at fd 3),
+ * 0 if none, or a negative errno. Unsets LISTEN_PID, LISTEN_FDS and LISTEN_FDNAMES. */
+int CNBDSystemd_listen_fds(void);
+
+/* sd_notify(0, state): > 0 sent, 0 if NOTIFY_SOCKET is unset, negative errno on failure. */
+int CNBDSystemd_notify(const char *state);
+
+/* sd_watchdog_enabled(0, &usec): the watchdog interval in microseconds, or 0 if none. */
+uint64_t CNBDSystemd_watchdog_usec(void);
+
+#endif
