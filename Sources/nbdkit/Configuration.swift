@@ -63,6 +63,7 @@ struct Configuration {
     var staysInForeground: Bool { foreground || run != nil || exitWithParent || single || socketActivated }
 
     /// The TLS settings, with credentials loaded now so that bad files are start-up errors.
+    /// As in nbdkit, `--tls-psk` takes precedence: given both, the certificates are not used.
     func tlsSettings() throws -> TLSSettings {
         guard tls != .off else { return .off }
         let credentials: TLSCredentials
@@ -93,9 +94,6 @@ struct Configuration {
         }
         if tls != .off && style == .oldstyle {
             throw ConfigError("TLS cannot be used with the oldstyle protocol (-o)")
-        }
-        if tlsCertificates != nil && tlsPSK != nil {
-            throw ConfigError("--tls-certificates and --tls-psk are mutually exclusive")
         }
         if threads < 1 { throw ConfigError("-t (--threads) must be at least 1") }
     }

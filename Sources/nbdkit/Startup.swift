@@ -59,7 +59,7 @@ struct Startup {
             captive = try CaptiveCommand.spawn(script: script)
         }
 
-        try dropPrivileges()
+        try dropPrivileges(handingOver: temporaryDirectory)
         if !config.staysInForeground { try Daemon.detach(keepStderr: config.verbose) }
         if let pidFile = config.pidFile { try Daemon.writePIDFile(pidFile) }
         defer { if let pidFile = config.pidFile { _ = unlink(pidFile) } }
@@ -126,13 +126,16 @@ struct Startup {
         return String(decoding: template.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
     }
 
-    /// `-g` then `-u`, after binding and before serving.
-    private func dropPrivileges() throws {
+    /// `-g` then `-u`, after binding and before serving. `directory` (the private directory of
+    /// `-U -`) is given to the new user first, so that the socket can still be removed at exit.
+    private func dropPrivileges(handingOver directory: String?) throws {
+        var newGID: gid_t? = nil
         if let group = config.group {
             let gid: gid_t
             if let g = getgrnam(group) { gid = g.pointee.gr_gid } else if let n = UInt32(group) { gid = n } else {
                 throw ConfigError("-g option: unknown group: \(group)")
             }
+            newGID = gid
             try syscall("setgroups") { setgroups(1, [gid]) }
             try syscall("setgid") { setgid(gid) }
         }
@@ -140,6 +143,9 @@ struct Startup {
             let uid: uid_t
             if let p = getpwnam(user) { uid = p.pointee.pw_uid } else if let n = UInt32(user) { uid = n } else {
                 throw ConfigError("-u option: unknown user: \(user)")
+            }
+            if let directory {
+                try syscall("chown: \(directory)") { chown(directory, uid, newGID ?? gid_t.max) }
             }
             try syscall("setuid") { setuid(uid) }
         }

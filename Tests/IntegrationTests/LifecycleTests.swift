@@ -165,4 +165,20 @@ final class LifecycleTests: IntegrationTestCase {
         XCTAssertTrue(g.stderr.contains("unknown group"), g.stderr)
         XCTAssertFalse(FileManager.default.fileExists(atPath: dir.file("s")), "socket removed after a start-up failure")
     }
+
+    /// As root: -u/-g take effect before the first client is served (the command's nbdinfo
+    /// succeeds first, then reads the server's credentials), and the private directory of
+    /// `-U -` is still removed at exit although the server no longer runs as root.
+    func testUserAndGroupDropPrivileges() throws {
+        try XCTSkipUnless(getuid() == 0, "changing user needs root")
+        let r = Harness.run([Harness.nbdkit, "-U", "-", "-u", "nobody", "-g", "nogroup", "memory", "1M", "--run",
+                             "nbdinfo --size \"$uri\" && grep -E '^(Uid|Gid|Groups):' /proc/$PPID/status && dirname \"$unixsocket\""])
+        XCTAssertEqual(r.status, 0, r.stderr)
+        let lines = r.stdout.split(separator: "\n").map { $0.split(whereSeparator: { $0 == "\t" || $0 == " " }).joined(separator: " ") }
+        XCTAssertEqual(Array(lines.prefix(4)), ["1048576", "Uid: 65534 65534 65534 65534", "Gid: 65534 65534 65534 65534",
+                                                "Groups: 65534"], r.stdout)
+        let privateDir = lines.last ?? ""
+        XCTAssertTrue(privateDir.hasPrefix("/"), r.stdout)
+        XCTAssertFalse(FileManager.default.fileExists(atPath: privateDir), "\(privateDir) left behind")
+    }
 }

@@ -37,20 +37,6 @@ final class SystemdTests: IntegrationTestCase {
         return status
     }
 
-    /// A TCP port on 127.0.0.1 that was free a moment ago.
-    func freePort() -> Int {
-        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-        defer { close(fd) }
-        var addr = sockaddr_in()
-        addr.sin_family = sa_family_t(AF_INET)
-        addr.sin_addr.s_addr = inet_addr("127.0.0.1")
-        var len = socklen_t(MemoryLayout<sockaddr_in>.size)
-        _ = withUnsafeMutablePointer(to: &addr) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, len) == 0 && getsockname(fd, $0, &len) == 0 }
-        }
-        return Int(UInt16(bigEndian: addr.sin_port))
-    }
-
     /// `systemd-socket-activate -l ADDRESS... nbdkit arguments...`; returns once it listens.
     func activate(_ addresses: [String], _ arguments: [String], environment: [String: String] = [:]) throws -> SpawnedProcess {
         let log = dir.file("activate.stderr")
@@ -84,7 +70,7 @@ final class SystemdTests: IntegrationTestCase {
     }
 
     func testSocketActivationOnTCPSocket() throws {
-        let port = freePort()
+        let port = Harness.freePort()
         let p = try activate(["127.0.0.1:\(port)"], ["memory", "1M"])
         let uri = "nbd://127.0.0.1:\(port)"
         XCTAssertEqual(Harness.run(["nbdinfo", "--size", uri]).stdout, "1048576\n")
@@ -94,7 +80,7 @@ final class SystemdTests: IntegrationTestCase {
 
     /// Every passed socket is served, Unix and TCP alike, by the one server.
     func testSocketActivationServesEveryPassedSocket() throws {
-        let socket = dir.file("sa.sock"), port = freePort()
+        let socket = dir.file("sa.sock"), port = Harness.freePort()
         let p = try activate([socket, "127.0.0.1:\(port)"], ["memory", "1M"])
         let unix = "nbd+unix:///?socket=\(socket)", tcp = "nbd://127.0.0.1:\(port)"
         let write = Harness.nbdsh(unix, "h.pwrite(b'shared!!', 4096)")

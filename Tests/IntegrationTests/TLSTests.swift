@@ -222,6 +222,107 @@ final class TLSTests: IntegrationTestCase {
         assertStillServes(s)
     }
 
+    /// gnutls-cli does the raw TLS handshake after our own plaintext STARTTLS (over TCP, which
+    /// is all gnutls-cli speaks): X.509 against our CA; PSK with the right key, and a wrong key
+    /// that must fail while the server keeps serving.
+    func testGnutlsCliHandshake() throws {
+        let key = { (file: String) in
+            String((try? String(contentsOfFile: file, encoding: .utf8))?.split(separator: ":").last ?? "")
+                .trimmingCharacters(in: .whitespacesAndNewlines)
+        }
+        let psk = ["--priority", "NORMAL:-KX-ALL:+ECDHE-PSK:+DHE-PSK:+PSK", "--pskusername", "alice", "--pskkey"]
+        try gnutlsCli(serverTLS: ["--tls-certificates=\(certs)"], cases: [
+            ("- Description: (TLS1.3", ["--x509cafile", Self.pki.file("ca-cert.pem"), "--verify-hostname", "localhost"])])
+        // As in nbdkit, PSK takes precedence and a certificate directory beside it is not read.
+        try gnutlsCli(serverTLS: ["--tls-psk=\(pskFile)", "--tls-certificates=\(dir.file("none"))"], cases: [
+            ("PSK authentication. Connected as 'alice'", psk + [key(pskFile)]),
+            ("*** Handshake has failed", psk + [key(Self.pki.file("wrong.psk"))])])
+    }
+
+    /// Starts a `--tls=require` server on TCP with `serverTLS`, then for each case runs
+    /// gnutls-cli with `arguments` and checks its output contains `expected`; afterwards the
+    /// server must still serve and stop cleanly.
+    func gnutlsCli(serverTLS: [String], cases: [(expected: String, arguments: [String])],
+                   file: StaticString = #filePath, line: UInt = #line) throws {
+        let port = Harness.freePort()
+        let stderrFile = dir.file("stderr-\(port)")
+        let server = try SpawnedProcess([Harness.nbdkit, "-f", "-p", "\(port)", "-i", "127.0.0.1", "--tls=require"]
+                                        + serverTLS + ["memory", "1M"],
+                                        environment: Harness.environment, stderrFile: stderrFile)
+        defer { server.kill9() }
+        for c in cases {
+            let r = Harness.run(["/usr/bin/python3", "-c", """
+            import socket, struct, subprocess, sys, time, signal
+            port, args = sys.argv[1], sys.argv[2:]
+            for _ in range(200):
+                try: socket.create_connection(('127.0.0.1', int(port)), 1).close(); break
+                except OSError: time.sleep(0.05)
+            p = subprocess.Popen(['gnutls-cli', '--starttls', '-p', port, '127.0.0.1'] + args,
+                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+            # Client flags FIXED_NEWSTYLE|NO_ZEROES, then NBD_OPT_STARTTLS.
+            p.stdin.write(struct.pack('>I', 3) + b'IHAVEOPT' + struct.pack('>II', 5, 0)); p.stdin.flush()
+            time.sleep(0.5)
+            p.send_signal(signal.SIGALRM)       # gnutls-cli: start the TLS handshake now
+            time.sleep(1.0)
+            p.kill(); out = p.stdout.read(); p.wait()
+            # The server's ACK to STARTTLS: option reply magic, option 5, NBD_REP_ACK, length 0.
+            assert bytes.fromhex('0003e889045565a9') + struct.pack('>III', 5, 1, 0) in out, out
+            sys.stdout.write(out.decode('latin-1'))
+            """, "\(port)"] + c.arguments, timeout: 60)
+            XCTAssertTrue(r.stdout.contains(c.expected), "expected \(c.expected):\n" + r.stdout + r.stderr, file: file, line: line)
+        }
+        let stderr = { (try? String(contentsOfFile: stderrFile, encoding: .utf8)) ?? "" }
+        XCTAssertTrue(server.isRunning, "server died: " + stderr(), file: file, line: line)
+        let uri = serverTLS[0].hasPrefix("--tls-psk") ? "nbds://alice@127.0.0.1:\(port)?tls-psk-file=\(pskFile)"
+                                                      : "nbds://localhost:\(port)?tls-certificates=\(certs)"
+        let info = Harness.run(["nbdinfo", "--size", uri])
+        XCTAssertEqual(info.stdout, "1048576\n", info.stderr, file: file, line: line)
+        kill(server.pid, SIGTERM)
+        XCTAssertEqual(server.wait(), 0, stderr(), file: file, line: line)
+    }
+
+    /// Nothing negotiated in plaintext survives STARTTLS: structured replies and the meta
+    /// context set before it are gone, so a read gets a simple reply and block status EINVAL.
+    func testNegotiationBeforeSTARTTLSIsForgotten() throws {
+        let s = try startServer(["--tls=on", "--tls-certificates=\(certs)", "memory", "1M"])
+        let r = Harness.run(["/usr/bin/python3", "-c", """
+        import socket, ssl, struct, sys
+        path, ca = sys.argv[1:]
+        raw = socket.socket(socket.AF_UNIX); raw.settimeout(10); raw.connect(path)
+        def recvall(sock, n):
+            b = b''
+            while len(b) < n:
+                c = sock.recv(n - len(b)); assert c, 'eof'; b += c
+            return b
+        def opt(sock, code, data=b''):
+            sock.sendall(b'IHAVEOPT' + struct.pack('>II', code, len(data)) + data)
+            while True:
+                magic, option, rtype, length = struct.unpack('>QIII', recvall(sock, 20))
+                payload = recvall(sock, length)
+                if rtype not in (3, 4): return rtype   # skip NBD_REP_INFO and META_CONTEXT entries
+        recvall(raw, 18); raw.sendall(struct.pack('>I', 3))
+        assert opt(raw, 8) == 1                                       # STRUCTURED_REPLY: ACK
+        ctx = b'base:allocation'
+        assert opt(raw, 10, struct.pack('>I', 0) + struct.pack('>I', 1) + struct.pack('>I', len(ctx)) + ctx) == 1
+        assert opt(raw, 5) == 1                                       # STARTTLS: ACK
+        tls = ssl.create_default_context(cafile=ca).wrap_socket(raw, server_hostname='localhost')
+        assert opt(tls, 7, struct.pack('>IH', 0, 0)) == 1             # GO on the default export
+        # NBD_CMD_READ of 512 bytes: a simple reply (magic 0x67446698), not a structured one.
+        tls.sendall(struct.pack('>IHHQQI', 0x25609513, 0, 0, 1, 0, 512))
+        magic, error, handle = struct.unpack('>IIQ', recvall(tls, 16))
+        assert magic == 0x67446698 and error == 0 and handle == 1, (hex(magic), error)
+        recvall(tls, 512)
+        # NBD_CMD_BLOCK_STATUS without a negotiated context: EINVAL (22).
+        tls.sendall(struct.pack('>IHHQQI', 0x25609513, 0, 7, 2, 0, 512))
+        magic, error, handle = struct.unpack('>IIQ', recvall(tls, 16))
+        assert magic == 0x67446698 and error == 22 and handle == 2, (hex(magic), error)
+        tls.sendall(struct.pack('>IHHQQI', 0x25609513, 0, 2, 3, 0, 0))  # DISC
+        print('ok')
+        """, s.socket, Self.pki.file("ca-cert.pem")])
+        XCTAssertEqual(r.stdout, "ok\n", r.stdout + r.stderr)
+        assertStillServes(s)
+    }
+
     func testCaptiveRunWithTLS() {
         let r = Harness.run([Harness.nbdkit, "-U", "-", "--tls=require", "--tls-certificates=\(certs)", "memory", "1M",
                              "--run", "echo \"$tls $uri\"; nbdinfo --size \"$uri&tls-certificates=\(certs)\""])
