@@ -10,15 +10,24 @@ public enum SocketActivation {
         return pid_t(pid) == getpid() && (Int(String(cString: fds)) ?? 0) > 0
     }
 
-    /// Takes the passed sockets. Wraps sd_listen_fds.
-    public static func takeSockets() throws -> [FileDescriptor] {
-        let n = CNBDSystemd_listen_fds()
+    /// A passed socket and its name from LISTEN_FDNAMES (systemd's FileDescriptorName=, or
+    /// "unknown" when none was given).
+    public struct PassedSocket {
+        public let fd: FileDescriptor
+        public let name: String
+    }
+
+    /// Takes the passed sockets. Wraps sd_listen_fds_with_names.
+    public static func takeSockets() throws -> [PassedSocket] {
+        var names: UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>? = nil
+        let n = CNBDSystemd_listen_fds_with_names(&names)
+        defer { CNBDSystemd_free_names(names) }
         if n < 0 { throw SystemError("sd_listen_fds", errno: -n) }
         guard n > 0 else { throw ConfigError("socket activation: no sockets were passed") }
-        return try (0..<n).map { i in
-            let fd = FileDescriptor(3 + i)
+        return try (0..<Int(n)).map { i in
+            let fd = FileDescriptor(3 + Int32(i))
             try fd.setCloseOnExec(true)
-            return fd
+            return PassedSocket(fd: fd, name: names?[i].map { String(cString: $0) } ?? "unknown")
         }
     }
 }

@@ -40,7 +40,9 @@ struct Startup {
         case .single:
             break
         case .activated:
-            listeners = Listeners(sockets: try SocketActivation.takeSockets(), port: nil, unixPath: nil)
+            let passed = try SocketActivation.takeSockets()
+            for socket in passed { logger.debug("socket activation: serving fd \(socket.fd.raw) (\(socket.name))") }
+            listeners = Listeners(sockets: passed.map(\.fd), port: nil, unixPath: nil)
         case .unixTemporary:
             let dir = try makeTemporaryDirectory()
             temporaryDirectory = dir

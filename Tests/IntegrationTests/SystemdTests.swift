@@ -38,9 +38,10 @@ final class SystemdTests: IntegrationTestCase {
     }
 
     /// `systemd-socket-activate -l ADDRESS... nbdkit arguments...`; returns once it listens.
-    func activate(_ addresses: [String], _ arguments: [String], environment: [String: String] = [:]) throws -> SpawnedProcess {
+    func activate(_ addresses: [String], _ arguments: [String], environment: [String: String] = [:],
+                  activatorOptions: [String] = []) throws -> SpawnedProcess {
         let log = dir.file("activate.stderr")
-        let listen = addresses.flatMap { ["-l", $0] }
+        let listen = addresses.flatMap { ["-l", $0] } + activatorOptions
         let env = environment.flatMap { ["-E", "\($0.key)=\($0.value)"] }
         let p = try launch(["/usr/bin/systemd-socket-activate"] + listen + env + [Harness.nbdkit] + arguments, stderrFile: log)
         let listening = waitFor {
@@ -62,11 +63,14 @@ final class SystemdTests: IntegrationTestCase {
 
     func testSocketActivationOnUnixSocket() throws {
         let socket = dir.file("sa.sock")
-        let p = try activate([socket], ["memory", "1M"])
+        let p = try activate([socket], ["-v", "memory", "1M"], activatorOptions: ["--fdname=disk1"])
         let uri = "nbd+unix:///?socket=\(socket)"
         XCTAssertEqual(Harness.run(["nbdinfo", "--size", uri]).stdout, "1048576\n")
         roundTrip(uri)
         XCTAssertEqual(terminate(p), 0)
+        // The name from LISTEN_FDNAMES is reported with the descriptor.
+        let log = (try? String(contentsOfFile: dir.file("activate.stderr"), encoding: .utf8)) ?? ""
+        XCTAssertTrue(log.contains("nbdkit: debug: socket activation: serving fd 3 (disk1)"), log)
     }
 
     func testSocketActivationOnTCPSocket() throws {

@@ -9,6 +9,13 @@
  * 0 if none, or a negative errno. Unsets LISTEN_PID, LISTEN_FDS and LISTEN_FDNAMES. */
 int CNBDSystemd_listen_fds(void);
 
+/* sd_listen_fds_with_names(1, ...): as CNBDSystemd_listen_fds, and *names receives a
+ * NULL-terminated array of the LISTEN_FDNAMES entries (free with CNBDSystemd_free_names). */
+int CNBDSystemd_listen_fds_with_names(char ***names);
+
+/* Frees an array from CNBDSystemd_listen_fds_with_names. */
+void CNBDSystemd_free_names(char **names);
+
 /* sd_notify(0, state): > 0 sent, 0 if NOTIFY_SOCKET is unset, negative errno on failure. */
 int CNBDSystemd_notify(const char *state);
 
