@@ -4,7 +4,8 @@ import NBDServer
 import NBDProtocol
 
 /// `file file=PATH` serves a regular file or block device; `file dir=DIR` serves each regular
-/// file in DIR as an export named after it. Each connection opens the file itself.
+/// file or block device in DIR whose name doesn't start with "." as an export named after it,
+/// and refuses every other name. Each connection opens the file itself.
 public final class FilePlugin: Backend {
     public let name = "file"
     private enum Source { case file(String), directory(String) }
@@ -34,13 +35,20 @@ public final class FilePlugin: Backend {
         case .file(let p):
             path = p
         case .directory(let dir):
+            // Exactly the listed names: never a hidden file, subdirectory, FIFO or path outside DIR.
             let name = request.exportName
-            guard !name.isEmpty, !name.contains("/"), name != ".", name != ".." else {
-                throw BackendError(.einval, "invalid export name '\(name)'")
+            guard !name.contains("/"), try Self.entries(of: dir).contains(name) else {
+                throw BackendError(.einval, "no regular file or block device named '\(name)' in \(dir)")
             }
             path = dir + "/" + name
         }
-        return try FileConnection(path: path, readonly: request.readonly)
+        let connection = try FileConnection(path: path, readonly: request.readonly)
+        if case .directory = source, !connection.isRegularOrBlockDevice {
+            // The name was replaced by something else since it was listed.
+            connection.close()
+            throw BackendError(.einval, "file is not regular or block device: \(path)")
+        }
+        return connection
     }
 
     /// Names of the regular files and block devices in `dir`, sorted.
@@ -109,6 +117,8 @@ extension FilePlugin: PluginFactory {
 final class FileConnection: BackendConnection {
     private let fd: Int32
     private let isBlockDevice: Bool
+    /// What the descriptor refers to, checked after opening (the name may have changed since a stat).
+    let isRegularOrBlockDevice: Bool
     private let readonly: Bool
     private let path: String
 
@@ -127,6 +137,7 @@ final class FileConnection: BackendConnection {
         self.path = path
         self.readonly = opened
         self.isBlockDevice = st.st_mode & S_IFMT == S_IFBLK
+        self.isRegularOrBlockDevice = st.st_mode & S_IFMT == S_IFBLK || st.st_mode & S_IFMT == S_IFREG
     }
 
     func size() throws -> UInt64 {

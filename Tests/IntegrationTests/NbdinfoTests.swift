@@ -73,6 +73,42 @@ final class NbdinfoTests: IntegrationTestCase {
         XCTAssertTrue(s.isRunning)
     }
 
+    /// Only the names the listing shows can be opened: hidden files, subdirectories, FIFOs and
+    /// paths leaving the directory are refused in NBD_OPT_GO, and the server keeps running.
+    func testFileDirectoryRefusesUnlistedNames() throws {
+        let d = dir.file("exports")
+        try FileManager.default.createDirectory(atPath: d + "/sub", withIntermediateDirectories: true)
+        _ = FileManager.default.createFile(atPath: d + "/alpha", contents: Data(count: 4096))
+        _ = FileManager.default.createFile(atPath: d + "/.hidden", contents: Data(count: 512))
+        _ = FileManager.default.createFile(atPath: dir.file("secret"), contents: Data(count: 1024))
+        XCTAssertEqual(mkfifo(d + "/fifo", 0o600), 0)
+        let s = try startServer(["file", "dir=\(d)"])
+        let script = """
+        for name in ["alpha", ".hidden", "sub", "fifo", "../secret", "..", "."]:
+            c = nbd.NBD()
+            c.set_export_name(name)
+            try:
+                c.connect_unix("\(s.socket)")
+                print(name, c.get_size())
+                c.shutdown()
+            except nbd.Error:
+                print(name, "refused")
+        """
+        let r = Harness.run(["/usr/bin/nbdsh", "-c", script], timeout: 30)
+        XCTAssertEqual(r.status, 0, r.stderr)
+        XCTAssertEqual(r.stdout, """
+        alpha 4096
+        .hidden refused
+        sub refused
+        fifo refused
+        ../secret refused
+        .. refused
+        . refused
+
+        """)
+        XCTAssertTrue(s.isRunning)
+    }
+
     func testOldstyle() throws {
         let s = try startServer(["-o", "memory", "size=64K"])
         let r = Harness.run(["nbdinfo", "--json", s.uri])
