@@ -81,6 +81,25 @@ struct Configuration {
         return (getenv("HOME").map { String(cString: $0) } ?? "") + "/.pki/nbdkit"
     }
 
+    /// This configuration with `-P` and `-U` made absolute against the current directory, as
+    /// nbdkit_absolute_path does, so they name the same files after the daemon moves to /.
+    func withAbsolutePaths() throws(ConfigError) -> Configuration {
+        var resolved = self
+        if let pidFile { resolved.pidFile = try Self.absolutePath(pidFile) }
+        if let unixSocket, unixSocket != "-" { resolved.unixSocket = try Self.absolutePath(unixSocket) }
+        return resolved
+    }
+
+    /// `path` prefixed with the current directory unless it is absolute; not otherwise normalised.
+    static func absolutePath(_ path: String) throws(ConfigError) -> String {
+        guard !path.isEmpty else { throw ConfigError("cannot convert null or empty path to an absolute path") }
+        if path.hasPrefix("/") { return path }
+        guard let cwd = getcwd(nil, 0) else { throw ConfigError("\(SystemError("getcwd"))") }
+        defer { free(cwd) }
+        let base = String(cString: cwd)
+        return (base.hasSuffix("/") ? base : base + "/") + path
+    }
+
     /// Cross-option checks nbdkit makes before starting.
     func validate() throws {
         if socketActivated && (port != nil || ipaddr != nil || unixSocket != nil || run != nil || single) {

@@ -27,7 +27,7 @@ func main() -> Int32 {
     case .serve, .dumpPlugin: break
     }
     do {
-        return try Startup(config: config, logger: logger).run()
+        return try Startup(config: config.withAbsolutePaths(), logger: logger).run()
     } catch {
         logger.error("\(error)")
         return 1

@@ -141,6 +141,39 @@ final class CommandLineTests: IntegrationTestCase {
         XCTAssertFalse(FileManager.default.fileExists(atPath: pidFile))
     }
 
+    /// Relative -P and -U name files in the starting directory, although the daemon moves to /:
+    /// the pid file appears there, and both are removed when SIGTERM stops the server.
+    func testBackgroundModeWithRelativePidFileAndSocket() throws {
+        // Unique names, so that a server that wrote them relative to / can still be found and stopped.
+        let pidName = "nbdkit-test-\(getpid())-\(UInt32.random(in: 0...UInt32.max)).pid"
+        let pidFile = dir.file(pidName), socket = dir.file("sock")
+        defer {
+            for path in [pidFile, "/" + pidName] {
+                if let text = try? String(contentsOfFile: path, encoding: .utf8),
+                   let pid = Int32(text.trimmingCharacters(in: .whitespacesAndNewlines)) { kill(pid, SIGKILL) }
+            }
+            _ = unlink("/" + pidName)
+        }
+        let r = Harness.run(["/usr/bin/python3", "-c",
+                             "import subprocess, sys; sys.exit(subprocess.call(sys.argv[2:], cwd=sys.argv[1]))",
+                             dir.path, Harness.nbdkit, "-P", pidName, "-U", "sock", "memory", "1M"], timeout: 20)
+        XCTAssertEqual(r.status, 0, r.stderr)
+        // The parent exits as soon as the socket listens; the daemon writes the pid file after.
+        var deadline = Date().addingTimeInterval(10)
+        while !FileManager.default.fileExists(atPath: pidFile) && Date() < deadline { usleep(10_000) }
+        let pidText = (try? String(contentsOfFile: pidFile, encoding: .utf8)) ?? ""
+        guard let pid = Int32(pidText.trimmingCharacters(in: .whitespacesAndNewlines)) else {
+            return XCTFail("no pid file at \(pidFile)")
+        }
+        XCTAssertEqual(Harness.run(["nbdinfo", "--size", "nbd+unix:///?socket=\(socket)"]).stdout, "1048576\n")
+        XCTAssertEqual(kill(pid, SIGTERM), 0)
+        deadline = Date().addingTimeInterval(10)
+        while kill(pid, 0) == 0 && Date() < deadline { usleep(10_000) }
+        XCTAssertNotEqual(kill(pid, 0), 0, "server still running after SIGTERM")
+        XCTAssertFalse(FileManager.default.fileExists(atPath: pidFile), "pid file left behind")
+        XCTAssertFalse(FileManager.default.fileExists(atPath: socket), "socket left behind")
+    }
+
     func testSigtermStopsForegroundServerCleanly() throws {
         let s = try startServer(["memory", "1M"])
         XCTAssertEqual(Harness.run(["nbdinfo", "--size", s.uri]).stdout, "1048576\n")
