@@ -55,6 +55,20 @@ public struct CaptiveProcess: Sendable {
         return status
     }
 
+    /// Waits for the command to end, passing each terminating signal nbdkit receives meanwhile
+    /// on to the command's process group; returns its wait status.
+    public func wait(forwarding signals: SignalSource) -> Int32 {
+        var pfd = pollfd(fd: signals.fd.raw, events: Int16(POLLIN), revents: 0)
+        while true {
+            var status: Int32 = 0
+            let r = waitpid(pid, &status, WNOHANG)
+            if r == pid || (r == -1 && CNBDShim_errno() == ECHILD) { return status }
+            // SIGCHLD stays pending in the signalfd, so an exit after waitpid still wakes the poll.
+            _ = poll(&pfd, 1, -1)
+            while let sig = signals.next() { if sig != SIGCHLD { signal(sig) } }
+        }
+    }
+
     /// Gives the terminal back to nbdkit's process group.
     public func restoreTerminal() {
         guard let terminal else { return }

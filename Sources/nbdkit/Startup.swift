@@ -32,10 +32,15 @@ struct Startup {
 
         var temporaryDirectory: String? = nil
         var listeners: Listeners? = nil
-        defer {
+        /// Closes the listening sockets and removes the Unix socket and its private directory; idempotent.
+        func stopListening() {
+            listeners?.sockets.forEach { $0.close() }
             if let path = listeners?.unixPath { _ = unlink(path) }
             if let dir = temporaryDirectory { _ = rmdir(dir) }
+            listeners = nil
+            temporaryDirectory = nil
         }
+        defer { stopListening() }
         switch config.listenMode {
         case .single:
             break
@@ -88,8 +93,12 @@ struct Startup {
             return code
         case .requested:
             guard let captive else { return 0 }
-            captive.signal(SIGTERM)
-            return shellStatus(captive.wait()).status
+            // As nbdkit: a filter ending the server (exitlast, exitwhen) ends the serving, not the
+            // command. Later clients are refused; the command runs on and its status is nbdkit's.
+            stopListening()
+            let status = captive.wait(forwarding: signals)
+            if let signal = shellStatus(status).signal { logger.plain("external command was killed by signal \(signal)") }
+            return shellStatus(status).status
         case .signalled(let sig):
             guard let captive else { return 0 }
             // Take the command's whole process group down with the server: nothing is left behind.

@@ -94,6 +94,25 @@ final class LifecycleTests: IntegrationTestCase {
         XCTAssertFalse(FileManager.default.fileExists(atPath: s.socket))
     }
 
+    /// As in nbdkit 1.32: when exitlast ends the server under --run, the command is not killed.
+    /// It runs to its end, later clients are refused, and nbdkit exits with the command's status.
+    func testExitLastWithRunLeavesTheCommandRunning() {
+        let marker = dir.file("finished")
+        let script = """
+        nbdinfo --size "$uri" || exit 90
+        # The server stops listening once its last client has gone.
+        i=0; while [ -S "$unixsocket" ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done
+        nbdinfo --size "$uri" 2>/dev/null && exit 91
+        touch '\(marker)'
+        exit 7
+        """
+        let r = Harness.run([Harness.nbdkit, "-U", "-", "--filter=exitlast", "memory", "1M", "--run", script], timeout: 30)
+        XCTAssertEqual(r.status, 7, r.stderr)
+        XCTAssertFalse(r.signalled)
+        XCTAssertEqual(r.stdout, "1048576\n")
+        XCTAssertTrue(FileManager.default.fileExists(atPath: marker), "the command was killed")
+    }
+
     func exitWhen(_ parameters: [String], trigger: () -> Void) throws {
         let s = try startServer(["--filter=exitwhen", "memory", "1M", "exitwhen-poll=1"] + parameters)
         XCTAssertEqual(Harness.run(["nbdinfo", "--size", s.uri]).stdout, "1048576\n")
