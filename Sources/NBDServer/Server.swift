@@ -28,9 +28,9 @@ public final class Server: Sendable {
         case requested
     }
 
-    /// Accepts clients on `sockets` until a terminating signal arrives or `captivePID` exits,
-    /// then stops reading requests, lets requests in flight finish and waits for every
-    /// connection to close.
+    /// Accepts clients on `sockets` until a terminating signal arrives (passed on at once to the
+    /// process group of `captivePID`) or `captivePID` exits, then shuts the connections down
+    /// (see `shutdownConnections`) and returns once every one has closed.
     public func run(sockets: [FileDescriptor], signals: SignalSource, captivePID: pid_t?,
                     notifier: ServiceNotifier = ServiceNotifier()) -> Outcome {
         control.onConnectionCountChanged { notifier.status(clients: $0) }
@@ -90,6 +90,8 @@ public final class Server: Sendable {
             }
         }
         notifier.stopping()
+        // The command first, so that its own clients go away rather than wait out the grace.
+        if case .signalled(let sig) = outcome, let pid = captivePID { _ = kill(-pid, sig) }
         shutdownConnections()
         return outcome!
     }
@@ -161,14 +163,28 @@ public final class Server: Sendable {
         return transport
     }
 
-    /// Stops every connection reading and waits until each has finished and closed.
+    /// How long clients in the transmission phase get to disconnect once shutdown begins.
+    public static let shutdownGraceMilliseconds: Int64 = 5_000
+
+    /// Shuts down as doc/proto.md asks: clients in the transmission phase get ESHUTDOWN for each
+    /// request read from now on, and up to `shutdownGraceMilliseconds` to disconnect themselves;
+    /// then (and at once for clients still negotiating) reading stops, and each connection closes
+    /// once its requests in flight have their replies. Returns when every connection has closed.
     private func shutdownConnections() {
-        live.withLock { $0.values.forEach { $0.shutdownReceive() } }
-        liveTransmissions.withLock { $0.values.forEach { $0.shutdown() } }
-        while !live.withLock({ $0.isEmpty }) {
+        let deadline = MonotonicClock.milliseconds() + Self.shutdownGraceMilliseconds
+        while true {
+            let transmissions = liveTransmissions.withLock { $0 }
+            transmissions.values.forEach { $0.shutdown() }
+            let graceOver = MonotonicClock.milliseconds() >= deadline
+            // Repeated each pass: a connection may have registered or reached transmission since.
+            let empty = live.withLock { connections in
+                for (id, transport) in connections where graceOver || transmissions[id] == nil {
+                    transport.shutdownReceive()
+                }
+                return connections.isEmpty
+            }
+            if empty { return }
             usleep(5_000)
-            // A connection may have registered after the first pass.
-            live.withLock { $0.values.forEach { $0.shutdownReceive() } }
         }
     }
 }

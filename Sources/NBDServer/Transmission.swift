@@ -34,11 +34,11 @@ final class Transmission: Sendable {
         while let thread = spawned.withLock({ $0.popLast() }) { thread.join() }
     }
 
-    /// Server shutdown: requests already sent by the client are answered with ESHUTDOWN, requests
-    /// in flight finish normally, and the connection ends when the client's data runs out.
+    /// Server shutdown begins: every request read from now on is answered with ESHUTDOWN (so the
+    /// client disconnects, as the protocol requires it to), requests in flight finish normally.
+    /// The connection stays open until the client disconnects or `stop()`.
     func shutdown() {
         shuttingDown.store(true, ordering: .relaxed)
-        transport.shutdownReceive()
     }
 
     /// Stops reading new requests; requests in flight still get their replies.

@@ -99,10 +99,10 @@ struct Startup {
             let status = captive.wait(forwarding: signals)
             if let signal = shellStatus(status).signal { logger.plain("external command was killed by signal \(signal)") }
             return shellStatus(status).status
-        case .signalled(let sig):
+        case .signalled:
             guard let captive else { return 0 }
-            // Take the command's whole process group down with the server: nothing is left behind.
-            captive.signal(sig)
+            // The server passed the signal on to the command's whole process group; once the
+            // command has gone, nothing of its group may outlive the server.
             let status = captive.wait()
             captive.signal(SIGKILL)
             return shellStatus(status).status

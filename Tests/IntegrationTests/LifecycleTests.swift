@@ -52,6 +52,63 @@ final class LifecycleTests: IntegrationTestCase {
         XCTAssertFalse(FileManager.default.fileExists(atPath: (socket as NSString).deletingLastPathComponent))
     }
 
+    /// Graceful shutdown as doc/proto.md asks: once SIGTERM has arrived, a request from a client
+    /// that is still connected gets the error ESHUTDOWN (not a dropped connection), the client can
+    /// then disconnect cleanly with NBD_CMD_DISC, and the server exits 0 soon after.
+    func testRequestAfterSigtermGetsESHUTDOWN() throws {
+        let s = try startServer(["-v", "memory", "1M"])
+        let r = Harness.nbdsh(s.uri, """
+        import errno, os, signal, time
+        assert h.get_structured_replies_negotiated()
+        h.pwrite(b'x' * 512, 0)
+        os.kill(\(s.pid), signal.SIGTERM)
+        # Send the next request only once the server has taken the signal (its debug log says so).
+        deadline = time.monotonic() + 10
+        while 'shutting down' not in open('\(s.stderrFile)').read():
+            assert time.monotonic() < deadline, 'SIGTERM not handled within 10 s'
+            time.sleep(0.02)
+        time.sleep(0.2)
+        # The first request to fail must fail with ESHUTDOWN.
+        while True:
+            try:
+                h.pread(512, 0)
+            except nbd.Error as e:
+                print('error', e.errno if isinstance(e.errno, str) else errno.errorcode.get(e.errno, e.errno))
+                break
+            assert time.monotonic() < deadline, 'requests still served 10 s after SIGTERM'
+            time.sleep(0.02)
+        h.shutdown()
+        print('disconnected')
+        """, timeout: 30)
+        XCTAssertEqual(r.stdout, "error ESHUTDOWN\ndisconnected\n", r.stderr)
+        let deadline = Date().addingTimeInterval(3)
+        while s.isRunning && Date() < deadline { usleep(10_000) }
+        XCTAssertFalse(s.isRunning, "server still running 3 s after its last client disconnected")
+        XCTAssertEqual(s.stop(), 0, s.stderr)
+        XCTAssertFalse(FileManager.default.fileExists(atPath: s.socket))
+    }
+
+    /// A client that stays connected but idle after SIGTERM cannot hold the server: the
+    /// connection is closed once the shutdown grace (5 s) is over, and the server exits 0.
+    func testIdleClientCannotHoldShutdown() throws {
+        let s = try startServer(["memory", "1M"])
+        let r = Harness.nbdsh(s.uri, """
+        import os, signal, time
+        h.pread(512, 0)
+        start = time.monotonic()
+        os.kill(\(s.pid), signal.SIGTERM)
+        while not (h.aio_is_dead() or h.aio_is_closed()):
+            h.poll(100)
+            assert time.monotonic() - start < 15, 'connection still open 15 s after SIGTERM'
+        print('closed after %d s' % round(time.monotonic() - start))
+        """, timeout: 30)
+        XCTAssertEqual(r.stdout, "closed after 5 s\n", r.stderr)
+        let deadline = Date().addingTimeInterval(3)
+        while s.isRunning && Date() < deadline { usleep(10_000) }
+        XCTAssertFalse(s.isRunning, "server still running 3 s after closing its last connection")
+        XCTAssertEqual(s.stop(), 0, s.stderr)
+    }
+
     func testManPageExamples() {
         let r = Harness.run([Harness.nbdkit, "-U", "-", "memory", "1", "--run", "nbdsh -u \"$uri\" -c \"print(h.pread(1, 0))\""])
         XCTAssertEqual(r.status, 0, r.stderr)
