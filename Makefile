@@ -25,7 +25,7 @@ build: deps
 	$(SWIFT) build
 
 release: deps
-	$(SWIFT) build -c release
+	$(SWIFT) build -c release -Xswiftc -static-stdlib
 
 # The main job: a captive server on the embedded example1 disk, inspected by nbdinfo.
 run: build

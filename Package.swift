@@ -11,8 +11,8 @@ let package = Package(
         .target(name: "CNBDShim"),
         // A thin C layer over GnuTLS (libgnutls28-dev) for STARTTLS.
         .target(name: "CNBDTLS", linkerSettings: [.linkedLibrary("gnutls")]),
-        // A thin C layer over libsystemd (libsystemd-dev): socket activation and sd_notify.
-        .target(name: "CNBDSystemd", linkerSettings: [.linkedLibrary("systemd")]),
+        // A thin C layer over libsystemd (libsystemd-dev, loaded on first use): socket activation, sd_notify.
+        .target(name: "CNBDSystemd", linkerSettings: [.linkedLibrary("dl")]),
         // The NBD wire format: constants, encoding and decoding. No I/O.
         .target(name: "NBDProtocol"),
         // Listeners, handshake, transmission, worker threads, the backend chain, lifecycle.

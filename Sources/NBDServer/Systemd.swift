@@ -22,6 +22,9 @@ public enum SocketActivation {
         var names: UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>? = nil
         let n = CNBDSystemd_listen_fds_with_names(&names)
         defer { CNBDSystemd_free_names(names) }
+        if let error = CNBDSystemd_load_error() {
+            throw ConfigError("socket activation: cannot load libsystemd: \(String(cString: error))")
+        }
         if n < 0 { throw SystemError("sd_listen_fds", errno: -n) }
         guard n > 0 else { throw ConfigError("socket activation: no sockets were passed") }
         return try (0..<Int(n)).map { i in
@@ -33,7 +36,7 @@ public enum SocketActivation {
 }
 
 /// sd_notify for a Type=notify service: READY=1, STATUS=, STOPPING=1 and watchdog pings.
-/// Without NOTIFY_SOCKET every call does nothing.
+/// Without NOTIFY_SOCKET every call does nothing, and libsystemd is never loaded.
 public struct ServiceNotifier: Sendable {
     /// The watchdog interval, if the service manager asked for pings.
     public let watchdogInterval: UInt64?
@@ -41,7 +44,8 @@ public struct ServiceNotifier: Sendable {
 
     public init() {
         enabled = getenv("NOTIFY_SOCKET") != nil
-        let usec = CNBDSystemd_watchdog_usec()
+        // Only a supervised server loads libsystemd.
+        let usec = enabled && getenv("WATCHDOG_USEC") != nil ? CNBDSystemd_watchdog_usec() : 0
         watchdogInterval = usec > 0 ? usec : nil
     }
 

@@ -183,6 +183,25 @@ final class SystemdTests: IntegrationTestCase {
         XCTAssertEqual(terminate(quiet), 0)
     }
 
+    /// libsystemd (and the libraries it pulls in) is loaded only by a supervised server.
+    func testLibsystemdIsLoadedOnlyWhenNeeded() throws {
+        let notify = try NotifySocket(path: dir.file("notify"))
+        defer { notify.close() }
+        let plain = try startServer(["memory", "1M"], socketName: "plain")
+        // /proc files report size 0, so read them to the end rather than by their size.
+        let maps = { (pid: Int32) in
+            String(decoding: (try? FileHandle(forReadingFrom: URL(fileURLWithPath: "/proc/\(pid)/maps")).readToEnd()) ?? Data(),
+                   as: UTF8.self)
+        }
+        XCTAssertTrue(maps(plain.pid).contains("libgnutls.so"), "cannot read the maps")
+        XCTAssertFalse(maps(plain.pid).contains("libsystemd"), "a plain server loaded libsystemd")
+        let supervised = try launch([Harness.nbdkit, "-f", "-U", dir.file("sock"), "memory", "1M"],
+                                    environment: ["NOTIFY_SOCKET": notify.path], stderrFile: dir.file("stderr"))
+        XCTAssertEqual(notify.receive(timeout: 20), "READY=1\nSTATUS=Serving 0 clients")
+        XCTAssertTrue(maps(supervised.pid).contains("libsystemd.so.0"))
+        XCTAssertEqual(terminate(supervised), 0)
+    }
+
     /// The shipped units pass `systemd-analyze verify` with no warning at all.
     func testUnitFilesVerify() throws {
         let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()

@@ -3,14 +3,16 @@
 
 #include <stdint.h>
 
-/* Thin wrappers over libsystemd's sd-daemon calls. */
+/* Thin wrappers over libsystemd's sd-daemon calls. libsystemd is loaded on first use; every
+ * call returns -ELIBACC (or 0 for the watchdog) when it cannot be loaded. */
 
-/* sd_listen_fds(1): the number of sockets passed by socket activation (starting at fd 3),
- * 0 if none, or a negative errno. Unsets LISTEN_PID, LISTEN_FDS and LISTEN_FDNAMES. */
-int CNBDSystemd_listen_fds(void);
+/* NULL once libsystemd is loaded, otherwise why it could not be. */
+const char *CNBDSystemd_load_error(void);
 
-/* sd_listen_fds_with_names(1, ...): as CNBDSystemd_listen_fds, and *names receives a
- * NULL-terminated array of the LISTEN_FDNAMES entries (free with CNBDSystemd_free_names). */
+/* sd_listen_fds_with_names(1, names): the number of sockets passed by socket activation
+ * (starting at fd 3), 0 if none, or a negative errno; *names receives a NULL-terminated array
+ * of the LISTEN_FDNAMES entries (free with CNBDSystemd_free_names). Unsets LISTEN_PID,
+ * LISTEN_FDS and LISTEN_FDNAMES. */
 int CNBDSystemd_listen_fds_with_names(char ***names);
 
 /* Frees an array from CNBDSystemd_listen_fds_with_names. */
