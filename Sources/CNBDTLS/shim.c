@@ -140,6 +140,42 @@ ssize_t CNBDTLS_send(CNBDTLS_session *s, const void *buf, size_t len)
   return r;
 }
 
+/* Sends all of buf, retrying partial and interrupted sends. */
+static int send_all(CNBDTLS_session *s, const char *buf, size_t len)
+{
+  while (len > 0) {
+    ssize_t r = CNBDTLS_send(s, buf, len);
+    if (r < 0)
+      return (int) r;
+    buf += r;
+    len -= (size_t) r;
+  }
+  return 0;
+}
+
+int CNBDTLS_send_message(CNBDTLS_session *s, const void *header, size_t header_len,
+                         const void *payload, size_t payload_len)
+{
+  int r;
+  int cork = payload_len > 0 && payload_len <= 16384;
+  if (cork)
+    gnutls_record_cork(s->session);
+  if ((r = send_all(s, header, header_len)) < 0 ||
+      (r = send_all(s, payload, payload_len)) < 0) {
+    if (cork)
+      gnutls_record_uncork(s->session, 0);
+    return r;
+  }
+  if (cork) {
+    do {
+      r = gnutls_record_uncork(s->session, GNUTLS_RECORD_WAIT);
+    } while (r == GNUTLS_E_INTERRUPTED || r == GNUTLS_E_AGAIN);
+    if (r < 0)
+      return r;
+  }
+  return 0;
+}
+
 void CNBDTLS_session_free(CNBDTLS_session *s, int send_bye)
 {
   if (s == NULL) return;

@@ -108,15 +108,10 @@ final class TLSTransport: Transport, @unchecked Sendable {
         }
     }
 
+    /// A small payload shares its header's TLS record and socket write.
     func send(_ header: UnsafeRawBufferPointer, _ payload: UnsafeRawBufferPointer) throws {
-        for part in [header, payload] where part.count > 0 {
-            var done = 0
-            while done < part.count {
-                let n = CNBDTLS_send(session, part.baseAddress! + done, part.count - done)
-                if n < 0 { throw TLSError(call: "gnutls_record_send", code: n) }
-                done += n
-            }
-        }
+        let r = CNBDTLS_send_message(session, header.baseAddress, header.count, payload.baseAddress, payload.count)
+        if r < 0 { throw TLSError(call: "gnutls_record_send", code: Int(r)) }
     }
 
     func shutdownReceive() { _ = shutdown(fd, Int32(SHUT_RD)) }

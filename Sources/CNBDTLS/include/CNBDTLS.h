@@ -39,6 +39,11 @@ int CNBDTLS_handshake(CNBDTLS_session *s);
 ssize_t CNBDTLS_recv(CNBDTLS_session *s, void *buf, size_t len);
 ssize_t CNBDTLS_send(CNBDTLS_session *s, const void *buf, size_t len);
 
+/* Sends header then payload whole. A payload of up to one record (16 KiB) goes out corked, in
+ * the same record as its header and in one write to the socket. 0, or a negative GnuTLS error. */
+int CNBDTLS_send_message(CNBDTLS_session *s, const void *header, size_t header_len,
+                         const void *payload, size_t payload_len);
+
 /* Sends close_notify (best effort) and frees the session; the fd is not closed. */
 void CNBDTLS_session_free(CNBDTLS_session *s, int send_bye);
 
