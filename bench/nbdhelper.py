@@ -4,6 +4,11 @@
   nbdhelper.py connrate URI N          -> prints "<seconds>" for N connect+size+disconnect
   nbdhelper.py idle URI K              -> opens K connections, prints "ready", waits for EOF on stdin
   nbdhelper.py memcpy BYTES            -> copies BYTES through 64 MiB bytearrays, prints seconds
+  nbdhelper.py randread URI N DEPTH    -> N random 4 KiB reads, DEPTH in flight (aio), prints seconds
+  nbdhelper.py tlsinfo URI             -> prints the TLS cipher libnbd negotiated (from its debug log)
+
+URIs may name local files (tls-psk-file=, tls-certificates=): fio's nbd engine refuses those,
+so the TLS random-read workloads use randread here instead.
 """
 import os, sys, time
 
@@ -37,6 +42,58 @@ def idle(uri, k):
             pass
 
 
+def connect(uri):
+    import nbd
+    h = nbd.NBD()
+    h.set_uri_allow_local_file(True)   # tls-psk-file= / tls-certificates= in the URI
+    h.connect_uri(uri)
+    return h
+
+
+def randread(uri, n, depth):
+    import random
+    import nbd
+    h = connect(uri)
+    blocks = h.get_size() // 4096
+    rng = random.Random(1)
+    offsets = [rng.randrange(blocks) * 4096 for _ in range(n)]
+    buf = nbd.Buffer(4096)        # reads only: the contents are not looked at
+    done, failed = [0], []
+
+    def completed(err):           # err: a ctypes int holding the errno
+        if err.value:
+            failed.append(err.value)
+        done[0] += 1
+        return 1                  # retire the command
+
+    issued = 0
+    t0 = time.perf_counter()
+    while done[0] < n:
+        while issued < n and issued - done[0] < depth:
+            h.aio_pread(buf, offsets[issued], completion=completed)
+            issued += 1
+        h.poll(-1)
+    t = time.perf_counter() - t0
+    if failed:
+        sys.exit(f"{len(failed)} reads failed, first errno {failed[0]}")
+    h.shutdown()
+    print(f"{t:.6f}")
+
+
+def tlsinfo(uri):
+    # libnbd logs "connection is using TLS: cipher ... key exchange ... mac ..." in debug mode.
+    import nbd
+    h = nbd.NBD()
+    h.set_uri_allow_local_file(True)
+    h.set_debug(True)
+    msgs = []
+    h.set_debug_callback(lambda ctx, msg: msgs.append(msg))
+    h.connect_uri(uri)
+    h.shutdown()
+    found = [m.split("using TLS: ", 1)[1] for m in msgs if "using TLS: " in m]
+    print(found[0] if found else "no TLS")
+
+
 def memcpy(nbytes):
     size = 64 << 20
     src = bytearray(os.urandom(1 << 20) * 64)
@@ -55,6 +112,10 @@ if __name__ == "__main__":
         connrate(sys.argv[2], int(sys.argv[3]))
     elif cmd == "idle":
         idle(sys.argv[2], int(sys.argv[3]))
+    elif cmd == "randread":
+        randread(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]))
+    elif cmd == "tlsinfo":
+        tlsinfo(sys.argv[2])
     elif cmd == "memcpy":
         memcpy(int(sys.argv[2]))
     else:

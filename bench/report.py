@@ -18,12 +18,14 @@ with open(os.path.join(outdir, "meta.env")) as f:
 
 rows = list(csv.DictReader(open(os.path.join(outdir, "raw.tsv")), delimiter="\t"))
 errors = list(csv.DictReader(open(os.path.join(outdir, "errors.tsv")), delimiter="\t"))
+tls_path = os.path.join(outdir, "tls.tsv")
+tlsinfo = list(csv.DictReader(open(tls_path), delimiter="\t")) if os.path.exists(tls_path) else []
 
 SERVERS = {"A": "ours", "B": "nbdkit", "C": "qemu-nbd", "D": "nbd-server"}
 FULL = {"A": meta.get("V_A", "ours"), "B": meta.get("V_B", "nbdkit"),
         "C": meta.get("V_C", "qemu-nbd"), "D": meta.get("V_D", "nbd-server")}
 
-# metric -> (label, higher_is_better)
+# metric -> (label, higher_is_better); None: not a performance figure, no ratio
 METRICS = {
     "MB_per_s": ("MB/s", True),
     "IOPS": ("IOPS", True),
@@ -34,7 +36,9 @@ METRICS = {
     "KiB_RSS_per_conn": ("ΔRSS KiB/conn", False),
     "KiB_USS_per_conn": ("ΔUSS KiB/conn", False),
     "KiB_RSS_base": ("RSS KiB before", False),
+    "connections": ("connections used", None),
 }
+PYRAND = "python3-libnbd aio loop (`nbdhelper.py randread`), RAND_N 4 KiB random reads, 32 in flight"
 WORKLOADS = [
     ("seqread", "Sequential read: `nbdcopy --no-extents -C 1 -T 1 --request-size=262144 URI null:`"),
     ("seqwrite", "Sequential write: `nbdcopy --no-extents -C 1 -T 1 --request-size=262144 SRC URI`"),
@@ -42,13 +46,31 @@ WORKLOADS = [
     ("randread-qd32", "fio `ioengine=nbd`, 4 KiB random read, iodepth 32"),
     ("randwrite-qd1", "fio `ioengine=nbd`, 4 KiB random write, iodepth 1"),
     ("randwrite-qd32", "fio `ioengine=nbd`, 4 KiB random write, iodepth 32"),
+    ("randread-qd32-py", f"{PYRAND}, plain Unix socket: baseline for the TLS random reads (same client)"),
+    ("seqread-4conn", "Four connections: `nbdcopy --no-extents -C 4 -T 4 --request-size=262144 URI null:` "
+                      "(nbdcopy falls back to one connection if the server does not advertise multi-conn; "
+                      "*connections used* says which)"),
+    ("randread-4conn-qd8", "Four connections: fio `ioengine=nbd`, 4 KiB random read, numjobs=4 (one connection "
+                           "each), iodepth 8 each (32 in flight in total); IOPS summed"),
+    ("tcp-seqread", "TCP loopback: `nbdcopy --no-extents -C 1 -T 1 --request-size=262144 nbd://127.0.0.1:PORT null:`"),
+    ("tcp-randread-qd32", "TCP loopback: fio `ioengine=nbd`, `uri=nbd://127.0.0.1:PORT`, 4 KiB random read, iodepth 32"),
+    ("tls-psk-seqread", "TLS-PSK: `nbdcopy --no-extents -C 1 -T 1 --request-size=262144 "
+                        "'nbds+unix://alice@/?socket=S&tls-psk-file=F' null:`"),
+    ("tls-psk-randread-qd32", f"TLS-PSK: {PYRAND}"),
+    ("tls-x509-seqread", "TLS-X.509: `nbdcopy --no-extents -C 1 -T 1 --request-size=262144 "
+                         "'nbds+unix:///?socket=S&tls-certificates=DIR' null:`"),
+    ("tls-x509-randread-qd32", f"TLS-X.509: {PYRAND}"),
     ("connrate", "Connection setup: libnbd connect + get_size + shutdown, in a loop"),
     ("idle", "Idle memory per connection: server RSS and USS (private pages) before and while K idle connections are open"),
     ("startup", "Captive start-up: `nbdkit -U - null 1M --run true`"),
 ]
 PRIMARY = {"seqread": "MB_per_s", "seqwrite": "MB_per_s", "randread-qd1": "IOPS",
            "randread-qd32": "IOPS", "randwrite-qd1": "IOPS", "randwrite-qd32": "IOPS",
-           "connrate": "conn_per_s", "idle": "KiB_USS_per_conn", "startup": "ms_per_run"}
+           "connrate": "conn_per_s", "idle": "KiB_USS_per_conn", "startup": "ms_per_run",
+           "randread-qd32-py": "IOPS", "seqread-4conn": "MB_per_s", "randread-4conn-qd8": "IOPS",
+           "tcp-seqread": "MB_per_s", "tcp-randread-qd32": "IOPS",
+           "tls-psk-seqread": "MB_per_s", "tls-psk-randread-qd32": "IOPS",
+           "tls-x509-seqread": "MB_per_s", "tls-x509-randread-qd32": "IOPS"}
 
 data = defaultdict(list)   # (backend, workload, metric, server) -> values
 for r in rows:
@@ -80,6 +102,8 @@ def stats(vals):
 
 
 def ratio(backend, wl, metric, server):
+    if METRICS[metric][1] is None:
+        return None
     s = stats(data.get((backend, wl, metric, server), []))
     b = stats(data.get((backend, wl, metric, "B"), []))
     if not s or not b or b[0] == 0:
@@ -98,12 +122,14 @@ w(f"- Date: {meta.get('START_TIME', '')}; run took {meta.get('DURATION_S', '?')}
 w(f"- Machine: {meta.get('NPROC', '?')} CPUs ({meta.get('CPU_MODEL', '?')}), {meta.get('MEM', '?')} RAM, "
   f"Linux {meta.get('KERNEL', '?')}; load average before {meta.get('LOAD_BEFORE', '?')}, after {meta.get('LOAD_AFTER', '?')}")
 w(f"- Parameters: ROUNDS={meta.get('ROUNDS')} SIZE_MIB={meta.get('SIZE_MIB')} FIO_RUNTIME={meta.get('FIO_RUNTIME')} s "
-  f"STARTUP_N={meta.get('STARTUP_N')} CONN_N={meta.get('CONN_N')} IDLE_K={meta.get('IDLE_K')}")
+  f"STARTUP_N={meta.get('STARTUP_N')} CONN_N={meta.get('CONN_N')} IDLE_K={meta.get('IDLE_K')} RAND_N={meta.get('RAND_N')}"
+  + (f"; only WORKLOADS=\"{meta['WORKLOADS']}\"" if meta.get("WORKLOADS") else ""))
 w(f"- Ours: `{meta.get('OURS_BIN', '')}`, built from {meta.get('BUILD_NOTE', '')}")
 w("- Servers:")
 for k in "ABCD":
     w(f"  - {k} = {SERVERS[k]}: {FULL[k]}")
-w(f"- Clients: {meta.get('V_NBDCOPY', '')}, {meta.get('V_FIO', '')}, python3-libnbd")
+w(f"- Clients: {meta.get('V_NBDCOPY', '')}, {meta.get('V_FIO', '')}, python3-libnbd; "
+  f"TLS files made with {meta.get('V_GNUTLS', 'certtool')} (server key {meta.get('TLS_KEYS', '?')}) and psktool")
 w("")
 w("**Caveats.** The machine has only "
   f"{meta.get('NPROC', '?')} cores: every server is pinned to CPU 0 and every client to CPU 1 "
@@ -112,7 +138,8 @@ w("**Caveats.** The machine has only "
   "running on the same machine during this run, so expect noise; interleaved rounds and medians "
   "reduce but do not remove it. nbd-server cannot stay in the foreground (its `-d` serves a single "
   "connection and exits), so it runs as a daemon found through its pid file; it does listen on a "
-  "Unix socket (`unixsock` in its config file), so every server here is reached over a Unix socket. "
+  "Unix socket (`unixsock` in its config file), so every server is reached over a Unix socket, "
+  "except in the `tcp-*` workloads (127.0.0.1, a free port). "
   "nbd-server forks a process per connection: its CPU time includes its children's, and its "
   "memory is summed over the process tree (USS, private pages only, does not count shared "
   "libraries once per child). Server CPU time is read from `/proc/PID/stat` in 10 ms ticks, so "
@@ -185,7 +212,34 @@ for wl, title in WORKLOADS:
 
 w("## TLS")
 w("")
-w("not measured: TLS not implemented yet.")
+w("The `tls-*` workloads use the file backend with `--tls=require` (qemu-nbd: `--object "
+  "tls-creds-psk|tls-creds-x509,...,endpoint=server --tls-creds`), over a Unix socket. Certificates "
+  "(a CA and a server certificate for localhost) and the PSK file (user `alice`) are made fresh by "
+  "`certtool` and `psktool` for each run. nbd-server is not included: it has no TLS-PSK. The random "
+  "reads are driven by a python3-libnbd aio loop, not fio: fio's nbd engine takes only `uri=`, and "
+  "libnbd refuses `tls-psk-file=` or `tls-certificates=` in a URI unless the program calls "
+  "`nbd_set_uri_allow_local_file` (fio fails with \"local file access (tls-psk-file) is not allowed\"). "
+  "`randread-qd32-py` runs the same loop without TLS, so the TLS cost can be read against the same "
+  "client; note that this client may itself be the limit at high IOPS.")
+w("")
+w("Negotiated by libnbd with each server (from libnbd's debug log, `nbdhelper.py tlsinfo`):")
+w("")
+if tlsinfo:
+    w("| mode | server | cipher, key exchange, MAC (rounds) |")
+    w("| --- | --- | --- |")
+    for mode in ("psk", "x509"):
+        for s in "ABCD":
+            got = [t["negotiated"] for t in tlsinfo if t["mode"] == mode and t["server"] == s]
+            if got:
+                w(f"| {mode} | {SERVERS[s]} | " + "; ".join(f"{g} ({got.count(g)})" for g in sorted(set(got))) + " |")
+    for mode in ("psk", "x509"):
+        kinds = {t["negotiated"] for t in tlsinfo if t["mode"] == mode}
+        if kinds:
+            w("")
+            w(f"{mode}: " + ("every server negotiated the same cipher suite." if len(kinds) == 1
+                            else "**the servers did not all negotiate the same cipher suite.**"))
+else:
+    w("not measured in this run.")
 w("")
 
 w("## Failures and errors")
@@ -217,7 +271,7 @@ if meta.get("WANT_PLOT") == "1":
                 if r is not None and not METRICS[m][1] and r != 0:
                     r = 1 / r
                 series[s].append(r if r else float('nan'))
-        fig, ax = plt.subplots(figsize=(max(8, len(labels) * 0.9), 4.5))
+        fig, ax = plt.subplots(figsize=(max(8, len(labels) * 0.7), 5.5))
         width = 0.27
         colors = {"A": "#d9534f", "C": "#5bc0de", "D": "#5cb85c"}
         for i, s in enumerate("ACD"):
@@ -229,7 +283,7 @@ if meta.get("WANT_PLOT") == "1":
             if v == v:  # not NaN
                 ax.annotate(f"{v:.2g}", (x - width, v), ha="center", va="bottom", fontsize=6)
         ax.set_xticks(range(len(labels)))
-        ax.set_xticklabels(labels, fontsize=7)
+        ax.set_xticklabels(labels, fontsize=7, rotation=40, ha="right")   # long workload names
         ax.set_ylabel("÷ nbdkit 1.32, log scale (higher = better)")
         ax.set_title("Median performance relative to nbdkit 1.32 (time/memory metrics inverted)")
         ax.legend()
@@ -243,7 +297,7 @@ else:
 
 # Put the chart right after the headline table.
 idx = out.index("## Physical limits on this machine (not NBD)")
-out[idx:idx] = ["Chart (`bench/ratios.png`): each server's median relative to nbdkit 1.32, "
+out[idx:idx] = [f"Chart (`{os.path.basename(png_path)}`): each server's median relative to nbdkit 1.32, "
                 "inverted for start-up time and memory so that higher is always better.", "", chart_note, ""]
 
 with open(results_path, "w") as f:

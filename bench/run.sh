@@ -8,6 +8,9 @@
 #   STARTUP_N=30      captive start-ups per server per round
 #   CONN_N=1000       connections per server per round (connection setup rate)
 #   IDLE_K=64         idle connections held open for the memory-per-connection measurement
+#   RAND_N=50000      requests per python-driven random-read run (TLS and its plaintext baseline)
+#   WORKLOADS="..."   run only these workloads (names as in README.md, e.g. "tls-psk-seqread
+#                     seqread-4conn"); default: all
 #   BENCH_TIMEOUT=2400  hard limit for the whole run, in seconds
 #   OURS=path         skip the build and benchmark this binary instead
 # Output: bench/RESULTS.md, bench/ratios.png, raw data and logs in bench/out/ (gitignored).
@@ -25,6 +28,8 @@ FIO_RUNTIME=${FIO_RUNTIME:-5}
 STARTUP_N=${STARTUP_N:-30}
 CONN_N=${CONN_N:-1000}
 IDLE_K=${IDLE_K:-64}
+RAND_N=${RAND_N:-50000}
+WORKLOADS=${WORKLOADS:-}
 SERVER_CPU=0
 CLIENT_CPU=1
 
@@ -57,7 +62,7 @@ trap 'exit 143' TERM
 
 # ---------------------------------------------------------------- dependencies
 SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
-need=(nbdkit qemu-utils nbd-server libnbd-bin python3-libnbd fio util-linux procps socat python3 coreutils)
+need=(nbdkit qemu-utils nbd-server libnbd-bin python3-libnbd fio util-linux procps socat python3 coreutils gnutls-bin)
 missing=()
 for p in "${need[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 want_plot=1
@@ -73,13 +78,15 @@ fi
 dpkg -s python3-matplotlib >/dev/null 2>&1 || want_plot=0
 
 mkdir -p "$OUT"
-rm -f "$OUT"/*.log "$OUT"/*.tsv "$OUT"/*.json "$OUT"/meta.env
+rm -f "$OUT"/*.log "$OUT"/*.tsv "$OUT"/*.json "$OUT"/meta.env "$OUT"/RESULTS-*.md
 TMP=$(mktemp -d /dev/shm/nbdbench.XXXXXX)
 RAW=$OUT/raw.tsv
 ERR=$OUT/errors.tsv
 META=$OUT/meta.env
 printf 'round\tserver\tbackend\tworkload\tmetric\tvalue\n' >"$RAW"
 printf 'round\tserver\tbackend\tworkload\trc\tcommand\tdetail\n' >"$ERR"
+TLSINFO=$OUT/tls.tsv
+printf 'round\tserver\tmode\tnegotiated\n' >"$TLSINFO"
 START_TIME=$(date -u '+%Y-%m-%d %H:%M:%S UTC')
 T_START=$EPOCHREALTIME
 
@@ -118,33 +125,78 @@ cp "$SRC" "$DISK"
 # A different random content for the disk, so writing SRC changes every block.
 head -c "$SIZE" /dev/urandom >"$DISK"
 
+# TLS material, made fresh for every run: a CA and a server certificate for localhost (the
+# file names nbdkit and qemu-nbd both look for), and a PSK file for user alice.
+PKI=$TMP/tls/pki        # ca-cert.pem server-cert.pem server-key.pem (clients read ca-cert.pem)
+PSKDIR=$TMP/tls/psk     # keys.psk ("alice:hexkey"); qemu-nbd wants the directory
+PSK=$PSKDIR/keys.psk
+make_tls_files() {
+    local d=$TMP/tls
+    mkdir -p "$PKI" "$PSKDIR"
+    printf 'cn = bench CA\nca\ncert_signing_key\nexpiration_days = 30\n' >"$d/ca.info"
+    printf 'organization = bench\ncn = localhost\ndns_name = localhost\nip_address = 127.0.0.1\ntls_www_server\nencryption_key\nsigning_key\nexpiration_days = 30\n' >"$d/server.info"
+    certtool --generate-privkey --outfile "$d/ca-key.pem"
+    certtool --generate-self-signed --load-privkey "$d/ca-key.pem" --template "$d/ca.info" --outfile "$PKI/ca-cert.pem"
+    certtool --generate-privkey --outfile "$PKI/server-key.pem"
+    certtool --generate-certificate --load-ca-certificate "$PKI/ca-cert.pem" --load-ca-privkey "$d/ca-key.pem" \
+        --load-privkey "$PKI/server-key.pem" --template "$d/server.info" --outfile "$PKI/server-cert.pem"
+    chmod 600 "$PKI/server-key.pem"
+    psktool -u alice -p "$PSK"
+}
+make_tls_files >"$OUT/tls-setup.log" 2>&1 || { log "certtool/psktool failed, see bench/out/tls-setup.log"; exit 1; }
+
 # ---------------------------------------------------------------- servers
 # A = ours, B = reference nbdkit, C = qemu-nbd, D = nbd-server.
 declare -A NAME=([A]="ours (swift nbdkit)" [B]="nbdkit $($REF --version | awk '{print $2}')" \
                  [C]="qemu-nbd $(qemu-nbd --version | awk 'NR==1{print $2}')" \
                  [D]="nbd-server $(nbd-server -V 2>&1 | awk '/version/{print $NF; exit}')")
-declare -A URI=()
+declare -A URI=() SLOG=()
 NBDSERVER_PIDFILE=/run/nbd-server.pid
 
-# start_server LABEL BACKEND -> SPID[LABEL], URI[LABEL]; returns 1 if it does not come up.
+# A free TCP port on the loopback interface (asked from the kernel, then released).
+free_port() { $SYSPY -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+
+# start_server LABEL BACKEND [MODE] -> SPID[LABEL], URI[LABEL]; returns 1 if it does not come up.
+# MODE: unix (default, plain Unix socket), tcp (127.0.0.1, free port), psk or x509 (Unix
+# socket, --tls=require with the PSK file or the certificate directory).
 start_server() {
-    local l=$1 backend=$2 sock=$TMP/$1.sock slog=$OUT/server-$1-$2-r$ROUND.log
+    local l=$1 backend=$2 mode=${3:-unix} sock=$TMP/$1.sock slog port=""
+    slog=$OUT/server-$l-$backend$([ "$mode" = unix ] || echo "-$mode")-r$ROUND.log
+    SLOG[$l]=$slog
     rm -f "$sock"
-    URI[$l]="nbd+unix:///?socket=$sock"
+    # Listening and TLS arguments per server family (nbdkit-style = A and B, qemu-nbd = C).
+    local nbdkit_args=(-U "$sock") qemu_args=(-k "$sock")
+    case $mode in
+        unix) URI[$l]="nbd+unix:///?socket=$sock" ;;
+        tcp)  port=$(free_port)
+              nbdkit_args=(-i 127.0.0.1 -p "$port"); qemu_args=(-b 127.0.0.1 -p "$port")
+              URI[$l]="nbd://127.0.0.1:$port" ;;
+        psk)  nbdkit_args+=(--tls=require "--tls-psk=$PSK")
+              qemu_args+=(--object "tls-creds-psk,id=tls0,endpoint=server,dir=$PSKDIR" --tls-creds tls0)
+              URI[$l]="nbds+unix://alice@/?socket=$sock&tls-psk-file=$PSK" ;;
+        x509) nbdkit_args+=(--tls=require "--tls-certificates=$PKI")
+              qemu_args+=(--object "tls-creds-x509,id=tls0,endpoint=server,dir=$PKI,verify-peer=off" --tls-creds tls0)
+              URI[$l]="nbds+unix:///?socket=$sock&tls-certificates=$PKI" ;;
+    esac
     case "$l/$backend" in
-        A/memory) taskset -c $SERVER_CPU "$OURS" -f -U "$sock" memory "$SIZE" >"$slog" 2>&1 & SPID[$l]=$! ;;
-        B/memory) taskset -c $SERVER_CPU "$REF"  -f -U "$sock" memory "$SIZE" >"$slog" 2>&1 & SPID[$l]=$! ;;
-        A/file)   taskset -c $SERVER_CPU "$OURS" -f -U "$sock" file "$DISK" >"$slog" 2>&1 & SPID[$l]=$! ;;
-        B/file)   taskset -c $SERVER_CPU "$REF"  -f -U "$sock" file "$DISK" >"$slog" 2>&1 & SPID[$l]=$! ;;
-        C/file)   taskset -c $SERVER_CPU qemu-nbd -f raw -t -e 0 -k "$sock" "$DISK" >"$slog" 2>&1 & SPID[$l]=$! ;;
+        A/memory) taskset -c $SERVER_CPU "$OURS" -f "${nbdkit_args[@]}" memory "$SIZE" >"$slog" 2>&1 & SPID[$l]=$! ;;
+        B/memory) taskset -c $SERVER_CPU "$REF"  -f "${nbdkit_args[@]}" memory "$SIZE" >"$slog" 2>&1 & SPID[$l]=$! ;;
+        A/file)   taskset -c $SERVER_CPU "$OURS" -f "${nbdkit_args[@]}" file "$DISK" >"$slog" 2>&1 & SPID[$l]=$! ;;
+        B/file)   taskset -c $SERVER_CPU "$REF"  -f "${nbdkit_args[@]}" file "$DISK" >"$slog" 2>&1 & SPID[$l]=$! ;;
+        C/file)   taskset -c $SERVER_CPU qemu-nbd -f raw -t -e 0 "${qemu_args[@]}" "$DISK" >"$slog" 2>&1 & SPID[$l]=$! ;;
         D/file)
             # nbd-server -d serves a single connection and exits, so it runs as the daemon it
             # normally is; its pid comes from its pid file (checked against our config path).
-            local cfg=$TMP/nbd-server.conf
-            printf '[generic]\n  unixsock = %s\n[bench]\n  exportname = %s\n' "$sock" "$DISK" >"$cfg"
+            # No TLS here (see README.md).
+            local cfg=$TMP/nbd-server.conf listen="  unixsock = $sock"
+            [ "$mode" = tcp ] && listen=$(printf '  listenaddr = 127.0.0.1\n  port = %s' "$port")
+            printf '[generic]\n%s\n[bench]\n  exportname = %s\n' "$listen" "$DISK" >"$cfg"
             rm -f "$NBDSERVER_PIDFILE"
             taskset -c $SERVER_CPU nbd-server -C "$cfg" >"$slog" 2>&1 || true
-            URI[$l]="nbd+unix:///bench?socket=$sock"
+            case $mode in   # the export is named "bench"
+                unix) URI[$l]="nbd+unix:///bench?socket=$sock" ;;
+                tcp)  URI[$l]="nbd://127.0.0.1:$port/bench" ;;
+            esac
             local i pid=""
             for i in $(seq 50); do
                 pid=$(cat "$NBDSERVER_PIDFILE" 2>/dev/null || true)
@@ -161,7 +213,7 @@ start_server() {
             record_error "$l" "$backend" start 1 "start $l $backend" "server exited: $(tail -c 600 "$slog" | tr '\n\t' '  ')"
             unset "SPID[$l]"; return 1
         fi
-        [ -S "$sock" ] && timeout 5 nbdinfo --size "${URI[$l]}" >/dev/null 2>&1 && return 0
+        { [ "$mode" = tcp ] || [ -S "$sock" ]; } && timeout 5 nbdinfo --size "${URI[$l]}" >/dev/null 2>&1 && return 0
         sleep 0.1
     done
     record_error "$l" "$backend" start 1 "start $l $backend" "socket not ready after 10 s: $(tail -c 600 "$slog" | tr '\n\t' '  ')"
@@ -230,7 +282,7 @@ run_client() {
     local alive=1; server_alive "$l" || alive=0
     if [ $rc -ne 0 ] || [ $alive = 0 ]; then
         local why="client rc=$rc$([ $rc = 124 ] && echo ' (timed out)'); client stderr: $(tail -c 400 "$errf")"
-        [ $alive = 0 ] && why="$why; SERVER DIED; server log: $(tail -c 600 "$OUT/server-$l-$backend-r$ROUND.log")"
+        [ $alive = 0 ] && why="$why; SERVER DIED; server log: $(tail -c 600 "${SLOG[$l]}")"
         record_error "$l" "$backend" "$wl" "$rc" "$*" "$why"
         return 1
     fi
@@ -238,25 +290,43 @@ run_client() {
 }
 
 # ---------------------------------------------------------------- workloads
+# want WL...: true if WORKLOADS is empty or names one of WL.
+want() {
+    [ -z "$WORKLOADS" ] && return 0
+    local w; for w in "$@"; do [[ " $WORKLOADS " == *" $w "* ]] && return 0; done; return 1
+}
 MB=1000000
+# wl_seqread LABEL BACKEND [WORKLOAD [CONNS]]: nbdcopy the whole disk to null: over URI[LABEL]
+# with CONNS connections (nbdcopy uses one if the server does not advertise multi-conn; the
+# number actually used is recorded as "connections").
 wl_seqread() {
-    local l=$1 b=$2
-    run_client "$l" "$b" seqread 120 nbdcopy --no-extents -C 1 -T 1 --request-size=262144 "${URI[$l]}" null: || return 0
-    record "$l" "$b" seqread MB_per_s "$(awk -v s=$SIZE -v e=$ELAPSED 'BEGIN{printf "%.1f", s/e/1e6}')"
-    record "$l" "$b" seqread cpu_s_per_GB "$(awk -v s=$SIZE -v c=$CPU 'BEGIN{printf "%.4f", c/(s/1e9)}')"
-    record "$l" "$b" seqread cpu_us_per_req "$(awk -v s=$SIZE -v c=$CPU 'BEGIN{printf "%.2f", c*1e6/(s/262144)}')"
+    local l=$1 b=$2 wl=${3:-seqread} conns=${4:-1}
+    want "$wl" || return 0
+    if [ "$conns" -gt 1 ]; then
+        nbdinfo --can multi-conn "${URI[$l]}" 2>/dev/null || conns=1
+        record "$l" "$b" "$wl" connections "$conns"
+    fi
+    run_client "$l" "$b" "$wl" 120 nbdcopy --no-extents -C "$conns" -T "$conns" --request-size=262144 "${URI[$l]}" null: || return 0
+    record "$l" "$b" "$wl" MB_per_s "$(awk -v s=$SIZE -v e=$ELAPSED 'BEGIN{printf "%.1f", s/e/1e6}')"
+    record "$l" "$b" "$wl" cpu_s_per_GB "$(awk -v s=$SIZE -v c=$CPU 'BEGIN{printf "%.4f", c/(s/1e9)}')"
+    record "$l" "$b" "$wl" cpu_us_per_req "$(awk -v s=$SIZE -v c=$CPU 'BEGIN{printf "%.2f", c*1e6/(s/262144)}')"
 }
 wl_seqwrite() {
     local l=$1 b=$2
+    want seqwrite || return 0
     run_client "$l" "$b" seqwrite 120 nbdcopy --no-extents -C 1 -T 1 --request-size=262144 "$SRC" "${URI[$l]}" || return 0
     record "$l" "$b" seqwrite MB_per_s "$(awk -v s=$SIZE -v e=$ELAPSED 'BEGIN{printf "%.1f", s/e/1e6}')"
     record "$l" "$b" seqwrite cpu_s_per_GB "$(awk -v s=$SIZE -v c=$CPU 'BEGIN{printf "%.4f", c/(s/1e9)}')"
     record "$l" "$b" seqwrite cpu_us_per_req "$(awk -v s=$SIZE -v c=$CPU 'BEGIN{printf "%.2f", c*1e6/(s/262144)}')"
 }
+# wl_fio LABEL BACKEND RW QD [JOBS [WORKLOAD]]: fio ioengine=nbd, 4 KiB; JOBS jobs, each with
+# its own connection, QD requests in flight each (JSON totals summed by group_reporting).
 wl_fio() {
-    local l=$1 b=$2 rw=$3 qd=$4 wl="${3}-qd$4" js=$OUT/fio-$1-$2-${3}-qd$4-r$ROUND.json
+    local l=$1 b=$2 rw=$3 qd=$4 jobs=${5:-1} wl=${6:-$3-qd$4}
+    local js=$OUT/fio-$l-$b-$wl-r$ROUND.json
+    want "$wl" || return 0
     run_client "$l" "$b" "$wl" $((FIO_RUNTIME + 60)) fio --name=bench --ioengine=nbd --uri="${URI[$l]}" \
-        --rw="$rw" --bs=4k --iodepth="$qd" --time_based --runtime="$FIO_RUNTIME" \
+        --rw="$rw" --bs=4k --iodepth="$qd" --numjobs="$jobs" --group_reporting --time_based --runtime="$FIO_RUNTIME" \
         --output-format=json --output="$js" || return 0
     local ios iops dir
     dir=read; [ "$rw" = randwrite ] && dir=write
@@ -266,14 +336,28 @@ wl_fio() {
     record "$l" "$b" "$wl" cpu_us_per_req "$(awk -v n=$ios -v c=$CPU 'BEGIN{printf "%.2f", c*1e6/n}')"
     record "$l" "$b" "$wl" cpu_s_per_GB "$(awk -v n=$ios -v c=$CPU 'BEGIN{printf "%.3f", c/(n*4096/1e9)}')"
 }
+# wl_pyrand LABEL BACKEND WORKLOAD: RAND_N random 4 KiB reads, 32 in flight, from a python
+# libnbd aio loop (nbdhelper.py randread). Used for TLS, because fio's nbd engine only takes
+# uri= and libnbd refuses tls-psk-file=/tls-certificates= in a URI unless the program allows
+# local files, which fio does not; also run in plaintext as the baseline for this client.
+wl_pyrand() {
+    local l=$1 b=$2 wl=$3
+    want "$wl" || return 0
+    run_client "$l" "$b" "$wl" 300 $SYSPY "$HELPER" randread "${URI[$l]}" "$RAND_N" 32 || return 0
+    record "$l" "$b" "$wl" IOPS "$(awk -v n=$RAND_N -v e="$CLIENT_OUT" 'BEGIN{printf "%.0f", n/e}')"
+    record "$l" "$b" "$wl" cpu_us_per_req "$(awk -v n=$RAND_N -v c=$CPU 'BEGIN{printf "%.2f", c*1e6/n}')"
+    record "$l" "$b" "$wl" cpu_s_per_GB "$(awk -v n=$RAND_N -v c=$CPU 'BEGIN{printf "%.3f", c/(n*4096/1e9)}')"
+}
 wl_connrate() {
     local l=$1 b=$2
+    want connrate || return 0
     run_client "$l" "$b" connrate 120 $SYSPY "$HELPER" connrate "${URI[$l]}" "$CONN_N" || return 0
     record "$l" "$b" connrate conn_per_s "$(awk -v n=$CONN_N -v e="$CLIENT_OUT" 'BEGIN{printf "%.1f", n/e}')"
     record "$l" "$b" connrate cpu_us_per_req "$(awk -v n=$CONN_N -v c=$CPU 'BEGIN{printf "%.1f", c*1e6/n}')"
 }
 wl_idle() {
     local l=$1 b=$2 pid=${SPID[$1]} before after fifo=$TMP/idle.fifo outf=$TMP/idle.out
+    want idle || return 0
     server_alive "$l" || { record_error "$l" "$b" idle -1 idle "server not running"; return 0; }
     sleep 0.3
     read -r rss0 pss0 < <(mem_kib "$pid") || true
@@ -304,6 +388,7 @@ wl_idle() {
 }
 wl_startup() {
     local l=$1 bin=$2 i t0 t1 rc=0 errf=$TMP/startup.err
+    want startup || return 0
     t0=$EPOCHREALTIME
     for i in $(seq "$STARTUP_N"); do
         timeout 10 taskset -c $SERVER_CPU "$bin" -U - null 1M --run true 2>"$errf" || { rc=$?; break; }
@@ -318,6 +403,7 @@ wl_limits() {
     # Not NBD: how fast this machine moves bytes through a Unix socket (socat, 256 KiB
     # blocks, receiver on the server CPU, sender on the client CPU), and through memory.
     local sock=$TMP/raw.sock bytes=$((8 * 1024 * 1024 * 1024)) out t t0 t1 i
+    want limits || return 0
     rm -f "$sock"
     taskset -c $SERVER_CPU socat -u -b 262144 "UNIX-LISTEN:$sock" OPEN:/dev/null &
     local rpid=$!
@@ -337,8 +423,11 @@ wl_limits() {
     record limit memcpy limit_memcpy MB_per_s "$(awk -v s="$out" -v e="$t" 'BEGIN{printf "%.1f", s/e/1e6}')"
 }
 
-run_backend_suite() {   # LABEL BACKEND
+BACKEND_WLS=(idle connrate seqread seqwrite randread-qd1 randread-qd32 randwrite-qd1 randwrite-qd32
+             randread-qd32-py seqread-4conn randread-4conn-qd8)
+run_backend_suite() {   # LABEL BACKEND: the plain Unix-socket workloads
     local l=$1 b=$2
+    want "${BACKEND_WLS[@]}" || return 0
     log "round $ROUND: ${NAME[$l]} $b"
     start_server "$l" "$b" || return 0
     if [ "$b" = memory ]; then
@@ -355,19 +444,42 @@ run_backend_suite() {   # LABEL BACKEND
     wl_fio "$l" "$b" randread 32
     wl_fio "$l" "$b" randwrite 1
     wl_fio "$l" "$b" randwrite 32
+    wl_pyrand "$l" "$b" randread-qd32-py                  # baseline for the TLS random reads
+    # Four connections at once.
+    wl_seqread "$l" "$b" seqread-4conn 4                  # nbdcopy -C 4 -T 4
+    wl_fio "$l" "$b" randread 8 4 randread-4conn-qd8      # fio numjobs=4, iodepth 8 each
     stop_server "$l"
 }
 
-# ---------------------------------------------------------------- TLS placeholder
-# not measured: TLS not implemented yet. When it is, add here: the same seqread/seqwrite/fio
-# workloads over nbds+unix:// with --tls=require and a PSK file (fio cannot take tls-psk-file=,
-# so TLS fio runs need a certificate directory in the default location or nbdcopy only).
+run_tcp_suite() {       # LABEL: file backend over TCP loopback (127.0.0.1, a free port)
+    local l=$1
+    want tcp-seqread tcp-randread-qd32 || return 0
+    log "round $ROUND: ${NAME[$l]} file over TCP"
+    start_server "$l" file tcp || return 0
+    wl_seqread "$l" file tcp-seqread
+    wl_fio "$l" file randread 32 1 tcp-randread-qd32
+    stop_server "$l"
+}
+
+run_tls_suite() {       # LABEL MODE(psk|x509): file backend, --tls=require, Unix socket
+    local l=$1 m=$2
+    want "tls-$m-seqread" "tls-$m-randread-qd32" || return 0
+    log "round $ROUND: ${NAME[$l]} file over TLS ($m)"
+    start_server "$l" file "$m" || return 0
+    # What libnbd negotiated (cipher, key exchange, MAC), to show every server uses the same.
+    printf '%s\t%s\t%s\t%s\n' "$ROUND" "$l" "$m" \
+        "$(timeout 10 $SYSPY "$HELPER" tlsinfo "${URI[$l]}" 2>&1 | tail -1 | tr '\t' ' ')" >>"$TLSINFO"
+    wl_seqread "$l" file "tls-$m-seqread"
+    wl_pyrand "$l" file "tls-$m-randread-qd32"
+    stop_server "$l"
+}
 
 # ---------------------------------------------------------------- rounds
 {
     echo "START_TIME='$START_TIME'"
     echo "COMMAND='ROUNDS=$ROUNDS bench/run.sh'"
-    echo "ROUNDS=$ROUNDS SIZE_MIB=$SIZE_MIB FIO_RUNTIME=$FIO_RUNTIME STARTUP_N=$STARTUP_N CONN_N=$CONN_N IDLE_K=$IDLE_K"
+    echo "ROUNDS=$ROUNDS SIZE_MIB=$SIZE_MIB FIO_RUNTIME=$FIO_RUNTIME STARTUP_N=$STARTUP_N CONN_N=$CONN_N IDLE_K=$IDLE_K RAND_N=$RAND_N"
+    echo "WORKLOADS='$WORKLOADS'"
     echo "NPROC='$(nproc)'"
     echo "CPU_MODEL='$(awk -F': ' '/model name/{print $2; exit}' /proc/cpuinfo)'"
     echo "MEM='$(awk '/MemTotal/{printf "%.1f GiB", $2/1048576}' /proc/meminfo)'"
@@ -381,6 +493,8 @@ run_backend_suite() {   # LABEL BACKEND
     echo "V_D='$(nbd-server -V 2>&1 | grep -m1 version)'"
     echo "V_NBDCOPY='$(nbdcopy --version | head -1)'"
     echo "V_FIO='$(fio --version)'"
+    echo "V_GNUTLS='$(certtool --version | head -1)'"
+    echo "TLS_KEYS='$(certtool -i --infile "$PKI/server-cert.pem" | awk -F': ' '/Subject Public Key Algorithm/{a=$2} /Algorithm Security Level/{print a ", " $2; exit}')'"
     echo "WANT_PLOT=$want_plot"
 } >"$META"
 
@@ -397,10 +511,21 @@ for ROUND in $(seq "$ROUNDS"); do
         case $l in A|B) run_backend_suite "$l" memory ;; esac
     done
     for l in "${order[@]}"; do run_backend_suite "$l" file; done
+    for l in "${order[@]}"; do run_tcp_suite "$l"; done
+    # TLS: ours, nbdkit and qemu-nbd (nbd-server has no PSK; see README.md).
+    for m in psk x509; do
+        for l in "${order[@]}"; do case $l in A|B|C) run_tls_suite "$l" "$m" ;; esac; done
+    done
 done
 
 echo "LOAD_AFTER='$(cut -d' ' -f1-3 /proc/loadavg)'" >>"$META"
 echo "DURATION_S=$(awk -v a="$T_START" -v b="$EPOCHREALTIME" 'BEGIN{printf "%.0f", b-a}')" >>"$META"
-log "writing bench/RESULTS.md"
-$SYSPY "$BENCH/report.py" "$OUT" "$BENCH/RESULTS.md" "$BENCH/ratios.png"
+# A partial run (WORKLOADS=...) or a quick one (ROUNDS=1) must not replace the committed results.
+if [ -z "$WORKLOADS" ] && [ "$ROUNDS" -ge 3 ] && [ -z "${BENCH_OUT_ONLY:-}" ]; then
+    RES=$BENCH/RESULTS.md PNG=$BENCH/ratios.png
+else
+    RES=$OUT/RESULTS-short.md PNG=$OUT/ratios-short.png
+fi
+log "writing ${RES#$ROOT/}"
+$SYSPY "$BENCH/report.py" "$OUT" "$RES" "$PNG"
 log "done"
