@@ -95,7 +95,7 @@ BUILD_NOTE=""
 if [ -z "${OURS:-}" ]; then
     log "building release binary (.build-bench)"
     cd "$ROOT"
-    if swift build -c release --scratch-path .build-bench >"$OUT/build.log" 2>&1; then
+    if swift build -c release -Xswiftc -static-stdlib --scratch-path .build-bench >"$OUT/build.log" 2>&1; then
         OURS=$ROOT/.build-bench/release/nbdkit
         BUILD_NOTE="working tree at $(git -C "$ROOT" rev-parse --short HEAD)$(git -C "$ROOT" diff --quiet HEAD -- Sources Package.swift || echo ' plus uncommitted changes')"
     else
@@ -105,7 +105,7 @@ if [ -z "${OURS:-}" ]; then
         head=$(git -C "$ROOT" rev-parse --short HEAD)
         mkdir -p "$TMP/src"
         git -C "$ROOT" archive HEAD | tar -x -C "$TMP/src"
-        swift build -c release --package-path "$TMP/src" --scratch-path "$ROOT/.build-bench-head" \
+        swift build -c release -Xswiftc -static-stdlib --package-path "$TMP/src" --scratch-path "$ROOT/.build-bench-head" \
             >"$OUT/build-head.log" 2>&1
         OURS=$ROOT/.build-bench-head/release/nbdkit
         BUILD_NOTE="commit $head (the working tree did not compile when this run started: $(grep -m1 'error:' "$OUT/build.log" | sed "s|$ROOT/||"))"
