@@ -97,25 +97,32 @@ final class TLSTransport: Transport, @unchecked Sendable {
     func receive(into buffer: UnsafeMutableRawBufferPointer) throws {
         var done = 0
         while done < buffer.count {
-            let n = CNBDTLS_recv(session, buffer.baseAddress! + done, buffer.count - done)
-            if n > 0 { done += n; continue }
-            if n == 0 { throw TransportError.endOfFile }
-            // A peer that drops the connection without close_notify is end of file too.
-            if n == -110 /* GNUTLS_E_PREMATURE_TERMINATION */ || n == -54 /* GNUTLS_E_PULL_ERROR */ {
-                throw TransportError.endOfFile
-            }
-            throw TLSError(call: "gnutls_record_recv", code: n)
+            done += try receiveSome(into: UnsafeMutableRawBufferPointer(rebasing: buffer[done...]))
         }
     }
 
+    func receiveSome(into buffer: UnsafeMutableRawBufferPointer) throws -> Int {
+        let n = CNBDTLS_recv(session, buffer.baseAddress!, buffer.count)
+        if n > 0 { return n }
+        if n == 0 { throw TransportError.endOfFile }
+        // A peer that drops the connection without close_notify is end of file too.
+        if n == -110 /* GNUTLS_E_PREMATURE_TERMINATION */ || n == -54 /* GNUTLS_E_PULL_ERROR */ {
+            throw TransportError.endOfFile
+        }
+        throw TLSError(call: "gnutls_record_recv", code: n)
+    }
+
     func send(_ header: UnsafeRawBufferPointer, _ payload: UnsafeRawBufferPointer) throws {
-        for part in [header, payload] where part.count > 0 {
-            var done = 0
-            while done < part.count {
-                let n = CNBDTLS_send(session, part.baseAddress! + done, part.count - done)
-                if n < 0 { throw TLSError(call: "gnutls_record_send", code: n) }
-                done += n
-            }
+        try sendAll(header)
+        try sendAll(payload)
+    }
+
+    private func sendAll(_ part: UnsafeRawBufferPointer) throws {
+        var done = 0
+        while done < part.count {
+            let n = CNBDTLS_send(session, part.baseAddress! + done, part.count - done)
+            if n < 0 { throw TLSError(call: "gnutls_record_send", code: n) }
+            done += n
         }
     }
 
