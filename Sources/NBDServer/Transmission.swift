@@ -1,23 +1,21 @@
 import Synchronization
 import NBDProtocol
 
-/// The transmission phase of one connection. Up to `maxWorkers` threads each take turns to read
-/// one request (under `readLock`), serve it in parallel, and write the whole reply (under
-/// `writeLock`), so replies may complete out of order. Workers are started only when all
-/// the running ones are busy.
+/// The transmission phase of one connection. The connection's thread reads requests (header and
+/// write payload, straight into a per-request buffer) and hands them to up to `maxWorkers` worker
+/// threads, started only when a request finds every worker busy; each worker serves its request
+/// and writes the whole reply (one `send`, under `writeLock`), so replies may complete out of
+/// order. When the thread model allows one request at a time, the connection's thread serves
+/// each request itself before reading the next.
 final class Transmission: Sendable {
     let server: ServerContext
     let transport: any Transport
     let session: Session
     let label: String
     private let maxWorkers: Int
-    private let readLock = Mutex(())
-    private let writeLock = Mutex(())
+    private let writeLock = Lock()
     private let closed = Atomic<Bool>(false)
     private let shuttingDown = Atomic<Bool>(false)
-    private let workers = Atomic<Int>(1)
-    private let busy = Atomic<Int>(0)
-    private let spawned = Mutex<[JoinableThread]>([])
 
     init(server: ServerContext, transport: any Transport, session: Session, label: String) {
         self.server = server
@@ -28,10 +26,36 @@ final class Transmission: Sendable {
     }
 
     /// Serves requests until the client disconnects or the connection fails, then waits for
-    /// every worker to finish its request and reply.
+    /// every request read to be served and its reply sent.
     func serve() {
-        workerLoop()
-        while let thread = spawned.withLock({ $0.popLast() }) { thread.join() }
+        let input = ReceiveBuffer(transport)
+        guard maxWorkers > 1 else {
+            let buffer = RequestBuffer()
+            while readRequest(into: buffer, from: input) {
+                if !serveRequest(buffer) { stop() }
+            }
+            return
+        }
+        let queue = RequestQueue(maxWorkers: maxWorkers)
+        var workers: [JoinableThread] = []
+        while true {
+            let buffer = queue.emptyBuffer()
+            guard readRequest(into: buffer, from: input) else {
+                queue.recycle(buffer)
+                break
+            }
+            guard queue.submit(buffer) else { continue }
+            do {
+                workers.append(try JoinableThread { [self] in work(queue) })
+            } catch {
+                queue.workerFailed()
+                server.logger.debug("\(label): could not start a worker: \(error)")
+                // Serve one request here so that the connection progresses even with no worker.
+                if let buffer = queue.takeNow() { serveAndRecycle(buffer, queue) }
+            }
+        }
+        queue.close()
+        for worker in workers { worker.join() }
     }
 
     /// Server shutdown: requests already sent by the client are answered with ESHUTDOWN, requests
@@ -47,67 +71,49 @@ final class Transmission: Sendable {
         transport.shutdownReceive()
     }
 
-    private enum Next {
-        case stop
-        case serve(RequestHeader, NBDErrno?)
+    /// A worker thread: serves queued requests until the reader closes the queue.
+    private func work(_ queue: RequestQueue) {
+        while let buffer = queue.next() { serveAndRecycle(buffer, queue) }
     }
 
-    private func workerLoop() {
-        let buffer = RequestBuffer()
-        while true {
-            let next = readLock.withLock { _ in readRequest(buffer) }
-            guard case .serve(let request, let invalid) = next else { return }
-            if request.command == .disconnect {
-                server.logger.debug("\(label): client sent disconnect")
-                stop()
-                return
-            }
-            let nowBusy = busy.wrappingAdd(1, ordering: .relaxed).newValue
-            if nowBusy >= workers.load(ordering: .relaxed) { spawnWorker() }
-            let outcome: Outcome
-            if let invalid {
-                outcome = .failure(invalid, "invalid request")
-            } else if shuttingDown.load(ordering: .relaxed) {
-                outcome = .failure(.eshutdown, "server is shutting down")
-            } else if server.threadModel == .serializeAllRequests {
-                outcome = server.allRequestsLock.withLock { _ in perform(request, buffer) }
-            } else {
-                outcome = perform(request, buffer)
-            }
-            if case .failure(let errno, let message) = outcome {
-                server.logger.error("\(label): \(commandName(request.rawCommand)) offset=\(request.offset) count=\(request.length): \(errno.name): \(message)")
-            }
-            let sent = writeLock.withLock { _ in sendReply(request, outcome, buffer) }
-            busy.wrappingSubtract(1, ordering: .relaxed)
-            if !sent { stop(); return }
+    private func serveAndRecycle(_ buffer: RequestBuffer, _ queue: RequestQueue) {
+        if !serveRequest(buffer) { stop() }
+        queue.recycle(buffer)
+    }
+
+    /// Serves one request that was read and replies to it. Returns false if the client is gone.
+    private func serveRequest(_ buffer: RequestBuffer) -> Bool {
+        let request = buffer.request
+        let outcome: Outcome
+        if let invalid = buffer.invalid {
+            outcome = .failure(invalid, "invalid request")
+        } else if shuttingDown.load(ordering: .relaxed) {
+            outcome = .failure(.eshutdown, "server is shutting down")
+        } else if server.threadModel == .serializeAllRequests {
+            outcome = server.allRequestsLock.withLock { perform(request, buffer) }
+        } else {
+            outcome = perform(request, buffer)
         }
-    }
-
-    private func spawnWorker() {
-        let count = workers.load(ordering: .relaxed)
-        guard count < maxWorkers, !closed.load(ordering: .relaxed) else { return }
-        guard workers.compareExchange(expected: count, desired: count + 1, ordering: .relaxed).exchanged else { return }
-        do {
-            let thread = try JoinableThread { [self] in workerLoop() }
-            spawned.withLock { $0.append(thread) }
-        } catch {
-            workers.wrappingSubtract(1, ordering: .relaxed)
-            server.logger.debug("\(label): could not start a worker: \(error)")
+        if case .failure(let errno, let message) = outcome {
+            server.logger.error("\(label): \(commandName(request.rawCommand)) offset=\(request.offset) count=\(request.length): \(errno.name): \(message)")
         }
+        return writeLock.withLock { sendReply(request, outcome, buffer) }
     }
 
-    /// Reads one request header and, for a write, its payload. Must hold `readLock`.
-    private func readRequest(_ buffer: RequestBuffer) -> Next {
-        guard !closed.load(ordering: .relaxed) else { return .stop }
+    /// Reads one request header and, for a write, its payload into `buffer`. Returns false when
+    /// there are no more requests to serve: the client disconnected or went away, the stream
+    /// can't be trusted, or the connection was stopped.
+    private func readRequest(into buffer: RequestBuffer, from input: ReceiveBuffer) -> Bool {
+        guard !closed.load(ordering: .relaxed) else { return false }
         let headerBytes = UnsafeMutableRawBufferPointer(rebasing: buffer.header[0..<NBDSize.requestHeader])
         do {
-            try transport.receive(into: headerBytes)
+            try input.read(into: headerBytes)
         } catch {
             if case TransportError.failed(let e) = error, !closed.load(ordering: .relaxed) {
                 server.logger.error("\(label): \(e)")
             }
             closed.store(true, ordering: .relaxed)
-            return .stop
+            return false
         }
         let request: RequestHeader
         do {
@@ -115,26 +121,32 @@ final class Transmission: Sendable {
         } catch {
             server.logger.error("\(label): invalid request: bad magic; closing the connection")
             closed.store(true, ordering: .relaxed)
-            return .stop
+            return false
         }
-        let invalid = validate(request)
+        if request.command == .disconnect {
+            server.logger.debug("\(label): client sent disconnect")
+            stop()
+            return false
+        }
+        buffer.request = request
+        buffer.invalid = validate(request)
         if request.command == .write {
             // The payload must be consumed to stay in step with the client; one too large to
             // buffer means the stream can't be trusted, so the connection ends instead.
             guard request.length <= NBDSize.maxRequest else {
                 server.logger.error("\(label): invalid request: write of \(request.length) bytes is too large; closing the connection")
                 closed.store(true, ordering: .relaxed)
-                return .stop
+                return false
             }
             do {
-                try transport.receive(into: buffer.payload(count: Int(request.length)))
+                try input.read(into: buffer.payload(count: Int(request.length)))
             } catch {
                 server.logger.error("\(label): client went away in the middle of a write payload")
                 closed.store(true, ordering: .relaxed)
-                return .stop
+                return false
             }
         }
-        return .serve(request, invalid)
+        return true
     }
 
     /// Checks a request against the protocol and the export; nil when it may be served.
@@ -270,7 +282,7 @@ final class Transmission: Sendable {
         return result
     }
 
-    /// Writes the reply to one request. Must hold `writeLock`. Returns false if the client is gone.
+    /// Writes the reply to one request with one `send`. Must hold `writeLock`. Returns false if the client is gone.
     private func sendReply(_ r: RequestHeader, _ outcome: Outcome, _ buffer: RequestBuffer) -> Bool {
         let header = buffer.header
         let none = UnsafeRawBufferPointer(start: nil, count: 0)
