@@ -1,21 +1,27 @@
 import Synchronization
 import NBDProtocol
 
-/// The transmission phase of one connection. The connection's thread reads requests (header and
-/// write payload, straight into a per-request buffer) and hands them to up to `maxWorkers` worker
-/// threads, started only when a request finds every worker busy; each worker serves its request
-/// and writes the whole reply (one `send`, under `writeLock`), so replies may complete out of
-/// order. When the thread model allows one request at a time, the connection's thread serves
-/// each request itself before reading the next.
+/// The transmission phase of one connection. Up to `maxWorkers` threads take turns to read one
+/// request (under `readLock`, through a shared read-ahead buffer), serve it in parallel, and
+/// write the whole reply with one `send` (under `writeLock`), so replies may complete out of
+/// order. A worker is started only when a request finds every running worker busy. The locks
+/// never spin and never hand over to a waiter, so on a busy core one thread goes on reading,
+/// serving and replying without a context switch while the client keeps requests coming.
 final class Transmission: Sendable {
     let server: ServerContext
     let transport: any Transport
     let session: Session
     let label: String
     private let maxWorkers: Int
+    private let readLock = Lock()
     private let writeLock = Lock()
+    /// Read-ahead shared by the workers; used only under `readLock`.
+    private nonisolated(unsafe) let input: ReceiveBuffer
     private let closed = Atomic<Bool>(false)
     private let shuttingDown = Atomic<Bool>(false)
+    private let workers = Atomic<Int>(1)
+    private let busy = Atomic<Int>(0)
+    private let spawned = Mutex<[JoinableThread]>([])
 
     init(server: ServerContext, transport: any Transport, session: Session, label: String) {
         self.server = server
@@ -23,39 +29,42 @@ final class Transmission: Sendable {
         self.session = session
         self.label = label
         self.maxWorkers = server.threadModel >= .parallel ? server.threads : 1
+        self.input = ReceiveBuffer(transport)
     }
 
     /// Serves requests until the client disconnects or the connection fails, then waits for
-    /// every request read to be served and its reply sent.
+    /// every worker to finish its request and reply.
     func serve() {
-        let input = ReceiveBuffer(transport)
-        guard maxWorkers > 1 else {
-            let buffer = RequestBuffer()
-            while readRequest(into: buffer, from: input) {
-                if !serveRequest(buffer) { stop() }
-            }
-            return
-        }
-        let queue = RequestQueue(maxWorkers: maxWorkers)
-        var workers: [JoinableThread] = []
+        workerLoop()
+        while let thread = spawned.withLock({ $0.popLast() }) { thread.join() }
+    }
+
+    private func workerLoop() {
+        let buffer = RequestBuffer()
         while true {
-            let buffer = queue.emptyBuffer()
-            guard readRequest(into: buffer, from: input) else {
-                queue.recycle(buffer)
-                break
-            }
-            guard queue.submit(buffer) else { continue }
-            do {
-                workers.append(try JoinableThread { [self] in work(queue) })
-            } catch {
-                queue.workerFailed()
-                server.logger.debug("\(label): could not start a worker: \(error)")
-                // Serve one request here so that the connection progresses even with no worker.
-                if let buffer = queue.takeNow() { serveAndRecycle(buffer, queue) }
-            }
+            readLock.lock()
+            let more = readRequest(into: buffer, from: input)
+            readLock.unlock()
+            guard more else { return }
+            let nowBusy = busy.wrappingAdd(1, ordering: .relaxed).newValue
+            if nowBusy >= workers.load(ordering: .relaxed) { spawnWorker() }
+            let sent = serveRequest(buffer)
+            busy.wrappingSubtract(1, ordering: .relaxed)
+            if !sent { stop(); return }
         }
-        queue.close()
-        for worker in workers { worker.join() }
+    }
+
+    private func spawnWorker() {
+        let count = workers.load(ordering: .relaxed)
+        guard count < maxWorkers, !closed.load(ordering: .relaxed) else { return }
+        guard workers.compareExchange(expected: count, desired: count + 1, ordering: .relaxed).exchanged else { return }
+        do {
+            let thread = try JoinableThread { [self] in workerLoop() }
+            spawned.withLock { $0.append(thread) }
+        } catch {
+            workers.wrappingSubtract(1, ordering: .relaxed)
+            server.logger.debug("\(label): could not start a worker: \(error)")
+        }
     }
 
     /// Server shutdown: requests already sent by the client are answered with ESHUTDOWN, requests
@@ -69,16 +78,6 @@ final class Transmission: Sendable {
     func stop() {
         closed.store(true, ordering: .relaxed)
         transport.shutdownReceive()
-    }
-
-    /// A worker thread: serves queued requests until the reader closes the queue.
-    private func work(_ queue: RequestQueue) {
-        while let buffer = queue.next() { serveAndRecycle(buffer, queue) }
-    }
-
-    private func serveAndRecycle(_ buffer: RequestBuffer, _ queue: RequestQueue) {
-        if !serveRequest(buffer) { stop() }
-        queue.recycle(buffer)
     }
 
     /// Serves one request that was read and replies to it. Returns false if the client is gone.
