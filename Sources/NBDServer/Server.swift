@@ -86,6 +86,7 @@ public final class Server: Sendable {
                     _ = close(fd)
                     continue
                 }
+                enlargeUnixSendBuffer(fd)
                 startConnection(PlainTransport(socket: fd))
             }
         }
