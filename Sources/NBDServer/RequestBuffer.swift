@@ -3,9 +3,8 @@ import NBDProtocol
 /// One request in flight and its reusable memory: the decoded header, room for a reply header,
 /// and room for the largest payload seen so far. A write's payload is read straight into it and a
 /// read's data is served from it, so the request path allocates nothing once a buffer has seen
-/// its largest request. Owned by one thread at a time: the reader fills it, then one worker
-/// serves it and gives it back.
-final class RequestBuffer: @unchecked Sendable {
+/// its largest request. Each worker owns one.
+final class RequestBuffer {
     /// The request being served.
     var request = RequestHeader(flags: [], rawCommand: 0, cookie: 0, offset: 0, length: 0)
     /// Why the request can't be served (it gets this error), or nil if it may be.

@@ -43,7 +43,7 @@ final class Transmission: Sendable {
         let buffer = RequestBuffer()
         while true {
             readLock.lock()
-            let more = readRequest(into: buffer, from: input)
+            let more = readRequest(into: buffer)
             readLock.unlock()
             guard more else { return }
             let nowBusy = busy.wrappingAdd(1, ordering: .relaxed).newValue
@@ -99,10 +99,10 @@ final class Transmission: Sendable {
         return writeLock.withLock { sendReply(request, outcome, buffer) }
     }
 
-    /// Reads one request header and, for a write, its payload into `buffer`. Returns false when
-    /// there are no more requests to serve: the client disconnected or went away, the stream
-    /// can't be trusted, or the connection was stopped.
-    private func readRequest(into buffer: RequestBuffer, from input: ReceiveBuffer) -> Bool {
+    /// Reads one request header and, for a write, its payload into `buffer`. Must hold `readLock`.
+    /// Returns false when there are no more requests to serve: the client disconnected or went
+    /// away, the stream can't be trusted, or the connection was stopped.
+    private func readRequest(into buffer: RequestBuffer) -> Bool {
         guard !closed.load(ordering: .relaxed) else { return false }
         let headerBytes = UnsafeMutableRawBufferPointer(rebasing: buffer.header[0..<NBDSize.requestHeader])
         do {
