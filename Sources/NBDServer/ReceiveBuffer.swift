@@ -12,6 +12,9 @@ final class ReceiveBuffer {
 
     init(_ transport: any Transport) { self.transport = transport }
 
+    /// Whether more client data is already here: buffered, or waiting in the transport.
+    var hasPendingInput: Bool { end > start || transport.hasPendingInput }
+
     deinit { storage.deallocate() }
 
     /// Fills `destination` completely; throws as `Transport.receive` does. After a throw the

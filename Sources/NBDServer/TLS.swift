@@ -126,6 +126,9 @@ final class TLSTransport: Transport, @unchecked Sendable {
         }
     }
 
+    /// GnuTLS may hold decrypted bytes the socket no longer shows, so always true.
+    var hasPendingInput: Bool { true }
+
     func shutdownReceive() { _ = shutdown(fd, Int32(SHUT_RD)) }
 
     var upgradableSocket: Int32? { nil }

@@ -10,6 +10,8 @@ public protocol Transport: AnyObject, Sendable {
     func receiveSome(into buffer: UnsafeMutableRawBufferPointer) throws -> Int
     /// Sends `header` and then `payload` (which may be empty) as one write where possible.
     func send(_ header: UnsafeRawBufferPointer, _ payload: UnsafeRawBufferPointer) throws
+    /// Whether data that has arrived is waiting to be received (true when it can't tell).
+    var hasPendingInput: Bool { get }
     /// Stops further receives, waking a thread blocked in `receive`; sends still work.
     func shutdownReceive()
     /// Closes the descriptors; called once, after every other call has returned.
@@ -101,6 +103,8 @@ public final class PlainTransport: Transport, @unchecked Sendable {
             }
         }
     }
+
+    public var hasPendingInput: Bool { CNBDShim_pending_input(readFD) != 0 }
 
     public func shutdownReceive() { _ = shutdown(readFD, Int32(SHUT_RD)) }
 
