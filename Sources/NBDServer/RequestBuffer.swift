@@ -1,7 +1,14 @@
-/// One worker's reusable memory: room for a reply header and for the largest payload seen so far.
-/// Requests are read into it and replies written from it, so the request path allocates nothing
-/// once a worker has seen its largest request.
+import NBDProtocol
+
+/// One request in flight and its reusable memory: the decoded header, room for a reply header,
+/// and room for the largest payload seen so far. A write's payload is read straight into it and a
+/// read's data is served from it, so the request path allocates nothing once a buffer has seen
+/// its largest request. Each worker owns one.
 final class RequestBuffer {
+    /// The request being served.
+    var request = RequestHeader(flags: [], rawCommand: 0, cookie: 0, offset: 0, length: 0)
+    /// Why the request can't be served (it gets this error), or nil if it may be.
+    var invalid: NBDErrno?
     /// 28 bytes: a request header, or a reply header plus a structured read's offset.
     let header = UnsafeMutableRawBufferPointer.allocate(byteCount: 32, alignment: 8)
     private(set) var payload = UnsafeMutableRawBufferPointer(start: nil, count: 0)

@@ -86,6 +86,7 @@ public final class Server: Sendable {
                     _ = close(fd)
                     continue
                 }
+                enlargeUnixSendBuffer(fd)
                 startConnection(PlainTransport(socket: fd))
             }
         }
@@ -112,7 +113,7 @@ public final class Server: Sendable {
     private func serve(_ transport: any Transport, id: Int) {
         let final: any Transport
         if context.threadModel == .serializeConnections {
-            final = context.connectionsLock.withLock { _ in handle(transport, id: id) }
+            final = context.connectionsLock.withLock { handle(transport, id: id) }
         } else {
             final = handle(transport, id: id)
         }

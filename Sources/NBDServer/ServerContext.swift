@@ -1,4 +1,3 @@
-import Synchronization
 
 /// Which handshake the server speaks.
 public enum HandshakeStyle: Sendable {
@@ -18,9 +17,9 @@ public final class ServerContext: Sendable {
     public let threadModel: ThreadModel
     public let tls: TLSSettings
     /// Held around every backend call under serialize_all_requests.
-    let allRequestsLock = Mutex(())
+    let allRequestsLock = Lock()
     /// Held for a whole connection under serialize_connections.
-    let connectionsLock = Mutex(())
+    let connectionsLock = Lock()
 
     public init(backend: any Backend, logger: Logger, readonly: Bool, threads: Int, style: HandshakeStyle,
                 tls: TLSSettings = .off) {

@@ -97,15 +97,19 @@ final class TLSTransport: Transport, @unchecked Sendable {
     func receive(into buffer: UnsafeMutableRawBufferPointer) throws {
         var done = 0
         while done < buffer.count {
-            let n = CNBDTLS_recv(session, buffer.baseAddress! + done, buffer.count - done)
-            if n > 0 { done += n; continue }
-            if n == 0 { throw TransportError.endOfFile }
-            // A peer that drops the connection without close_notify is end of file too.
-            if n == -110 /* GNUTLS_E_PREMATURE_TERMINATION */ || n == -54 /* GNUTLS_E_PULL_ERROR */ {
-                throw TransportError.endOfFile
-            }
-            throw TLSError(call: "gnutls_record_recv", code: n)
+            done += try receiveSome(into: UnsafeMutableRawBufferPointer(rebasing: buffer[done...]))
         }
+    }
+
+    func receiveSome(into buffer: UnsafeMutableRawBufferPointer) throws -> Int {
+        let n = CNBDTLS_recv(session, buffer.baseAddress!, buffer.count)
+        if n > 0 { return n }
+        if n == 0 { throw TransportError.endOfFile }
+        // A peer that drops the connection without close_notify is end of file too.
+        if n == -110 /* GNUTLS_E_PREMATURE_TERMINATION */ || n == -54 /* GNUTLS_E_PULL_ERROR */ {
+            throw TransportError.endOfFile
+        }
+        throw TLSError(call: "gnutls_record_recv", code: n)
     }
 
     /// A small payload shares its header's TLS record and socket write.
@@ -113,6 +117,9 @@ final class TLSTransport: Transport, @unchecked Sendable {
         let r = CNBDTLS_send_message(session, header.baseAddress, header.count, payload.baseAddress, payload.count)
         if r < 0 { throw TLSError(call: "gnutls_record_send", code: Int(r)) }
     }
+
+    /// GnuTLS may hold decrypted bytes the socket no longer shows, so always true.
+    var hasPendingInput: Bool { true }
 
     func shutdownReceive() { _ = shutdown(fd, Int32(SHUT_RD)) }
 

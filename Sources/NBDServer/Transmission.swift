@@ -1,18 +1,24 @@
 import Synchronization
 import NBDProtocol
 
-/// The transmission phase of one connection. Up to `maxWorkers` threads each take turns to read
-/// one request (under `readLock`), serve it in parallel, and write the whole reply (under
-/// `writeLock`), so replies may complete out of order. Workers are started only when all
-/// the running ones are busy.
+/// The transmission phase of one connection. Up to `maxWorkers` threads take turns to read one
+/// request (under `readLock`, through a shared read-ahead buffer), serve it in parallel, and
+/// write the whole reply with one `send` (under `writeLock`), so replies may complete out of
+/// order. A worker is started only when a request finds every running worker busy and more
+/// client data already waiting, so a client with one request at a time is served by one thread
+/// that is not woken twice per request. The locks never spin and never hand over to a waiter:
+/// on a busy core one thread goes on reading, serving and replying without a context switch
+/// while the client keeps requests coming.
 final class Transmission: Sendable {
     let server: ServerContext
     let transport: any Transport
     let session: Session
     let label: String
     private let maxWorkers: Int
-    private let readLock = Mutex(())
-    private let writeLock = Mutex(())
+    private let readLock = Lock()
+    private let writeLock = Lock()
+    /// Read-ahead shared by the workers; used only under `readLock`.
+    private nonisolated(unsafe) let input: ReceiveBuffer
     private let closed = Atomic<Bool>(false)
     private let shuttingDown = Atomic<Bool>(false)
     private let workers = Atomic<Int>(1)
@@ -25,6 +31,7 @@ final class Transmission: Sendable {
         self.session = session
         self.label = label
         self.maxWorkers = server.threadModel >= .parallel ? server.threads : 1
+        self.input = ReceiveBuffer(transport)
     }
 
     /// Serves requests until the client disconnects or the connection fails, then waits for
@@ -34,50 +41,17 @@ final class Transmission: Sendable {
         while let thread = spawned.withLock({ $0.popLast() }) { thread.join() }
     }
 
-    /// Server shutdown begins: every request read from now on is answered with ESHUTDOWN (so the
-    /// client disconnects, as the protocol requires it to), requests in flight finish normally.
-    /// The connection stays open until the client disconnects or `stop()`.
-    func shutdown() {
-        shuttingDown.store(true, ordering: .relaxed)
-    }
-
-    /// Stops reading new requests; requests in flight still get their replies.
-    func stop() {
-        closed.store(true, ordering: .relaxed)
-        transport.shutdownReceive()
-    }
-
-    private enum Next {
-        case stop
-        case serve(RequestHeader, NBDErrno?)
-    }
-
     private func workerLoop() {
         let buffer = RequestBuffer()
         while true {
-            let next = readLock.withLock { _ in readRequest(buffer) }
-            guard case .serve(let request, let invalid) = next else { return }
-            if request.command == .disconnect {
-                server.logger.debug("\(label): client sent disconnect")
-                stop()
-                return
-            }
+            readLock.lock()
+            let more = readRequest(into: buffer)
+            let moreRequestsWaiting = more && workers.load(ordering: .relaxed) < maxWorkers && input.hasPendingInput
+            readLock.unlock()
+            guard more else { return }
             let nowBusy = busy.wrappingAdd(1, ordering: .relaxed).newValue
-            if nowBusy >= workers.load(ordering: .relaxed) { spawnWorker() }
-            let outcome: Outcome
-            if let invalid {
-                outcome = .failure(invalid, "invalid request")
-            } else if shuttingDown.load(ordering: .relaxed) {
-                outcome = .failure(.eshutdown, "server is shutting down")
-            } else if server.threadModel == .serializeAllRequests {
-                outcome = server.allRequestsLock.withLock { _ in perform(request, buffer) }
-            } else {
-                outcome = perform(request, buffer)
-            }
-            if case .failure(let errno, let message) = outcome {
-                server.logger.error("\(label): \(commandName(request.rawCommand)) offset=\(request.offset) count=\(request.length): \(errno.name): \(message)")
-            }
-            let sent = writeLock.withLock { _ in sendReply(request, outcome, buffer) }
+            if nowBusy >= workers.load(ordering: .relaxed) && moreRequestsWaiting { spawnWorker() }
+            let sent = serveRequest(buffer)
             busy.wrappingSubtract(1, ordering: .relaxed)
             if !sent { stop(); return }
         }
@@ -96,18 +70,52 @@ final class Transmission: Sendable {
         }
     }
 
-    /// Reads one request header and, for a write, its payload. Must hold `readLock`.
-    private func readRequest(_ buffer: RequestBuffer) -> Next {
-        guard !closed.load(ordering: .relaxed) else { return .stop }
+    /// Server shutdown begins: every request read from now on is answered with ESHUTDOWN (so the
+    /// client disconnects, as the protocol requires it to), requests in flight finish normally.
+    /// The connection stays open until the client disconnects or `stop()`.
+    func shutdown() {
+        shuttingDown.store(true, ordering: .relaxed)
+    }
+
+    /// Stops reading new requests; requests in flight still get their replies.
+    func stop() {
+        closed.store(true, ordering: .relaxed)
+        transport.shutdownReceive()
+    }
+
+    /// Serves one request that was read and replies to it. Returns false if the client is gone.
+    private func serveRequest(_ buffer: RequestBuffer) -> Bool {
+        let request = buffer.request
+        let outcome: Outcome
+        if let invalid = buffer.invalid {
+            outcome = .failure(invalid, "invalid request")
+        } else if shuttingDown.load(ordering: .relaxed) {
+            outcome = .failure(.eshutdown, "server is shutting down")
+        } else if server.threadModel == .serializeAllRequests {
+            outcome = server.allRequestsLock.withLock { perform(request, buffer) }
+        } else {
+            outcome = perform(request, buffer)
+        }
+        if case .failure(let errno, let message) = outcome {
+            server.logger.error("\(label): \(commandName(request.rawCommand)) offset=\(request.offset) count=\(request.length): \(errno.name): \(message)")
+        }
+        return writeLock.withLock { sendReply(request, outcome, buffer) }
+    }
+
+    /// Reads one request header and, for a write, its payload into `buffer`. Must hold `readLock`.
+    /// Returns false when there are no more requests to serve: the client disconnected or went
+    /// away, the stream can't be trusted, or the connection was stopped.
+    private func readRequest(into buffer: RequestBuffer) -> Bool {
+        guard !closed.load(ordering: .relaxed) else { return false }
         let headerBytes = UnsafeMutableRawBufferPointer(rebasing: buffer.header[0..<NBDSize.requestHeader])
         do {
-            try transport.receive(into: headerBytes)
+            try input.read(into: headerBytes)
         } catch {
             if case TransportError.failed(let e) = error, !closed.load(ordering: .relaxed) {
                 server.logger.error("\(label): \(e)")
             }
             closed.store(true, ordering: .relaxed)
-            return .stop
+            return false
         }
         let request: RequestHeader
         do {
@@ -115,26 +123,32 @@ final class Transmission: Sendable {
         } catch {
             server.logger.error("\(label): invalid request: bad magic; closing the connection")
             closed.store(true, ordering: .relaxed)
-            return .stop
+            return false
         }
-        let invalid = validate(request)
+        if request.command == .disconnect {
+            server.logger.debug("\(label): client sent disconnect")
+            stop()
+            return false
+        }
+        buffer.request = request
+        buffer.invalid = validate(request)
         if request.command == .write {
             // The payload must be consumed to stay in step with the client; one too large to
             // buffer means the stream can't be trusted, so the connection ends instead.
             guard request.length <= NBDSize.maxRequest else {
                 server.logger.error("\(label): invalid request: write of \(request.length) bytes is too large; closing the connection")
                 closed.store(true, ordering: .relaxed)
-                return .stop
+                return false
             }
             do {
-                try transport.receive(into: buffer.payload(count: Int(request.length)))
+                try input.read(into: buffer.payload(count: Int(request.length)))
             } catch {
                 server.logger.error("\(label): client went away in the middle of a write payload")
                 closed.store(true, ordering: .relaxed)
-                return .stop
+                return false
             }
         }
-        return .serve(request, invalid)
+        return true
     }
 
     /// Checks a request against the protocol and the export; nil when it may be served.
@@ -270,7 +284,7 @@ final class Transmission: Sendable {
         return result
     }
 
-    /// Writes the reply to one request. Must hold `writeLock`. Returns false if the client is gone.
+    /// Writes the reply to one request with one `send`. Must hold `writeLock`. Returns false if the client is gone.
     private func sendReply(_ r: RequestHeader, _ outcome: Outcome, _ buffer: RequestBuffer) -> Bool {
         let header = buffer.header
         let none = UnsafeRawBufferPointer(start: nil, count: 0)

@@ -5,8 +5,13 @@ import CNBDShim
 public protocol Transport: AnyObject, Sendable {
     /// Fills `buffer` completely; throws `TransportError.endOfFile` if the peer closed first.
     func receive(into buffer: UnsafeMutableRawBufferPointer) throws
+    /// Receives at least one byte and at most `buffer.count` (whatever has arrived; `buffer` must
+    /// not be empty); returns how many. Throws `TransportError.endOfFile` if the peer closed first.
+    func receiveSome(into buffer: UnsafeMutableRawBufferPointer) throws -> Int
     /// Sends `header` and then `payload` (which may be empty) as one write where possible.
     func send(_ header: UnsafeRawBufferPointer, _ payload: UnsafeRawBufferPointer) throws
+    /// Whether data that has arrived is waiting to be received (true when it can't tell).
+    var hasPendingInput: Bool { get }
     /// Stops further receives, waking a thread blocked in `receive`; sends still work.
     func shutdownReceive()
     /// Closes the descriptors; called once, after every other call has returned.
@@ -50,8 +55,14 @@ public final class PlainTransport: Transport, @unchecked Sendable {
     public func receive(into buffer: UnsafeMutableRawBufferPointer) throws {
         var done = 0
         while done < buffer.count {
-            let n = Glibc.read(readFD, buffer.baseAddress! + done, buffer.count - done)
-            if n > 0 { done += n; continue }
+            done += try receiveSome(into: UnsafeMutableRawBufferPointer(rebasing: buffer[done...]))
+        }
+    }
+
+    public func receiveSome(into buffer: UnsafeMutableRawBufferPointer) throws -> Int {
+        while true {
+            let n = Glibc.read(readFD, buffer.baseAddress!, buffer.count)
+            if n > 0 { return n }
             if n == 0 { throw TransportError.endOfFile }
             let e = CNBDShim_errno()
             if e == EINTR { continue }
@@ -92,6 +103,8 @@ public final class PlainTransport: Transport, @unchecked Sendable {
             }
         }
     }
+
+    public var hasPendingInput: Bool { CNBDShim_pending_input(readFD) != 0 }
 
     public func shutdownReceive() { _ = shutdown(readFD, Int32(SHUT_RD)) }
 

@@ -275,6 +275,72 @@ final class HostileClientTests: IntegrationTestCase {
         assertServerHealthy(s)
     }
 
+    // MARK: Pipelining
+
+    /// Many requests sent in one go, mixed with an invalid one: every request gets exactly one
+    /// reply (in any order), each read returns what was written, and the stream stays in step.
+    func testPipelinedRequestsAreAllAnswered() throws {
+        let s = try startServer(["memory", "size=1M"])
+        let c = try RawClient(s.socket)
+        defer { c.close() }
+        try c.exportNameHandshake()
+        let n = 64
+        func block(_ i: Int) -> [UInt8] { (0..<4096).map { UInt8(truncatingIfNeeded: $0 &* 7 &+ i) } }
+        var batch: [UInt8] = []
+        for i in 0..<n {
+            batch += Wire.request(command: 1, cookie: UInt64(1000 + i), offset: UInt64(i * 4096), length: 4096) + block(i)
+        }
+        batch += Wire.request(command: 0, cookie: 999, offset: 1 << 20, length: 512)
+        XCTAssertTrue(c.send(batch))
+        var replies: [UInt64: UInt32] = [:]
+        for _ in 0...n {
+            guard let r = c.readExactly(16) else { return XCTFail("missing write replies (\(c.lastEnd))") }
+            XCTAssertEqual(Wire.be32(r, 0), 0x6744_6698, "simple reply magic")
+            XCTAssertNil(replies.updateValue(Wire.be32(r, 4), forKey: Wire.be64(r, 8)), "two replies to one cookie")
+        }
+        XCTAssertEqual(replies[999], 22, "out-of-range read gets EINVAL")
+        for i in 0..<n { XCTAssertEqual(replies[UInt64(1000 + i)], 0, "write \(i)") }
+
+        batch = []
+        for i in 0..<n { batch += Wire.request(command: 0, cookie: UInt64(2000 + i), offset: UInt64(i * 4096), length: 4096) }
+        XCTAssertTrue(c.send(batch))
+        var seen = Set<UInt64>()
+        for _ in 0..<n {
+            guard let r = c.readExactly(16), let data = c.readExactly(4096) else {
+                return XCTFail("missing read replies (\(c.lastEnd))")
+            }
+            let cookie = Wire.be64(r, 8)
+            XCTAssertEqual(Wire.be32(r, 4), 0, "read \(cookie) error")
+            XCTAssertTrue(seen.insert(cookie).inserted, "two replies to cookie \(cookie)")
+            XCTAssertEqual(data, block(Int(cookie) - 2000), "read \(cookie) data")
+        }
+        try c.disconnect()
+        assertServerHealthy(s)
+    }
+
+    /// Requests in flight when the client sends NBD_CMD_DISC are still answered before the close.
+    func testDisconnectAfterPipelinedWritesAnswersThemFirst() throws {
+        let s = try startServer(["memory", "size=1M"])
+        let c = try RawClient(s.socket)
+        defer { c.close() }
+        try c.exportNameHandshake()
+        var batch: [UInt8] = []
+        for i in 0..<32 {
+            batch += Wire.request(command: 1, cookie: UInt64(i), offset: UInt64(i * 4096), length: 4096)
+                + [UInt8](repeating: 0x5A, count: 4096)
+        }
+        batch += Wire.request(command: 2, cookie: 0, offset: 0, length: 0)
+        XCTAssertTrue(c.send(batch))
+        let (rest, closed) = c.readToEOF()
+        XCTAssertTrue(closed, "still open after NBD_CMD_DISC")
+        XCTAssertEqual(rest.count, 32 * 16, "one simple reply per write, nothing else")
+        let cookies = Set(stride(from: 0, to: rest.count, by: 16).map { Wire.be64(rest, $0 + 8) })
+        XCTAssertEqual(cookies, Set(0..<32))
+        let r = Harness.nbdsh(s.uri, "assert h.pread(32 * 4096, 0) == b'Z' * (32 * 4096); print('ok')")
+        XCTAssertEqual(r.stdout, "ok\n", r.stderr)
+        assertServerHealthy(s)
+    }
+
     // MARK: Helpers
 
     /// The same server still serves a fresh, well-behaved client.
