@@ -86,7 +86,7 @@ public final class Server: Sendable {
                     _ = close(fd)
                     continue
                 }
-                enlargeUnixSendBuffer(fd)
+                tuneAcceptedSocket(fd)
                 startConnection(PlainTransport(socket: fd))
             }
         }
