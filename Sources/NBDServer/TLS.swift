@@ -118,8 +118,8 @@ final class TLSTransport: Transport, @unchecked Sendable {
         if r < 0 { throw TLSError(call: "gnutls_record_send", code: Int(r)) }
     }
 
-    /// GnuTLS may hold decrypted bytes the socket no longer shows, so always true.
-    var hasPendingInput: Bool { true }
+    /// Decrypted bytes GnuTLS already holds, or (encrypted) bytes waiting on the socket.
+    var hasPendingInput: Bool { CNBDTLS_pending_input(session, fd) != 0 }
 
     func shutdownReceive() { _ = shutdown(fd, Int32(SHUT_RD)) }
 
