@@ -57,8 +57,13 @@ INSTALL_BIN ?= $(RELEASE_BIN)
 MAN_PAGES := $(notdir $(wildcard man/*.1))
 UNITS := $(notdir $(wildcard systemd/*.socket systemd/*.service))
 
+# The release binary, built (without installing packages) only if it is missing: run
+# `make release` first to rebuild it, then `make install` (possibly as root) only copies.
+$(RELEASE_BIN):
+	$(SWIFT) build -c release -Xswiftc -static-stdlib
+
 # Installs the binary, the manual pages and the systemd units (with @BINDIR@ filled in).
-install: $(if $(filter $(RELEASE_BIN),$(INSTALL_BIN)),release)
+install: $(INSTALL_BIN)
 	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(MANDIR)/man1 $(DESTDIR)$(UNITDIR)
 	install -m 0755 $(INSTALL_BIN) $(DESTDIR)$(BINDIR)/nbdkit
 	for p in $(MAN_PAGES); do install -m 0644 man/$$p $(DESTDIR)$(MANDIR)/man1/$$p || exit 1; done

@@ -109,10 +109,3 @@ long CNBDShim_gettid(void) { return (long) syscall(SYS_gettid); }
 
 void CNBDShim_syslog(int priority, const char *message) { syslog(priority, "%s", message); }
 
-int CNBDShim_pending_input(int fd)
-{
-  int n;
-  if (ioctl(fd, FIONREAD, &n) == -1)
-    return -1;
-  return n;
-}

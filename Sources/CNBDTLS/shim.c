@@ -4,7 +4,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/ioctl.h>
 #include <unistd.h>
 #include <gnutls/gnutls.h>
 #include <gnutls/x509.h>
@@ -139,14 +138,6 @@ ssize_t CNBDTLS_send(CNBDTLS_session *s, const void *buf, size_t len)
     r = gnutls_record_send(s->session, buf, len);
   } while (r == GNUTLS_E_INTERRUPTED || r == GNUTLS_E_AGAIN);
   return r;
-}
-
-int CNBDTLS_pending_input(CNBDTLS_session *s, int fd)
-{
-  int n = 0;
-  if (gnutls_record_check_pending(s->session) > 0)
-    return 1;
-  return ioctl(fd, FIONREAD, &n) == 0 && n > 0;
 }
 
 /* Sends all of buf, retrying partial and interrupted sends. */

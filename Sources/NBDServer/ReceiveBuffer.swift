@@ -12,8 +12,6 @@ final class ReceiveBuffer {
 
     init(_ transport: any Transport) { self.transport = transport }
 
-    /// Whether more client data is already here: buffered, or waiting in the transport.
-    var hasPendingInput: Bool { end > start || transport.hasPendingInput }
 
     deinit { storage.deallocate() }
 
@@ -21,6 +19,8 @@ final class ReceiveBuffer {
     /// stream is out of step and must not be read again.
     func read(into destination: UnsafeMutableRawBufferPointer) throws {
         let count = destination.count
+        // Nothing to read (a zero-length write): the read-ahead must stay as it is.
+        guard count > 0 else { return }
         let buffered = min(end - start, count)
         if buffered > 0 {
             destination.baseAddress!.copyMemory(from: storage.baseAddress! + start, byteCount: buffered)

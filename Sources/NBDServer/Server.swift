@@ -35,19 +35,23 @@ public final class Server: Sendable {
                     notifier: ServiceNotifier = ServiceNotifier()) -> Outcome {
         control.onConnectionCountChanged { notifier.status(clients: $0) }
         notifier.ready()
-        // Ping the watchdog at half its interval.
-        let timeout = notifier.watchdogInterval.map { max(1, Int32(clamping: $0 / 2000)) } ?? -1
+        // Ping the watchdog at least every half of its interval, however busy accepting is.
+        let pingEvery = notifier.watchdogInterval.map { max(1, Int64($0 / 2000)) }
         var pollfds = sockets.map { pollfd(fd: $0.raw, events: Int16(POLLIN), revents: 0) }
         pollfds.append(pollfd(fd: control.wakeFD, events: Int16(POLLIN), revents: 0))
         pollfds.append(pollfd(fd: signals.fd.raw, events: Int16(POLLIN), revents: 0))
         var outcome: Outcome? = nil
         var lastPing = MonotonicClock.milliseconds()
         while outcome == nil {
-            let n = poll(&pollfds, nfds_t(pollfds.count), timeout)
-            if timeout >= 0, MonotonicClock.milliseconds() - lastPing >= Int64(timeout) {
-                notifier.watchdog()
-                lastPing = MonotonicClock.milliseconds()
+            var timeout: Int32 = -1
+            if let pingEvery {
+                if MonotonicClock.milliseconds() - lastPing >= pingEvery {
+                    notifier.watchdog()
+                    lastPing = MonotonicClock.milliseconds()
+                }
+                timeout = Int32(clamping: max(1, lastPing + pingEvery - MonotonicClock.milliseconds()))
             }
+            let n = poll(&pollfds, nfds_t(pollfds.count), timeout)
             if n < 0 {
                 if CNBDShim_errno() == EINTR { continue }
                 logger.error("poll: \(SystemError("poll"))")
@@ -170,17 +174,21 @@ public final class Server: Sendable {
     /// Shuts down as doc/proto.md asks: clients in the transmission phase get ESHUTDOWN for each
     /// request read from now on, and up to `shutdownGraceMilliseconds` to disconnect themselves;
     /// then (and at once for clients still negotiating) reading stops, and each connection closes
-    /// once its requests in flight have their replies. Returns when every connection has closed.
+    /// once its requests in flight have their replies. A connection still open after twice the
+    /// grace (a client that stopped reading its replies) is disconnected hard, so shutdown always
+    /// ends. Returns when every connection has closed.
     private func shutdownConnections() {
-        let deadline = MonotonicClock.milliseconds() + Self.shutdownGraceMilliseconds
+        let start = MonotonicClock.milliseconds()
         while true {
             let transmissions = liveTransmissions.withLock { $0 }
             transmissions.values.forEach { $0.shutdown() }
-            let graceOver = MonotonicClock.milliseconds() >= deadline
+            let elapsed = MonotonicClock.milliseconds() - start
+            let graceOver = elapsed >= Self.shutdownGraceMilliseconds
+            let hard = elapsed >= 2 * Self.shutdownGraceMilliseconds
             // Repeated each pass: a connection may have registered or reached transmission since.
             let empty = live.withLock { connections in
                 for (id, transport) in connections where graceOver || transmissions[id] == nil {
-                    transport.shutdownReceive()
+                    if hard { transport.disconnect() } else { transport.shutdownReceive() }
                 }
                 return connections.isEmpty
             }

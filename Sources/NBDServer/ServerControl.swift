@@ -43,26 +43,25 @@ public final class ServerControl: Sendable {
         state.withLock { $0.lastClosedObservers.append(observer) }
     }
 
-    /// Calls `observer` with the number of clients each time it changes.
+    /// Calls `observer` with the number of clients each time it changes, in order: calls are
+    /// made under the count's lock, so `observer` must be quick and must not call back here.
     public func onConnectionCountChanged(_ observer: @escaping @Sendable (Int) -> Void) {
         state.withLock { $0.countObservers.append(observer) }
     }
 
     func connectionOpened() {
-        let (count, observers) = state.withLock { s in
+        state.withLock { s in
             s.connections += 1
-            return (s.connections, s.countObservers)
+            s.countObservers.forEach { $0(s.connections) }
         }
-        observers.forEach { $0(count) }
     }
 
     func connectionClosed() {
-        let (count, counted, observers, draining) = state.withLock { s in
+        let (observers, draining) = state.withLock { s in
             s.connections -= 1
-            return (s.connections, s.countObservers,
-                    s.connections == 0 ? s.lastClosedObservers : [], s.connections == 0 && s.draining)
+            s.countObservers.forEach { $0(s.connections) }
+            return (s.connections == 0 ? s.lastClosedObservers : [], s.connections == 0 && s.draining)
         }
-        counted.forEach { $0(count) }
         observers.forEach { $0() }
         if draining { requestShutdown() }
     }

@@ -118,10 +118,10 @@ final class TLSTransport: Transport, @unchecked Sendable {
         if r < 0 { throw TLSError(call: "gnutls_record_send", code: Int(r)) }
     }
 
-    /// Decrypted bytes GnuTLS already holds, or (encrypted) bytes waiting on the socket.
-    var hasPendingInput: Bool { CNBDTLS_pending_input(session, fd) != 0 }
 
     func shutdownReceive() { _ = shutdown(fd, Int32(SHUT_RD)) }
+
+    func disconnect() { _ = shutdown(fd, Int32(SHUT_RDWR)) }
 
     var upgradableSocket: Int32? { nil }
 

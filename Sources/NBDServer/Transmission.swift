@@ -4,11 +4,10 @@ import NBDProtocol
 /// The transmission phase of one connection. Up to `maxWorkers` threads take turns to read one
 /// request (under `readLock`, through a shared read-ahead buffer), serve it in parallel, and
 /// write the whole reply with one `send` (under `writeLock`), so replies may complete out of
-/// order. A worker is started only when a request finds every running worker busy and more
-/// client data already waiting, so a client with one request at a time is served by one thread
-/// that is not woken twice per request. The locks never spin and never hand over to a waiter:
-/// on a busy core one thread goes on reading, serving and replying without a context switch
-/// while the client keeps requests coming.
+/// order. A worker is started when a request finds every running worker busy, so one is always
+/// free to read the next request. The locks never spin and never hand over to a waiter: on a
+/// busy core one thread goes on reading, serving and replying without a context switch while the
+/// client keeps requests coming.
 final class Transmission: Sendable {
     let server: ServerContext
     let transport: any Transport
@@ -46,11 +45,12 @@ final class Transmission: Sendable {
         while true {
             readLock.lock()
             let more = readRequest(into: buffer)
-            let moreRequestsWaiting = more && workers.load(ordering: .relaxed) < maxWorkers && input.hasPendingInput
             readLock.unlock()
             guard more else { return }
+            // Someone must always be free to read the next request: a slow request (a long
+            // flush) must not hold up the ones the client sends after it.
             let nowBusy = busy.wrappingAdd(1, ordering: .relaxed).newValue
-            if nowBusy >= workers.load(ordering: .relaxed) && moreRequestsWaiting { spawnWorker() }
+            if nowBusy >= workers.load(ordering: .relaxed) { spawnWorker() }
             let sent = serveRequest(buffer)
             busy.wrappingSubtract(1, ordering: .relaxed)
             if !sent { stop(); return }

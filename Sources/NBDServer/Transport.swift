@@ -10,10 +10,11 @@ public protocol Transport: AnyObject, Sendable {
     func receiveSome(into buffer: UnsafeMutableRawBufferPointer) throws -> Int
     /// Sends `header` and then `payload` (which may be empty) as one write where possible.
     func send(_ header: UnsafeRawBufferPointer, _ payload: UnsafeRawBufferPointer) throws
-    /// Whether data that has arrived is waiting to be received (true when it can't tell).
-    var hasPendingInput: Bool { get }
     /// Stops further receives, waking a thread blocked in `receive`; sends still work.
     func shutdownReceive()
+    /// Ends the connection both ways at once (a hard disconnect), waking threads blocked in
+    /// `receive` or `send`; `close` still follows.
+    func disconnect()
     /// Closes the descriptors; called once, after every other call has returned.
     func close()
     /// The socket to run a TLS handshake on after STARTTLS, or nil if this transport can't upgrade.
@@ -104,9 +105,13 @@ public final class PlainTransport: Transport, @unchecked Sendable {
         }
     }
 
-    public var hasPendingInput: Bool { CNBDShim_pending_input(readFD) != 0 }
 
     public func shutdownReceive() { _ = shutdown(readFD, Int32(SHUT_RD)) }
+
+    public func disconnect() {
+        _ = shutdown(readFD, Int32(SHUT_RDWR))
+        if writeFD != readFD { _ = shutdown(writeFD, Int32(SHUT_RDWR)) }
+    }
 
     public var upgradableSocket: Int32? { readFD == writeFD ? readFD : nil }
 

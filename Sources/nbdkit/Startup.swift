@@ -65,6 +65,16 @@ struct Startup {
                 tls: config.tls == .off ? nil : (config.tls == .on ? 1 : 2))
             captive = try CaptiveCommand.spawn(script: script)
         }
+        // Until the server runs, any way out (a start-up error, --exit-with-parent finding the
+        // parent gone) takes the command down with it: nothing may outlive nbdkit.
+        var commandHandedToServer = false
+        defer {
+            if let captive, !commandHandedToServer {
+                captive.signal(SIGTERM)
+                _ = captive.wait()
+                captive.restoreTerminal()
+            }
+        }
 
         try dropPrivileges(handingOver: temporaryDirectory)
         if !config.staysInForeground { try Daemon.detach(keepStderr: config.verbose) }
@@ -84,6 +94,7 @@ struct Startup {
             server.serve(PlainTransport(readFD: 0, writeFD: 1))
             return 0
         }
+        commandHandedToServer = true
         let outcome = server.run(sockets: listeners.sockets, signals: signals, captivePID: captive?.pid)
         defer { captive?.restoreTerminal() }
         switch outcome {

@@ -213,6 +213,25 @@ final class HostileClientTests: IntegrationTestCase {
         assertServerHealthy(s)
     }
 
+    /// A zero-length write as a connection's first write, pipelined in one packet with a read:
+    /// both are answered in order and the stream stays in step (the read-ahead must not be lost).
+    func testZeroLengthWritePipelinedWithRead() throws {
+        let s = try startServer(["memory", "size=1M"])
+        let c = try RawClient(s.socket)
+        defer { c.close() }
+        try c.exportNameHandshake()
+        XCTAssertTrue(c.send(Wire.request(command: 1, cookie: 0x51, offset: 0, length: 0)
+                             + Wire.request(command: 0, cookie: 0x52, offset: 0, length: 512)))
+        guard let first = c.readExactly(16) else { return XCTFail("no reply to the zero-length write") }
+        XCTAssertEqual(Array(first[0..<4]), [0x67, 0x44, 0x66, 0x98])
+        XCTAssertEqual(Wire.be64(first, 8), 0x51)
+        XCTAssertEqual(c.readExactly(16), Wire.simpleReply(error: 0, cookie: 0x52))
+        XCTAssertEqual(c.readExactly(512), [UInt8](repeating: 0, count: 512))
+        try c.expectRead512Works(cookie: 0x53)
+        try c.disconnect()
+        assertServerHealthy(s)
+    }
+
     func testOversizedWriteClosesConnection() throws {
         let s = try startServer(["memory", "size=1M"])
         let c = try RawClient(s.socket)

@@ -257,4 +257,18 @@ final class LifecycleTests: IntegrationTestCase {
         XCTAssertTrue(privateDir.hasPrefix("/"), r.stdout)
         XCTAssertFalse(FileManager.default.fileExists(atPath: privateDir), "\(privateDir) left behind")
     }
+
+    /// A start-up failure after the --run command started (here the pid file cannot be
+    /// written) takes the command down too: nbdkit exits 1 and nothing of the command remains.
+    func testCommandDoesNotOutliveAFailedStartUp() {
+        let marker = "31.\(getpid())"
+        let r = Harness.run([Harness.nbdkit, "-U", "-", "-P", dir.file("missing/dir/pid"), "memory", "1M",
+                             "--run", "exec sleep \(marker)"], timeout: 20)
+        XCTAssertEqual(r.status, 1, r.stderr)
+        XCTAssertTrue(r.stderr.contains("nbdkit: error:"), r.stderr)
+        usleep(300_000)
+        let left = Harness.run(["pgrep", "-f", "sleep \(marker)"])
+        XCTAssertEqual(left.stdout, "", "the command outlived nbdkit")
+        if !left.stdout.isEmpty { _ = Harness.run(["pkill", "-f", "sleep \(marker)"]) }
+    }
 }

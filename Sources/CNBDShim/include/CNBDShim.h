@@ -48,9 +48,6 @@ int CNBDShim_spawn_shell(const char *command, pid_t *pid, char *const envp[], in
 int CNBDShim_punch_hole(int fd, int64_t offset, int64_t length);
 int CNBDShim_zero_range(int fd, int64_t offset, int64_t length);
 
-/* ioctl(fd, FIONREAD): bytes waiting to be read on a socket, or -1. */
-int CNBDShim_pending_input(int fd);
-
 /* ioctl(fd, BLKGETSIZE64): the size of a block device, or -1. */
 int64_t CNBDShim_block_device_size(int fd);
 

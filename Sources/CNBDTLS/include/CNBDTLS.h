@@ -39,9 +39,6 @@ int CNBDTLS_handshake(CNBDTLS_session *s);
 ssize_t CNBDTLS_recv(CNBDTLS_session *s, void *buf, size_t len);
 ssize_t CNBDTLS_send(CNBDTLS_session *s, const void *buf, size_t len);
 
-/* Whether input is waiting: decrypted bytes GnuTLS holds, or bytes on the socket. */
-int CNBDTLS_pending_input(CNBDTLS_session *s, int fd);
-
 /* Sends header then payload whole. A payload of up to one record (16 KiB) goes out corked, in
  * the same record as its header and in one write to the socket. 0, or a negative GnuTLS error. */
 int CNBDTLS_send_message(CNBDTLS_session *s, const void *header, size_t header_len,
