@@ -35,7 +35,7 @@ public enum Registry {
     ]
 
     public static let filters: [any FilterFactory.Type] = [
-        ExitLastFilter.self, ExitWhenFilter.self, NoExtentsFilter.self, OffsetFilter.self,
+        DelayFilter.self, ExitLastFilter.self, ExitWhenFilter.self, NoExtentsFilter.self, OffsetFilter.self,
     ]
 
     public static func plugin(named name: String) -> (any PluginFactory.Type)? {

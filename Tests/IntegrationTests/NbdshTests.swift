@@ -188,4 +188,40 @@ final class NbdshTests: IntegrationTestCase {
         XCTAssertEqual(r.status, 0, r.stderr)
         XCTAssertEqual(r.stdout, "ok\n")
     }
+
+    /// A slow request does not hold up the next one on the same connection: with flushes
+    /// delayed by 2 s, a read sent 0.2 s after a flush is answered long before the flush.
+    func testSlowRequestDoesNotHoldUpTheNext() throws {
+        let s = try startServer(["--filter=delay", "memory", "1M", "delay-flush=2"])
+        let r = Harness.nbdsh(s.uri, """
+        import time
+        t0 = time.monotonic()
+        flush = h.aio_flush()
+        time.sleep(0.2)
+        buf = nbd.Buffer(512)
+        read = h.aio_pread(buf, 0)
+        while not h.aio_command_completed(read): h.poll(-1)
+        read_done = time.monotonic() - t0
+        while not h.aio_command_completed(flush): h.poll(-1)
+        flush_done = time.monotonic() - t0
+        print('read first' if read_done < 1.5 and flush_done >= 2.0 else 'read %.2f flush %.2f' % (read_done, flush_done))
+        """, timeout: 30)
+        XCTAssertEqual(r.stdout, "read first\n", r.stderr)
+    }
+
+    /// The delay filter's values: seconds, fractions and milliseconds; anything else is an error.
+    func testDelayFilterParameters() throws {
+        let s = try startServer(["--filter=delay", "memory", "1M", "rdelay=300ms", "wdelay=0.3"])
+        let r = Harness.nbdsh(s.uri, """
+        import time
+        t0 = time.monotonic(); h.pread(512, 0); read = time.monotonic() - t0
+        t0 = time.monotonic(); h.pwrite(bytes(512), 0); write = time.monotonic() - t0
+        t0 = time.monotonic(); h.flush(); flush = time.monotonic() - t0
+        print('ok' if read >= 0.3 and write >= 0.3 and flush < 0.3 else 'read %.2f write %.2f flush %.2f' % (read, write, flush))
+        """)
+        XCTAssertEqual(r.stdout, "ok\n", r.stderr)
+        let bad = Harness.run([Harness.nbdkit, "-U", "-", "--filter=delay", "memory", "1M", "rdelay=soon", "--run", "true"])
+        XCTAssertEqual(bad.status, 1)
+        XCTAssertTrue(bad.stderr.contains("nbdkit: error: delay: could not parse rdelay=soon"), bad.stderr)
+    }
 }
