@@ -8,6 +8,8 @@ final class DelayFilter: PassthroughFilter, @unchecked Sendable {
     struct Delays {
         var read: UInt32 = 0, write: UInt32 = 0, zero: UInt32 = 0, trim: UInt32 = 0
         var extents: UInt32 = 0, cache: UInt32 = 0, flush: UInt32 = 0, open: UInt32 = 0, close: UInt32 = 0
+        /// Whether zero requests with NBD_CMD_FLAG_FAST_ZERO are delayed too.
+        var delayFastZero = true
     }
 
     private let delays: Delays
@@ -49,7 +51,7 @@ final class DelayFilter: PassthroughFilter, @unchecked Sendable {
             try next.trim(offset: offset, length: length, fua: fua)
         }
         override func zero(offset: UInt64, length: UInt32, mayTrim: Bool, fua: Bool, fastZero: Bool) throws {
-            pause(delays.zero)
+            if !fastZero || delays.delayFastZero { pause(delays.zero) }
             try next.zero(offset: offset, length: length, mayTrim: mayTrim, fua: fua, fastZero: fastZero)
         }
         override func extents(offset: UInt64, length: UInt32, reqOne: Bool) throws -> [Extent] {
@@ -78,31 +80,53 @@ private func pause(_ microseconds: UInt32) {
 extension DelayFilter: FilterFactory {
     static let name = "delay"
     static let configHelp = """
-    rdelay=, delay-read=SECS|NNms       Delay reads.
-    wdelay=, delay-write=SECS|NNms      Delay writes.
-    delay-zero=, delay-trim=, delay-extents=, delay-cache=, delay-flush=
-                                        Delay zero, trim, extents, cache, flush.
-    delay-open=, delay-close=           Delay opening and closing connections.
+    rdelay=<NN>[ms]                Read delay in seconds/milliseconds.
+    delay-read=<NN>[ms]            Read delay in seconds/milliseconds.
+    delay-write=<NN>[ms]           Write delay in seconds/milliseconds.
+    delay-zero=<NN>[ms]            Zero delay in seconds/milliseconds.
+    delay-trim=<NN>[ms]            Trim delay in seconds/milliseconds.
+    delay-extents=<NN>[ms]         Extents delay in seconds/milliseconds.
+    delay-cache=<NN>[ms]           Cache delay in seconds/milliseconds.
+    delay-flush=<NN>[ms]           Flush delay in seconds/milliseconds.
+    wdelay=<NN>[ms]                Write, zero and trim delay in secs/msecs.
+    delay-fast-zero=<BOOL>         Delay fast zero requests (default true).
+    delay-open=<NN>[ms]            Open delay in seconds/milliseconds.
+    delay-close=<NN>[ms]           Close delay in seconds/milliseconds.
     """
 
     static func make(_ parameters: inout Parameters, next: any Backend, control: ServerControl) throws -> any Backend {
         var d = DelayFilter.Delays()
-        func take(_ keys: String..., into value: inout UInt32) throws {
-            for key in keys {
-                guard let text = parameters.take(key) else { continue }
-                value = try parseDelay(text, key: key)
-            }
+        func take(_ key: String) throws -> UInt32? {
+            try parameters.take(key).map { try parseDelay($0, key: key) }
         }
-        try take("rdelay", "delay-read", into: &d.read)
-        try take("wdelay", "delay-write", into: &d.write)
-        try take("delay-zero", into: &d.zero)
-        try take("delay-trim", "delay-discard", into: &d.trim)
-        try take("delay-extents", into: &d.extents)
-        try take("delay-cache", into: &d.cache)
-        try take("delay-flush", into: &d.flush)
-        try take("delay-open", into: &d.open)
-        try take("delay-close", into: &d.close)
+        // As nbdkit: wdelay covers writes, zeroing and trims; the specific keys override it.
+        if let w = try take("wdelay") { (d.write, d.zero, d.trim) = (w, w, w) }
+        if let r = try take("rdelay") { d.read = r }
+        if let v = try take("delay-read") { d.read = v }
+        if let v = try take("delay-write") { d.write = v }
+        if let v = try take("delay-zero") { d.zero = v }
+        if let v = try take("delay-trim") { d.trim = v }
+        if let v = try take("delay-extents") { d.extents = v }
+        if let v = try take("delay-cache") { d.cache = v }
+        if let v = try take("delay-flush") { d.flush = v }
+        if let v = try take("delay-open") { d.open = v }
+        if let v = try take("delay-close") { d.close = v }
+        if let text = parameters.take("delay-fast-zero") {
+            guard let flag = parseBoolean(text) else {
+                throw ConfigError("delay: could not parse delay-fast-zero=\(text): expected a boolean")
+            }
+            d.delayFastZero = flag
+        }
         return DelayFilter(next: next, delays: d)
+    }
+
+    /// nbdkit's booleans: 1/true/yes/on and 0/false/no/off, in any case.
+    static func parseBoolean(_ text: String) -> Bool? {
+        switch text.lowercased() {
+        case "1", "true", "yes", "on": true
+        case "0", "false", "no", "off": false
+        default: nil
+        }
     }
 
     /// nbdkit's delay syntax: whole or fractional seconds ("2", "0.5"), or milliseconds ("10ms").

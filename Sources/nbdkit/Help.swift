@@ -44,6 +44,19 @@ enum Help {
 
     """
 
+    /// As nbdkit with `--help` after a plugin name: the parameters of each filter named, then
+    /// of the plugin. Empty when no plugin is named.
+    static func componentHelp(_ config: Configuration) -> String {
+        guard let name = config.plugin, let plugin = Registry.plugin(named: name) else { return "" }
+        var text = ""
+        for filterName in config.filters {
+            guard let filter = Registry.filter(named: filterName) else { continue }
+            text += "\nfilter: \(filter.name)\n" + (filter.configHelp.isEmpty ? "" : filter.configHelp + "\n")
+        }
+        text += "\nplugin: \(plugin.name)\n" + (plugin.configHelp.isEmpty ? "" : plugin.configHelp + "\n")
+        return text
+    }
+
     static func dumpConfig(binary: String) -> String {
         """
         binary=\(binary)

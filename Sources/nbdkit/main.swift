@@ -19,7 +19,7 @@ func main() -> Int32 {
     config.socketActivated = SocketActivation.isActive
     let logger = Logger(destination: config.log, verbose: config.verbose)
     switch config.action {
-    case .help: print(Help.usage, terminator: ""); return 0
+    case .help: print(Help.usage + Help.componentHelp(config), terminator: ""); return 0
     case .version: print("nbdkit \(Help.version) (swift-nbdkit)"); return 0
     case .dumpConfig: print(Help.dumpConfig(binary: executablePath()), terminator: ""); return 0
     case .shortOptions: OptionParser.shortOptions.forEach { print($0) }; return 0

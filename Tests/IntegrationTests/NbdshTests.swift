@@ -216,12 +216,19 @@ final class NbdshTests: IntegrationTestCase {
         import time
         t0 = time.monotonic(); h.pread(512, 0); read = time.monotonic() - t0
         t0 = time.monotonic(); h.pwrite(bytes(512), 0); write = time.monotonic() - t0
+        t0 = time.monotonic(); h.zero(512, 0); zero = time.monotonic() - t0
         t0 = time.monotonic(); h.flush(); flush = time.monotonic() - t0
-        print('ok' if read >= 0.3 and write >= 0.3 and flush < 0.3 else 'read %.2f write %.2f flush %.2f' % (read, write, flush))
+        # As nbdkit, wdelay covers writes and zeroing; flushes are not delayed.
+        print('ok' if read >= 0.3 and write >= 0.3 and zero >= 0.3 and flush < 0.3
+              else 'read %.2f write %.2f zero %.2f flush %.2f' % (read, write, zero, flush))
         """)
         XCTAssertEqual(r.stdout, "ok\n", r.stderr)
         let bad = Harness.run([Harness.nbdkit, "-U", "-", "--filter=delay", "memory", "1M", "rdelay=soon", "--run", "true"])
         XCTAssertEqual(bad.status, 1)
         XCTAssertTrue(bad.stderr.contains("nbdkit: error: delay: could not parse rdelay=soon"), bad.stderr)
+        // --help after the plugin name lists the filter's and the plugin's parameters, as nbdkit.
+        let help = Harness.run([Harness.nbdkit, "--filter=delay", "memory", "--help"]).stdout
+        XCTAssertTrue(help.contains("\nfilter: delay\nrdelay=<NN>[ms]"), help)
+        XCTAssertTrue(help.contains("\nplugin: memory\n"), help)
     }
 }
