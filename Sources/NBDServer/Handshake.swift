@@ -79,6 +79,14 @@ struct Handshake {
                 try transport.send(Negotiation.optionReply(option: option, type: type, payload: data))
             }
 
+            // A server shutting down negotiates no further (doc/proto.md, NBD_REP_ERR_SHUTDOWN).
+            if server.shuttingDown.load(ordering: .relaxed) {
+                if code == .exportName { throw HandshakeError("server is shutting down") }
+                try? reply(code == .abort ? .ack : .errShutdown)
+                server.logger.debug("\(label): negotiation ended: server is shutting down")
+                return nil
+            }
+
             // Under --tls=require nothing but STARTTLS and ABORT is allowed before TLS.
             if server.tls.mode == .require && !isTLS && code != .startTLS && code != .abort {
                 if code == .exportName {

@@ -171,14 +171,15 @@ public final class Server: Sendable {
     /// How long clients in the transmission phase get to disconnect once shutdown begins.
     public static let shutdownGraceMilliseconds: Int64 = 5_000
 
-    /// Shuts down as doc/proto.md asks: clients in the transmission phase get ESHUTDOWN for each
-    /// request read from now on, and up to `shutdownGraceMilliseconds` to disconnect themselves;
-    /// then (and at once for clients still negotiating) reading stops, and each connection closes
-    /// once its requests in flight have their replies. A connection still open after twice the
+    /// Shuts down as doc/proto.md asks: clients still negotiating get NBD_REP_ERR_SHUTDOWN for
+    /// their next option, clients in the transmission phase get ESHUTDOWN for each request read
+    /// from now on, and all get up to `shutdownGraceMilliseconds` to disconnect themselves; then
+    /// reading stops, and each connection closes once its requests in flight have their replies. A connection still open after twice the
     /// grace (a client that stopped reading its replies) is disconnected hard, so shutdown always
     /// ends. Returns when every connection has closed.
     private func shutdownConnections() {
         let start = MonotonicClock.milliseconds()
+        context.shuttingDown.store(true, ordering: .relaxed)
         while true {
             let transmissions = liveTransmissions.withLock { $0 }
             transmissions.values.forEach { $0.shutdown() }
@@ -187,7 +188,7 @@ public final class Server: Sendable {
             let hard = elapsed >= 2 * Self.shutdownGraceMilliseconds
             // Repeated each pass: a connection may have registered or reached transmission since.
             let empty = live.withLock { connections in
-                for (id, transport) in connections where graceOver || transmissions[id] == nil {
+                for (_, transport) in connections where graceOver {
                     if hard { transport.disconnect() } else { transport.shutdownReceive() }
                 }
                 return connections.isEmpty

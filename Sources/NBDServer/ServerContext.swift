@@ -1,3 +1,4 @@
+import Synchronization
 
 /// Which handshake the server speaks.
 public enum HandshakeStyle: Sendable {
@@ -20,6 +21,8 @@ public final class ServerContext: Sendable {
     let allRequestsLock = Lock()
     /// Held for a whole connection under serialize_connections.
     let connectionsLock = Lock()
+    /// Set once shutdown begins: negotiation answers every option with NBD_REP_ERR_SHUTDOWN.
+    let shuttingDown = Atomic<Bool>(false)
 
     public init(backend: any Backend, logger: Logger, readonly: Bool, threads: Int, style: HandshakeStyle,
                 tls: TLSSettings = .off) {

@@ -232,6 +232,28 @@ final class HostileClientTests: IntegrationTestCase {
         assertServerHealthy(s)
     }
 
+    /// A client still negotiating when shutdown begins gets NBD_REP_ERR_SHUTDOWN for its next
+    /// option and the connection ends; the server then exits 0 without waiting out the grace.
+    func testNegotiatingClientGetsErrShutdown() throws {
+        let s = try startServer(["-v", "memory", "1M"])
+        let c = try RawClient(s.socket)
+        defer { c.close() }
+        try c.startNegotiation()
+        let start = Date()
+        kill(s.pid, SIGTERM)
+        while !s.stderr.contains("shutting down") && Date().timeIntervalSince(start) < 10 { usleep(10_000) }
+        usleep(200_000)
+        XCTAssertTrue(c.send(Wire.option(3, [])))                 // NBD_OPT_LIST
+        let reply = c.readOptionReply()
+        XCTAssertEqual(reply?.option, 3)
+        XCTAssertEqual(reply?.type, 0x8000_0007, "expected NBD_REP_ERR_SHUTDOWN")
+        XCTAssertTrue(c.readToEOF().closed)
+        let deadline = Date().addingTimeInterval(3)
+        while s.isRunning && Date() < deadline { usleep(10_000) }
+        XCTAssertFalse(s.isRunning, "the server waited out the grace")
+        XCTAssertEqual(s.stop(), 0)
+    }
+
     func testOversizedWriteClosesConnection() throws {
         let s = try startServer(["memory", "size=1M"])
         let c = try RawClient(s.socket)
