@@ -6,7 +6,6 @@ import CNBDShim
 public final class Server: Sendable {
     public let context: ServerContext
     private let live = Mutex<[Int: any Transport]>([:])
-    private let liveTransmissions = Mutex<[Int: Transmission]>([:])
     private let nextID = Atomic<Int>(1)
 
     public let control: ServerControl
@@ -160,9 +159,7 @@ public final class Server: Sendable {
         }
         let transport = handshake.transport
         let transmission = Transmission(server: context, transport: transport, session: session, label: label)
-        liveTransmissions.withLock { $0[id] = transmission }
         transmission.serve()
-        liveTransmissions.withLock { $0[id] = nil }
         session.backend.close()
         logger.debug("\(label): connection closed")
         return transport
@@ -174,19 +171,17 @@ public final class Server: Sendable {
     /// Shuts down as doc/proto.md asks: clients still negotiating get NBD_REP_ERR_SHUTDOWN for
     /// their next option, clients in the transmission phase get ESHUTDOWN for each request read
     /// from now on, and all get up to `shutdownGraceMilliseconds` to disconnect themselves; then
-    /// reading stops, and each connection closes once its requests in flight have their replies. A connection still open after twice the
-    /// grace (a client that stopped reading its replies) is disconnected hard, so shutdown always
-    /// ends. Returns when every connection has closed.
+    /// reading stops, and each connection closes once its requests in flight have their replies.
+    /// A connection still open after twice the grace (a client that stopped reading its replies)
+    /// is disconnected hard, so shutdown always ends. Returns when every connection has closed.
     private func shutdownConnections() {
         let start = MonotonicClock.milliseconds()
         context.shuttingDown.store(true, ordering: .relaxed)
         while true {
-            let transmissions = liveTransmissions.withLock { $0 }
-            transmissions.values.forEach { $0.shutdown() }
             let elapsed = MonotonicClock.milliseconds() - start
             let graceOver = elapsed >= Self.shutdownGraceMilliseconds
             let hard = elapsed >= 2 * Self.shutdownGraceMilliseconds
-            // Repeated each pass: a connection may have registered or reached transmission since.
+            // Repeated each pass: a connection may have registered since.
             let empty = live.withLock { connections in
                 for (_, transport) in connections where graceOver {
                     if hard { transport.disconnect() } else { transport.shutdownReceive() }

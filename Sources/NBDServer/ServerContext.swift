@@ -21,7 +21,8 @@ public final class ServerContext: Sendable {
     let allRequestsLock = Lock()
     /// Held for a whole connection under serialize_connections.
     let connectionsLock = Lock()
-    /// Set once shutdown begins: negotiation answers every option with NBD_REP_ERR_SHUTDOWN.
+    /// Set once shutdown begins: negotiation answers every option with NBD_REP_ERR_SHUTDOWN, and
+    /// every request read from then on gets ESHUTDOWN (requests in flight finish normally).
     let shuttingDown = Atomic<Bool>(false)
 
     public init(backend: any Backend, logger: Logger, readonly: Bool, threads: Int, style: HandshakeStyle,

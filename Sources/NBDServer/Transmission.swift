@@ -19,7 +19,6 @@ final class Transmission: Sendable {
     /// Read-ahead shared by the workers; used only under `readLock`.
     private nonisolated(unsafe) let input: ReceiveBuffer
     private let closed = Atomic<Bool>(false)
-    private let shuttingDown = Atomic<Bool>(false)
     private let workers = Atomic<Int>(1)
     private let busy = Atomic<Int>(0)
     private let spawned = Mutex<[JoinableThread]>([])
@@ -70,13 +69,6 @@ final class Transmission: Sendable {
         }
     }
 
-    /// Server shutdown begins: every request read from now on is answered with ESHUTDOWN (so the
-    /// client disconnects, as the protocol requires it to), requests in flight finish normally.
-    /// The connection stays open until the client disconnects or `stop()`.
-    func shutdown() {
-        shuttingDown.store(true, ordering: .relaxed)
-    }
-
     /// Stops reading new requests; requests in flight still get their replies.
     func stop() {
         closed.store(true, ordering: .relaxed)
@@ -89,7 +81,7 @@ final class Transmission: Sendable {
         let outcome: Outcome
         if let invalid = buffer.invalid {
             outcome = .failure(invalid, "invalid request")
-        } else if shuttingDown.load(ordering: .relaxed) {
+        } else if server.shuttingDown.load(ordering: .relaxed) {
             outcome = .failure(.eshutdown, "server is shutting down")
         } else if server.threadModel == .serializeAllRequests {
             outcome = server.allRequestsLock.withLock { perform(request, buffer) }
