@@ -4,6 +4,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
+#include <sched.h>
 #include <spawn.h>
 #include <unistd.h>
 #include <linux/falloc.h>
@@ -26,6 +27,17 @@ int CNBDShim_stream_socket(int domain) { return socket(domain, SOCK_STREAM | SOC
 int CNBDShim_pipe_cloexec(int fds[2]) { return pipe2(fds, O_CLOEXEC); }
 
 int CNBDShim_eventfd(void) { return eventfd(0, EFD_CLOEXEC); }
+
+ssize_t CNBDShim_recv_nowait(int fd, void *buf, size_t len) { return recv(fd, buf, len, MSG_DONTWAIT); }
+
+int CNBDShim_usable_cpus(void)
+{
+  cpu_set_t set;
+  int n;
+  if (sched_getaffinity(0, sizeof set, &set) != 0) return 1;
+  n = CPU_COUNT(&set);
+  return n > 0 ? n : 1;
+}
 
 int CNBDShim_signalfd_for(const int *signals)
 {

@@ -1,7 +1,8 @@
 /// A connection's read-ahead. Small reads (request headers, small write payloads) are served from
 /// one buffer that is refilled with whatever has arrived, so pipelined requests cost one system
 /// call per batch rather than one or two each. Large payloads go straight from the transport into
-/// the caller's memory, after the part of them that was already buffered.
+/// the caller's memory, after the part of them that was already buffered. On a plain socket,
+/// before it blocks, it polls for input for a short, adaptive while (`IdlePoll`).
 final class ReceiveBuffer {
     static let capacity = 16 * 1024
     private let transport: any Transport
@@ -9,15 +10,21 @@ final class ReceiveBuffer {
     /// The buffered bytes not yet handed out are `storage[start..<end]`.
     private var start = 0
     private var end = 0
+    /// Shared by every connection of the server; nil when this transport can't be polled.
+    private let allowance: PollingAllowance?
+    private var idlePoll = IdlePoll()
 
-    init(_ transport: any Transport) { self.transport = transport }
-
+    init(_ transport: any Transport, polling allowance: PollingAllowance? = nil) {
+        self.transport = transport
+        self.allowance = transport.receivesWithoutWaiting ? allowance : nil
+    }
 
     deinit { storage.deallocate() }
 
-    /// Fills `destination` completely; throws as `Transport.receive` does. After a throw the
-    /// stream is out of step and must not be read again.
-    func read(into destination: UnsafeMutableRawBufferPointer) throws {
+    /// Fills `destination` completely, polling before it blocks if `mayPoll`; throws as
+    /// `Transport.receive` does. After a throw the stream is out of step and must not be read
+    /// again.
+    func read(into destination: UnsafeMutableRawBufferPointer, mayPoll: Bool = false) throws {
         let count = destination.count
         // Nothing to read (a zero-length write): the read-ahead must stay as it is.
         guard count > 0 else { return }
@@ -31,13 +38,34 @@ final class ReceiveBuffer {
         end = 0
         let rest = UnsafeMutableRawBufferPointer(rebasing: destination[buffered...])
         if rest.count >= Self.capacity / 2 {
-            try transport.receive(into: rest)
+            var done = 0
+            while done < rest.count {
+                done += try receiveSome(into: UnsafeMutableRawBufferPointer(rebasing: rest[done...]), mayPoll: mayPoll)
+            }
             return
         }
         while end < rest.count {
-            end += try transport.receiveSome(into: UnsafeMutableRawBufferPointer(rebasing: storage[end...]))
+            end += try receiveSome(into: UnsafeMutableRawBufferPointer(rebasing: storage[end...]), mayPoll: mayPoll)
         }
         rest.baseAddress!.copyMemory(from: storage.baseAddress!, byteCount: rest.count)
         start = rest.count
+    }
+
+    /// Receives at least one byte into `buffer`: what has arrived if anything has, else what
+    /// arrives while polling (if `mayPoll` and the allowance has room), else it blocks.
+    private func receiveSome(into buffer: UnsafeMutableRawBufferPointer, mayPoll: Bool) throws -> Int {
+        guard let allowance else { return try transport.receiveSome(into: buffer) }
+        var count = try transport.receiveIfAvailable(into: buffer)
+        if count > 0 { return count }
+        if mayPoll, idlePoll.limit > 0, allowance.begin() {
+            defer { allowance.end() }
+            if try idlePoll.poll({ count = try transport.receiveIfAvailable(into: buffer); return count > 0 }) {
+                return count
+            }
+        }
+        let sleptFrom = MonotonicClock.nanoseconds()
+        count = try transport.receiveSome(into: buffer)
+        idlePoll.slept(nanoseconds: MonotonicClock.nanoseconds() - sleptFrom)
+        return count
     }
 }

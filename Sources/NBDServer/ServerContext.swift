@@ -24,6 +24,8 @@ public final class ServerContext: Sendable {
     /// Set once shutdown begins: negotiation answers every option with NBD_REP_ERR_SHUTDOWN, and
     /// every request read from then on gets ESHUTDOWN (requests in flight finish normally).
     let shuttingDown = Atomic<Bool>(false)
+    /// How many connections' readers may poll for input at once.
+    let pollingAllowance = PollingAllowance()
 
     public init(backend: any Backend, logger: Logger, readonly: Bool, threads: Int, style: HandshakeStyle,
                 tls: TLSSettings = .off) {

@@ -5,7 +5,8 @@ import NBDProtocol
 /// request (under `readLock`, through a shared read-ahead buffer), serve it in parallel, and
 /// write the whole reply with one `send` (under `writeLock`), so replies may complete out of
 /// order. A worker is started when a request finds every running worker busy, so one is always
-/// free to read the next request. The locks never spin and never hand over to a waiter: on a
+/// free to read the next request. On a plain socket the reader polls for input for a short,
+/// adaptive while before it blocks (see `ReceiveBuffer`). The locks never spin and never hand over to a waiter: on a
 /// busy core one thread goes on reading, serving and replying without a context switch while the
 /// client keeps requests coming.
 final class Transmission: Sendable {
@@ -29,7 +30,7 @@ final class Transmission: Sendable {
         self.session = session
         self.label = label
         self.maxWorkers = server.threadModel >= .parallel ? server.threads : 1
-        self.input = ReceiveBuffer(transport)
+        self.input = ReceiveBuffer(transport, polling: server.pollingAllowance)
     }
 
     /// Serves requests until the client disconnects or the connection fails, then waits for
@@ -100,8 +101,12 @@ final class Transmission: Sendable {
     private func readRequest(into buffer: RequestBuffer) -> Bool {
         guard !closed.load(ordering: .relaxed) else { return false }
         let headerBytes = UnsafeMutableRawBufferPointer(rebasing: buffer.header[0..<NBDSize.requestHeader])
+        // Poll for input only while at most one request is in flight: at queue depth 1 its reply
+        // is on its way while the client prepares the next request; with more in flight the
+        // workers have work for the processor, and input comes often enough without polling.
+        let mayPoll = busy.load(ordering: .relaxed) <= 1
         do {
-            try input.read(into: headerBytes)
+            try input.read(into: headerBytes, mayPoll: mayPoll)
         } catch {
             if case TransportError.failed(let e) = error, !closed.load(ordering: .relaxed) {
                 server.logger.error("\(label): \(e)")
@@ -133,7 +138,7 @@ final class Transmission: Sendable {
                 return false
             }
             do {
-                try input.read(into: buffer.payload(count: Int(request.length)))
+                try input.read(into: buffer.payload(count: Int(request.length)), mayPoll: mayPoll)
             } catch {
                 server.logger.error("\(label): client went away in the middle of a write payload")
                 closed.store(true, ordering: .relaxed)

@@ -19,9 +19,22 @@ public protocol Transport: AnyObject, Sendable {
     func close()
     /// The socket to run a TLS handshake on after STARTTLS, or nil if this transport can't upgrade.
     var upgradableSocket: Int32? { get }
+    /// True when `receiveIfAvailable` can tell that nothing has arrived without waiting; false
+    /// where it would block like `receiveSome` (TLS, `-s`).
+    var receivesWithoutWaiting: Bool { get }
+    /// Receives whatever has arrived, without waiting: 0 if nothing has (`buffer` must not be
+    /// empty). Throws `TransportError.endOfFile` if the peer closed. Waits as `receiveSome`
+    /// does unless `receivesWithoutWaiting`.
+    func receiveIfAvailable(into buffer: UnsafeMutableRawBufferPointer) throws -> Int
 }
 
 extension Transport {
+    public var receivesWithoutWaiting: Bool { false }
+
+    public func receiveIfAvailable(into buffer: UnsafeMutableRawBufferPointer) throws -> Int {
+        try receiveSome(into: buffer)
+    }
+
     /// Sends a byte array (negotiation messages).
     public func send(_ bytes: [UInt8]) throws {
         try bytes.withUnsafeBytes { try send($0, UnsafeRawBufferPointer(start: nil, count: 0)) }
@@ -72,6 +85,19 @@ public final class PlainTransport: Transport, @unchecked Sendable {
         }
     }
 
+    public func receiveIfAvailable(into buffer: UnsafeMutableRawBufferPointer) throws -> Int {
+        while true {
+            let n = CNBDShim_recv_nowait(readFD, buffer.baseAddress!, buffer.count)
+            if n > 0 { return n }
+            if n == 0 { throw TransportError.endOfFile }
+            let e = CNBDShim_errno()
+            if e == EAGAIN || e == EWOULDBLOCK { return 0 }
+            if e == EINTR { continue }
+            if e == ECONNRESET { throw TransportError.endOfFile }
+            throw TransportError.failed(SystemError("recv", errno: e))
+        }
+    }
+
     public func send(_ header: UnsafeRawBufferPointer, _ payload: UnsafeRawBufferPointer) throws {
         var iov = (iovec(iov_base: UnsafeMutableRawPointer(mutating: header.baseAddress), iov_len: header.count),
                    iovec(iov_base: UnsafeMutableRawPointer(mutating: payload.baseAddress), iov_len: payload.count))
@@ -114,6 +140,9 @@ public final class PlainTransport: Transport, @unchecked Sendable {
     }
 
     public var upgradableSocket: Int32? { readFD == writeFD ? readFD : nil }
+
+    /// A socket (one descriptor both ways); not `-s`, whose stdin may be a pipe.
+    public var receivesWithoutWaiting: Bool { readFD == writeFD }
 
     public func close() {
         _ = Glibc.close(readFD)

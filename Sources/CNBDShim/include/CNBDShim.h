@@ -24,6 +24,9 @@ int CNBDShim_pipe_cloexec(int fds[2]);
 /* eventfd(0, EFD_CLOEXEC). */
 int CNBDShim_eventfd(void);
 
+/* recv(fd, buf, len, MSG_DONTWAIT). */
+ssize_t CNBDShim_recv_nowait(int fd, void *buf, size_t len);
+
 /* signalfd(-1, mask, SFD_CLOEXEC) for the given signals (terminated by 0);
  * the signals are also blocked in the calling thread. */
 int CNBDShim_signalfd_for(const int *signals);
@@ -50,6 +53,9 @@ int CNBDShim_zero_range(int fd, int64_t offset, int64_t length);
 
 /* ioctl(fd, BLKGETSIZE64): the size of a block device, or -1. */
 int64_t CNBDShim_block_device_size(int fd);
+
+/* How many CPUs the calling thread may run on (its affinity mask), at least 1. */
+int CNBDShim_usable_cpus(void);
 
 /* The current errno. */
 int CNBDShim_errno(void);
