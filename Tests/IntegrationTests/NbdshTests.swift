@@ -210,6 +210,26 @@ final class NbdshTests: IntegrationTestCase {
     }
 
     /// The delay filter's values: seconds, fractions and milliseconds; anything else is an error.
+    /// The reader polls the socket for a while before it blocks; the poll must stay short, so a
+    /// connection that goes quiet costs no processor time. (A poll that never gave up would
+    /// take a whole processor: about 100 ticks in the idle second.)
+    func testQuietConnectionStopsPolling() throws {
+        let s = try startServer(["memory", "1M"])
+        let r = Harness.nbdsh(s.uri, """
+        import time
+        def ticks():
+            fields = open('/proc/\(s.pid)/stat').read().rsplit(')', 1)[1].split()
+            return int(fields[11]) + int(fields[12])
+        for i in range(500): h.pread(512, (i * 4096) % (1 << 20))
+        before = ticks()
+        time.sleep(1.0)
+        print(ticks() - before)
+        """, timeout: 30)
+        let idleTicks = Int(r.stdout.trimmingCharacters(in: .whitespacesAndNewlines))
+        XCTAssertNotNil(idleTicks, r.stdout + r.stderr)
+        XCTAssertLessThan(idleTicks ?? 1000, 10, "server CPU ticks (1/100 s) while the client was quiet for 1 s")
+    }
+
     func testDelayFilterParameters() throws {
         let s = try startServer(["--filter=delay", "memory", "1M", "rdelay=300ms", "wdelay=0.3"])
         let r = Harness.nbdsh(s.uri, """
