@@ -67,8 +67,11 @@ final class SparseArray: @unchecked Sendable {
             if let existing = pages[index] {
                 page = existing
             } else {
+                // Zero only what this write leaves untouched: a page written whole (sequential
+                // writes) is touched once, not twice.
                 page = .allocate(byteCount: Self.pageSize, alignment: 4096)
-                memset(page, 0, Self.pageSize)
+                memset(page, 0, inPage)
+                memset(page + inPage + n, 0, Self.pageSize - inPage - n)
                 pages[index] = page
             }
             (page + inPage).copyMemory(from: buffer.baseAddress! + at, byteCount: n)
