@@ -9,8 +9,8 @@ let package = Package(
     targets: [
         // Thin C helpers for libc calls Swift cannot make directly (variadic calls, macros).
         .target(name: "CNBDShim"),
-        // A thin C layer over GnuTLS (libgnutls28-dev) for STARTTLS.
-        .target(name: "CNBDTLS", linkerSettings: [.linkedLibrary("gnutls")]),
+        // A thin C layer over GnuTLS (libgnutls28-dev, loaded when TLS is set up) for STARTTLS.
+        .target(name: "CNBDTLS", linkerSettings: [.linkedLibrary("dl")]),
         // A thin C layer over libsystemd (libsystemd-dev, loaded on first use): socket activation, sd_notify.
         .target(name: "CNBDSystemd", linkerSettings: [.linkedLibrary("dl")]),
         // The NBD wire format: constants, encoding and decoding. No I/O.

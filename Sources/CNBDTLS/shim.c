@@ -1,6 +1,8 @@
 #include "CNBDTLS.h"
 
+#include <dlfcn.h>
 #include <errno.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -19,9 +21,89 @@ struct CNBDTLS_session {
   char description[128];
 };
 
-int CNBDTLS_global_init(void) { return gnutls_global_init(); }
+/* GnuTLS and the libraries behind it (p11-kit, nettle, gmp, libtasn1, ...) cost about a
+ * millisecond of start-up in every run, but only servers with TLS credentials use them: the
+ * library is loaded with dlopen when TLS is first set up (CNBDTLS_global_init). Prototypes and
+ * constants still come from <gnutls/gnutls.h>. */
+#define CNBDTLS_FUNCTIONS(X) \
+  X(gnutls_bye) \
+  X(gnutls_certificate_allocate_credentials) \
+  X(gnutls_certificate_free_credentials) \
+  X(gnutls_certificate_server_set_request) \
+  X(gnutls_certificate_set_x509_crl_file) \
+  X(gnutls_certificate_set_x509_key_file) \
+  X(gnutls_certificate_set_x509_trust_file) \
+  X(gnutls_credentials_set) \
+  X(gnutls_deinit) \
+  X(gnutls_error_is_fatal) \
+  X(gnutls_global_init) \
+  X(gnutls_handshake) \
+  X(gnutls_handshake_set_timeout) \
+  X(gnutls_init) \
+  X(gnutls_priority_set_direct) \
+  X(gnutls_psk_allocate_server_credentials) \
+  X(gnutls_psk_free_server_credentials) \
+  X(gnutls_psk_set_server_credentials_file) \
+  X(gnutls_record_cork) \
+  X(gnutls_record_recv) \
+  X(gnutls_record_send) \
+  X(gnutls_record_uncork) \
+  X(gnutls_session_get_desc) \
+  X(gnutls_session_set_verify_cert) \
+  X(gnutls_strerror) \
+  X(gnutls_transport_set_int2) \
 
-const char *CNBDTLS_strerror(int code) { return gnutls_strerror(code); }
+static struct {
+#define CNBDTLS_POINTER(name) __typeof__(name) *name;
+  CNBDTLS_FUNCTIONS(CNBDTLS_POINTER)
+#undef CNBDTLS_POINTER
+  gnutls_free_function gnutls_free;
+  int loaded;
+  char error[256];
+} tls;
+static pthread_once_t tls_once = PTHREAD_ONCE_INIT;
+
+static void load_gnutls(void)
+{
+  void *h = dlopen("libgnutls.so.30", RTLD_NOW | RTLD_LOCAL);
+  gnutls_free_function *free_pointer;
+
+  if (h == NULL) {
+    snprintf(tls.error, sizeof tls.error, "%s", dlerror());
+    return;
+  }
+#define CNBDTLS_LOOKUP(name) \
+  if ((tls.name = (__typeof__(name) *) dlsym(h, #name)) == NULL) { \
+    snprintf(tls.error, sizeof tls.error, "libgnutls.so.30: no symbol %s", #name); \
+    return; \
+  }
+  CNBDTLS_FUNCTIONS(CNBDTLS_LOOKUP)
+#undef CNBDTLS_LOOKUP
+  /* gnutls_free is a variable holding the deallocator, not a function. */
+  if ((free_pointer = (gnutls_free_function *) dlsym(h, "gnutls_free")) == NULL) {
+    snprintf(tls.error, sizeof tls.error, "libgnutls.so.30: no symbol gnutls_free");
+    return;
+  }
+  tls.gnutls_free = *free_pointer;
+  tls.loaded = 1;
+}
+
+const char *CNBDTLS_load_error(void)
+{
+  pthread_once(&tls_once, load_gnutls);
+  return tls.loaded ? NULL : tls.error;
+}
+
+int CNBDTLS_global_init(void)
+{
+  if (CNBDTLS_load_error() != NULL) return GNUTLS_E_INTERNAL_ERROR;
+  return tls.gnutls_global_init();
+}
+
+const char *CNBDTLS_strerror(int code)
+{
+  return tls.loaded ? tls.gnutls_strerror(code) : "GnuTLS is not loaded";
+}
 
 static int file_exists(const char *path) { return access(path, R_OK) == 0; }
 
@@ -37,16 +119,16 @@ CNBDTLS_credentials *CNBDTLS_credentials_x509(const char *dir, int *code, char *
   snprintf(key, sizeof key, "%s/server-key.pem", dir);
   snprintf(crl, sizeof crl, "%s/ca-crl.pem", dir);
 
-  if ((r = gnutls_certificate_allocate_credentials(&c->x509)) < 0) goto fail_nofile;
-  if ((r = gnutls_certificate_set_x509_trust_file(c->x509, ca, GNUTLS_X509_FMT_PEM)) < 0) {
+  if ((r = tls.gnutls_certificate_allocate_credentials(&c->x509)) < 0) goto fail_nofile;
+  if ((r = tls.gnutls_certificate_set_x509_trust_file(c->x509, ca, GNUTLS_X509_FMT_PEM)) < 0) {
     snprintf(failed_file, failed_file_len, "%s", ca);
     goto fail;
   }
-  if (file_exists(crl) && (r = gnutls_certificate_set_x509_crl_file(c->x509, crl, GNUTLS_X509_FMT_PEM)) < 0) {
+  if (file_exists(crl) && (r = tls.gnutls_certificate_set_x509_crl_file(c->x509, crl, GNUTLS_X509_FMT_PEM)) < 0) {
     snprintf(failed_file, failed_file_len, "%s", crl);
     goto fail;
   }
-  if ((r = gnutls_certificate_set_x509_key_file(c->x509, cert, key, GNUTLS_X509_FMT_PEM)) < 0) {
+  if ((r = tls.gnutls_certificate_set_x509_key_file(c->x509, cert, key, GNUTLS_X509_FMT_PEM)) < 0) {
     snprintf(failed_file, failed_file_len, "%s and %s", cert, key);
     goto fail;
   }
@@ -67,8 +149,8 @@ CNBDTLS_credentials *CNBDTLS_credentials_psk(const char *file, int *code)
 
   if (c == NULL) { *code = GNUTLS_E_MEMORY_ERROR; return NULL; }
   c->is_psk = 1;
-  if ((r = gnutls_psk_allocate_server_credentials(&c->psk)) < 0 ||
-      (r = gnutls_psk_set_server_credentials_file(c->psk, file)) < 0) {
+  if ((r = tls.gnutls_psk_allocate_server_credentials(&c->psk)) < 0 ||
+      (r = tls.gnutls_psk_set_server_credentials_file(c->psk, file)) < 0) {
     *code = r;
     CNBDTLS_credentials_free(c);
     return NULL;
@@ -79,8 +161,8 @@ CNBDTLS_credentials *CNBDTLS_credentials_psk(const char *file, int *code)
 void CNBDTLS_credentials_free(CNBDTLS_credentials *c)
 {
   if (c == NULL) return;
-  if (c->x509) gnutls_certificate_free_credentials(c->x509);
-  if (c->psk) gnutls_psk_free_server_credentials(c->psk);
+  if (c->x509) tls.gnutls_certificate_free_credentials(c->x509);
+  if (c->psk) tls.gnutls_psk_free_server_credentials(c->psk);
   free(c);
 }
 
@@ -90,26 +172,26 @@ CNBDTLS_session *CNBDTLS_session_new(CNBDTLS_credentials *c, int fd, int verify_
   int r;
 
   if (s == NULL) { *code = GNUTLS_E_MEMORY_ERROR; return NULL; }
-  if ((r = gnutls_init(&s->session, GNUTLS_SERVER)) < 0) { free(s); *code = r; return NULL; }
+  if ((r = tls.gnutls_init(&s->session, GNUTLS_SERVER)) < 0) { free(s); *code = r; return NULL; }
   if (c->is_psk) {
-    r = gnutls_priority_set_direct(s->session, "NORMAL:+ECDHE-PSK:+DHE-PSK:+PSK", NULL);
-    if (r >= 0) r = gnutls_credentials_set(s->session, GNUTLS_CRD_PSK, c->psk);
+    r = tls.gnutls_priority_set_direct(s->session, "NORMAL:+ECDHE-PSK:+DHE-PSK:+PSK", NULL);
+    if (r >= 0) r = tls.gnutls_credentials_set(s->session, GNUTLS_CRD_PSK, c->psk);
   } else {
-    r = gnutls_priority_set_direct(s->session, "NORMAL", NULL);
-    if (r >= 0) r = gnutls_credentials_set(s->session, GNUTLS_CRD_CERTIFICATE, c->x509);
+    r = tls.gnutls_priority_set_direct(s->session, "NORMAL", NULL);
+    if (r >= 0) r = tls.gnutls_credentials_set(s->session, GNUTLS_CRD_CERTIFICATE, c->x509);
     if (r >= 0 && verify_peer) {
-      gnutls_certificate_server_set_request(s->session, GNUTLS_CERT_REQUIRE);
-      gnutls_session_set_verify_cert(s->session, NULL, 0);
+      tls.gnutls_certificate_server_set_request(s->session, GNUTLS_CERT_REQUIRE);
+      tls.gnutls_session_set_verify_cert(s->session, NULL, 0);
     }
   }
   if (r < 0) {
-    gnutls_deinit(s->session);
+    tls.gnutls_deinit(s->session);
     free(s);
     *code = r;
     return NULL;
   }
-  gnutls_transport_set_int2(s->session, fd, fd);
-  gnutls_handshake_set_timeout(s->session, GNUTLS_DEFAULT_HANDSHAKE_TIMEOUT);
+  tls.gnutls_transport_set_int2(s->session, fd, fd);
+  tls.gnutls_handshake_set_timeout(s->session, GNUTLS_DEFAULT_HANDSHAKE_TIMEOUT);
   return s;
 }
 
@@ -117,8 +199,8 @@ int CNBDTLS_handshake(CNBDTLS_session *s)
 {
   int r;
   do {
-    r = gnutls_handshake(s->session);
-  } while (r < 0 && !gnutls_error_is_fatal(r));
+    r = tls.gnutls_handshake(s->session);
+  } while (r < 0 && !tls.gnutls_error_is_fatal(r));
   return r < 0 ? r : 0;
 }
 
@@ -126,7 +208,7 @@ ssize_t CNBDTLS_recv(CNBDTLS_session *s, void *buf, size_t len)
 {
   ssize_t r;
   do {
-    r = gnutls_record_recv(s->session, buf, len);
+    r = tls.gnutls_record_recv(s->session, buf, len);
   } while (r == GNUTLS_E_INTERRUPTED || r == GNUTLS_E_AGAIN);
   return r;
 }
@@ -135,7 +217,7 @@ ssize_t CNBDTLS_send(CNBDTLS_session *s, const void *buf, size_t len)
 {
   ssize_t r;
   do {
-    r = gnutls_record_send(s->session, buf, len);
+    r = tls.gnutls_record_send(s->session, buf, len);
   } while (r == GNUTLS_E_INTERRUPTED || r == GNUTLS_E_AGAIN);
   return r;
 }
@@ -159,16 +241,16 @@ int CNBDTLS_send_message(CNBDTLS_session *s, const void *header, size_t header_l
   int r;
   int cork = payload_len > 0 && payload_len <= 16384;
   if (cork)
-    gnutls_record_cork(s->session);
+    tls.gnutls_record_cork(s->session);
   if ((r = send_all(s, header, header_len)) < 0 ||
       (r = send_all(s, payload, payload_len)) < 0) {
     if (cork)
-      gnutls_record_uncork(s->session, 0);
+      tls.gnutls_record_uncork(s->session, 0);
     return r;
   }
   if (cork) {
     do {
-      r = gnutls_record_uncork(s->session, GNUTLS_RECORD_WAIT);
+      r = tls.gnutls_record_uncork(s->session, GNUTLS_RECORD_WAIT);
     } while (r == GNUTLS_E_INTERRUPTED || r == GNUTLS_E_AGAIN);
     if (r < 0)
       return r;
@@ -179,15 +261,15 @@ int CNBDTLS_send_message(CNBDTLS_session *s, const void *header, size_t header_l
 void CNBDTLS_session_free(CNBDTLS_session *s, int send_bye)
 {
   if (s == NULL) return;
-  if (send_bye) gnutls_bye(s->session, GNUTLS_SHUT_WR);
-  gnutls_deinit(s->session);
+  if (send_bye) tls.gnutls_bye(s->session, GNUTLS_SHUT_WR);
+  tls.gnutls_deinit(s->session);
   free(s);
 }
 
 const char *CNBDTLS_session_description(CNBDTLS_session *s)
 {
-  char *d = gnutls_session_get_desc(s->session);
+  char *d = tls.gnutls_session_get_desc(s->session);
   snprintf(s->description, sizeof s->description, "%s", d ? d : "unknown");
-  gnutls_free(d);
+  tls.gnutls_free(d);
   return s->description;
 }

@@ -42,6 +42,7 @@ public final class TLSCredentials: @unchecked Sendable {
     static func message(_ code: Int32) -> String { String(cString: CNBDTLS_strerror(code)) }
 
     private static func initialiseLibrary() throws {
+        if let error = CNBDTLS_load_error() { throw ConfigError("cannot load GnuTLS: \(String(cString: error))") }
         let r = CNBDTLS_global_init()
         if r < 0 { throw ConfigError("gnutls_global_init: \(message(r))") }
     }

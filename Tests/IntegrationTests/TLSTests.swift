@@ -88,6 +88,22 @@ final class TLSTests: IntegrationTestCase {
         XCTAssertEqual(r.stdout, "ok\n")
     }
 
+    /// GnuTLS (and p11-kit, nettle, gmp behind it) costs start-up time, so it is loaded only
+    /// when a server has TLS credentials; TLS then still works (the other tests).
+    func testGnuTLSIsLoadedOnlyWithTLS() throws {
+        // /proc files report size 0, so read them to the end rather than by their size.
+        let maps = { (pid: Int32) in
+            String(decoding: (try? FileHandle(forReadingFrom: URL(fileURLWithPath: "/proc/\(pid)/maps")).readToEnd()) ?? Data(),
+                   as: UTF8.self)
+        }
+        let plain = try startServer(["memory", "1M"], socketName: "plain")
+        XCTAssertTrue(maps(plain.pid).contains("libc.so"), "cannot read the maps")
+        XCTAssertFalse(maps(plain.pid).contains("libgnutls"), "a server without TLS loaded GnuTLS")
+        let tls = try startServer(["--tls=on", "--tls-psk=\(pskFile)", "memory", "1M"], socketName: "tls")
+        XCTAssertTrue(maps(tls.pid).contains("libgnutls.so.30"))
+        assertStillServes(tls, psk: true)
+    }
+
     func testPSKWithNbdcopyRoundTrip() throws {
         let s = try startServer(["--tls=require", "--tls-psk=\(pskFile)", "memory", "4M"])
         let source = randomFile("source.img", count: 4 << 20)

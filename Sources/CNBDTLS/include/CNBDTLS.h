@@ -11,7 +11,10 @@
 typedef struct CNBDTLS_credentials CNBDTLS_credentials;
 typedef struct CNBDTLS_session CNBDTLS_session;
 
-/* Initialises GnuTLS once; returns 0 or a GnuTLS error code. */
+/* Loads libgnutls.so.30 (once, on first call); NULL when loaded, else why it could not be. */
+const char *CNBDTLS_load_error(void);
+
+/* Loads and initialises GnuTLS; returns 0 or a GnuTLS error code. Call before anything else. */
 int CNBDTLS_global_init(void);
 
 /* The message for a GnuTLS error code. */
