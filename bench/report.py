@@ -29,6 +29,7 @@ FULL = {"A": meta.get("V_A", "ours"), "B": meta.get("V_B", "nbdkit"),
 METRICS = {
     "MB_per_s": ("MB/s", True),
     "IOPS": ("IOPS", True),
+    "p50_us": ("p50 latency µs", False),
     "conn_per_s": ("conn/s", True),
     "cpu_s_per_GB": ("server CPU s/GB", False),
     "cpu_us_per_req": ("server CPU µs/req", False),
@@ -171,6 +172,13 @@ for wl, _ in WORKLOADS:
         w(f"| {wl} | {backend} | {METRICS[m][0]} | {fmt(a[0]) if a else 'FAILED/–'} | {fmt(b[0]) if b else '–'} | "
           f"{fmt(r) if r is not None else '–'} |")
         headline.append((wl, backend, m))
+        # At iodepth 1 the target is latency: its median, as fio's client saw it.
+        if wl.endswith("-qd1") and data.get((backend, wl, "p50_us", "A")):
+            a = stats(data.get((backend, wl, "p50_us", "A"), []))
+            b = stats(data.get((backend, wl, "p50_us", "B"), []))
+            r = ratio(backend, wl, "p50_us", "A")
+            w(f"| {wl} | {backend} | {METRICS['p50_us'][0]} | {fmt(a[0]) if a else 'FAILED/–'} | "
+              f"{fmt(b[0]) if b else '–'} | {fmt(r) if r is not None else '–'} |")
 w("")
 
 w("## Physical limits on this machine (not NBD)")

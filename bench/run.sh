@@ -327,12 +327,14 @@ wl_fio() {
     want "$wl" || return 0
     run_client "$l" "$b" "$wl" $((FIO_RUNTIME + 60)) fio --name=bench --ioengine=nbd --uri="${URI[$l]}" \
         --rw="$rw" --bs=4k --iodepth="$qd" --numjobs="$jobs" --group_reporting --time_based --runtime="$FIO_RUNTIME" \
-        --output-format=json --output="$js" || return 0
-    local ios iops dir
+        --lat_percentiles=1 --output-format=json --output="$js" || return 0
+    local ios iops p50 dir
     dir=read; [ "$rw" = randwrite ] && dir=write
-    read -r ios iops < <($SYSPY -c "import json,sys; j=json.load(open(sys.argv[1]))['jobs'][0][sys.argv[2]]; print(j['total_ios'], j['iops'])" "$js" "$dir") || true
+    # p50 of the total latency (submission + completion), as the client sees each request.
+    read -r ios iops p50 < <($SYSPY -c "import json,sys; j=json.load(open(sys.argv[1]))['jobs'][0][sys.argv[2]]; print(j['total_ios'], j['iops'], j['lat_ns']['percentile']['50.000000'] / 1000)" "$js" "$dir") || true
     if [ "${ios:-0}" -le 0 ]; then record_error "$l" "$b" "$wl" 0 fio "zero I/Os completed"; return 0; fi
     record "$l" "$b" "$wl" IOPS "$(printf '%.0f' "$iops")"
+    record "$l" "$b" "$wl" p50_us "$p50"
     record "$l" "$b" "$wl" cpu_us_per_req "$(awk -v n=$ios -v c=$CPU 'BEGIN{printf "%.2f", c*1e6/n}')"
     record "$l" "$b" "$wl" cpu_s_per_GB "$(awk -v n=$ios -v c=$CPU 'BEGIN{printf "%.3f", c/(n*4096/1e9)}')"
 }
