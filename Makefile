@@ -7,7 +7,7 @@ DEB_PACKAGES := libnbd-bin python3-libnbd qemu-utils libgnutls28-dev libsystemd-
                 fdisk e2fsprogs gnutls-bin python3 systemd groff-base mandoc
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: all deps build release run check unit-test clean example1-image bench install uninstall
+.PHONY: all deps build release run check clean example1-image bench install uninstall
 
 all: build
 
@@ -31,7 +31,7 @@ release: deps
 run: build
 	$(BIN) -U - example1 --run 'nbdinfo "$$uri"'
 
-# Every test: wire-format unit tests and integration tests against the built binary.
+# Every test: unit tests (wire format, polling limit) and integration tests against the built binary.
 check: build
 	$(SWIFT) test --disable-swift-testing
 

@@ -22,6 +22,7 @@ let package = Package(
         // The executable: command line to typed configuration, then run.
         .executableTarget(name: "nbdkit", dependencies: ["NBDServer", "NBDPlugins", "CNBDShim"]),
         .testTarget(name: "NBDProtocolTests", dependencies: ["NBDProtocol"]),
+        .testTarget(name: "NBDServerTests", dependencies: ["NBDServer"]),
         .testTarget(name: "IntegrationTests", dependencies: ["nbdkit"]),
     ]
 )

@@ -33,10 +33,12 @@ ssize_t CNBDShim_recv_nowait(int fd, void *buf, size_t len) { return recv(fd, bu
 int CNBDShim_usable_cpus(void)
 {
   cpu_set_t set;
-  int n;
-  if (sched_getaffinity(0, sizeof set, &set) != 0) return 1;
-  n = CPU_COUNT(&set);
-  return n > 0 ? n : 1;
+  long online;
+  if (sched_getaffinity(0, sizeof set, &set) == 0 && CPU_COUNT(&set) > 0)
+    return CPU_COUNT(&set);
+  /* More CPUs than a cpu_set_t holds: count them all. */
+  online = sysconf(_SC_NPROCESSORS_ONLN);
+  return online > 0 ? (int) online : 1;
 }
 
 int CNBDShim_signalfd_for(const int *signals)

@@ -75,6 +75,7 @@ static void load_gnutls(void)
 #define CNBDTLS_LOOKUP(name) \
   if ((tls.name = (__typeof__(name) *) dlsym(h, #name)) == NULL) { \
     snprintf(tls.error, sizeof tls.error, "libgnutls.so.30: no symbol %s", #name); \
+    dlclose(h); \
     return; \
   }
   CNBDTLS_FUNCTIONS(CNBDTLS_LOOKUP)
@@ -82,6 +83,7 @@ static void load_gnutls(void)
   /* gnutls_free is a variable holding the deallocator, not a function. */
   if ((free_pointer = (gnutls_free_function *) dlsym(h, "gnutls_free")) == NULL) {
     snprintf(tls.error, sizeof tls.error, "libgnutls.so.30: no symbol gnutls_free");
+    dlclose(h);
     return;
   }
   tls.gnutls_free = *free_pointer;

@@ -28,7 +28,8 @@ struct IdlePoll {
         return false
     }
 
-    /// Adapts the limit to how long the reader slept after polling gave up.
+    /// Adapts the limit to how long the reader slept after polling gave up, or without polling
+    /// (which is how a limit of 0 grows back when requests come close together again).
     mutating func slept(nanoseconds: Int64) {
         if limit + nanoseconds <= Self.maximum {
             limit = limit == 0 ? Self.start : min(2 * limit, Self.maximum)

@@ -51,20 +51,23 @@ final class ReceiveBuffer {
         start = rest.count
     }
 
-    /// Receives at least one byte into `buffer`: what has arrived if anything has, else what
-    /// arrives while polling (if `mayPoll` and the allowance has room), else it blocks.
+    /// Receives at least one byte into `buffer`. When `mayPoll`: what has arrived if anything
+    /// has, else what arrives while polling (if the allowance has room); only then does it block,
+    /// timing the sleep to adapt the polling limit.
     private func receiveSome(into buffer: UnsafeMutableRawBufferPointer, mayPoll: Bool) throws -> Int {
-        guard let allowance else { return try transport.receiveSome(into: buffer) }
-        var count = try transport.receiveIfAvailable(into: buffer)
-        if count > 0 { return count }
-        if mayPoll, idlePoll.limit > 0, allowance.begin() {
-            defer { allowance.end() }
-            if try idlePoll.poll({ count = try transport.receiveIfAvailable(into: buffer); return count > 0 }) {
-                return count
+        guard let allowance, mayPoll else { return try transport.receiveSome(into: buffer) }
+        if idlePoll.limit > 0 {
+            var count = try transport.receiveIfAvailable(into: buffer)
+            if count > 0 { return count }
+            if allowance.begin() {
+                defer { allowance.end() }
+                if try idlePoll.poll({ count = try transport.receiveIfAvailable(into: buffer); return count > 0 }) {
+                    return count
+                }
             }
         }
         let sleptFrom = MonotonicClock.nanoseconds()
-        count = try transport.receiveSome(into: buffer)
+        let count = try transport.receiveSome(into: buffer)
         idlePoll.slept(nanoseconds: MonotonicClock.nanoseconds() - sleptFrom)
         return count
     }

@@ -209,7 +209,6 @@ final class NbdshTests: IntegrationTestCase {
         XCTAssertEqual(r.stdout, "read first\n", r.stderr)
     }
 
-    /// The delay filter's values: seconds, fractions and milliseconds; anything else is an error.
     /// The reader polls the socket for a while before it blocks; the poll must stay short, so a
     /// connection that goes quiet costs no processor time. (A poll that never gave up would
     /// take a whole processor: about 100 ticks in the idle second.)
@@ -230,6 +229,7 @@ final class NbdshTests: IntegrationTestCase {
         XCTAssertLessThan(idleTicks ?? 1000, 10, "server CPU ticks (1/100 s) while the client was quiet for 1 s")
     }
 
+    /// The delay filter's values: seconds, fractions and milliseconds; anything else is an error.
     func testDelayFilterParameters() throws {
         let s = try startServer(["--filter=delay", "memory", "1M", "rdelay=300ms", "wdelay=0.3"])
         let r = Harness.nbdsh(s.uri, """
