@@ -41,6 +41,11 @@ int CNBDShim_usable_cpus(void)
   return online > 0 ? (int) online : 1;
 }
 
+ssize_t CNBDShim_send_more(int fd, const void *buf, size_t len)
+{
+  return send(fd, buf, len, MSG_MORE | MSG_NOSIGNAL);
+}
+
 int CNBDShim_signalfd_for(const int *signals)
 {
   sigset_t mask;

@@ -171,6 +171,11 @@ final class FileConnection: BackendConnection {
         }
     }
 
+    /// A regular file can be sent from directly.
+    func fileExtent(offset: UInt64, length: UInt32) -> FileExtent? {
+        isRegularOrBlockDevice && !isBlockDevice ? FileExtent(fd: fd, offset: offset) : nil
+    }
+
     func pwrite(_ buffer: UnsafeRawBufferPointer, offset: UInt64, fua: Bool) throws {
         var done = 0
         while done < buffer.count {

@@ -37,6 +37,9 @@ final class OffsetFilter: PassthroughFilter, @unchecked Sendable {
         override func pread(into buffer: UnsafeMutableRawBufferPointer, offset: UInt64) throws {
             try next.pread(into: buffer, offset: offset + self.offset)
         }
+        override func fileExtent(offset: UInt64, length: UInt32) -> FileExtent? {
+            next.fileExtent(offset: offset + self.offset, length: length)
+        }
         override func pwrite(_ buffer: UnsafeRawBufferPointer, offset: UInt64, fua: Bool) throws {
             try next.pwrite(buffer, offset: offset + self.offset, fua: fua)
         }

@@ -51,6 +51,17 @@ public struct Extent: Sendable, Equatable {
     }
 }
 
+/// Bytes of an export that sit in an open file: the kernel can send them to a plaintext socket
+/// itself (`sendfile`), with no copy through the server's buffers.
+public struct FileExtent: Sendable {
+    public let fd: Int32
+    public let offset: UInt64
+    public init(fd: Int32, offset: UInt64) {
+        self.fd = fd
+        self.offset = offset
+    }
+}
+
 /// An error from a plugin or filter: the NBD error the client gets, and a message for the log.
 public struct BackendError: Error, CustomStringConvertible, Sendable {
     public let errno: NBDErrno
@@ -128,6 +139,11 @@ public protocol BackendConnection: AnyObject, Sendable {
 
     /// Fills `buffer` with the bytes at `offset`.
     func pread(into buffer: UnsafeMutableRawBufferPointer, offset: UInt64) throws
+    /// Where the kernel can read [offset, offset+length) itself, so that a reply is sent from
+    /// the file rather than through `pread` and a buffer; nil (the default) means call `pread`.
+    /// The descriptor stays open until `close`. A filter that changes or watches the data must
+    /// not pass this through (`PassthroughConnection` answers nil unless a subclass says otherwise).
+    func fileExtent(offset: UInt64, length: UInt32) -> FileExtent?
     /// Writes `buffer` at `offset`; with `fua`, the data is persistent on return.
     func pwrite(_ buffer: UnsafeRawBufferPointer, offset: UInt64, fua: Bool) throws
     func flush() throws
@@ -154,6 +170,7 @@ extension BackendConnection {
     public func canMultiConn() throws -> Bool { false }
     public func canExtents() throws -> Bool { false }
     public func canCache() throws -> Bool { false }
+    public func fileExtent(offset: UInt64, length: UInt32) -> FileExtent? { nil }
     public func pwrite(_ buffer: UnsafeRawBufferPointer, offset: UInt64, fua: Bool) throws {
         throw BackendError(.eperm, "write not supported")
     }

@@ -19,6 +19,8 @@ open class PassthroughConnection: BackendConnection, @unchecked Sendable {
     open func pread(into buffer: UnsafeMutableRawBufferPointer, offset: UInt64) throws {
         try next.pread(into: buffer, offset: offset)
     }
+    /// Nil: a filter sees every read unless it chooses to pass the file through.
+    open func fileExtent(offset: UInt64, length: UInt32) -> FileExtent? { nil }
     open func pwrite(_ buffer: UnsafeRawBufferPointer, offset: UInt64, fua: Bool) throws {
         try next.pwrite(buffer, offset: offset, fua: fua)
     }

@@ -10,6 +10,12 @@ public protocol Transport: AnyObject, Sendable {
     func receiveSome(into buffer: UnsafeMutableRawBufferPointer) throws -> Int
     /// Sends `header` and then `payload` (which may be empty) as one write where possible.
     func send(_ header: UnsafeRawBufferPointer, _ payload: UnsafeRawBufferPointer) throws
+    /// True when `sendFromFile` lets the kernel send file data itself (a plaintext socket).
+    var sendsFromFiles: Bool { get }
+    /// Sends `header` and then `count` bytes of `file`, returning how many of those bytes went
+    /// out: fewer than `count` when the kernel could not send (more of) the file, and the caller
+    /// sends the rest itself. Throws only when the connection failed.
+    func sendFromFile(_ header: UnsafeRawBufferPointer, _ file: FileExtent, count: Int) throws -> Int
     /// Stops further receives, waking a thread blocked in `receive`; sends still work.
     func shutdownReceive()
     /// Ends the connection both ways at once (a hard disconnect), waking threads blocked in
@@ -30,6 +36,13 @@ public protocol Transport: AnyObject, Sendable {
 
 extension Transport {
     public var receivesWithoutWaiting: Bool { false }
+
+    public var sendsFromFiles: Bool { false }
+
+    public func sendFromFile(_ header: UnsafeRawBufferPointer, _ file: FileExtent, count: Int) throws -> Int {
+        try send(header, UnsafeRawBufferPointer(start: nil, count: 0))
+        return 0
+    }
 
     public func receiveIfAvailable(into buffer: UnsafeMutableRawBufferPointer) throws -> Int {
         try receiveSome(into: buffer)
@@ -131,6 +144,31 @@ public final class PlainTransport: Transport, @unchecked Sendable {
         }
     }
 
+
+    /// A socket (one descriptor both ways); not `-s`.
+    public var sendsFromFiles: Bool { readFD == writeFD }
+
+    public func sendFromFile(_ header: UnsafeRawBufferPointer, _ file: FileExtent, count: Int) throws -> Int {
+        var done = 0
+        while done < header.count {
+            let n = CNBDShim_send_more(writeFD, header.baseAddress! + done, header.count - done)
+            if n >= 0 { done += n; continue }
+            let e = CNBDShim_errno()
+            if e == EINTR { continue }
+            throw TransportError.failed(SystemError("send", errno: e))
+        }
+        var sent = 0
+        var offset = off_t(file.offset)
+        while sent < count {
+            let n = sendfile(writeFD, file.fd, &offset, count - sent)
+            if n > 0 { sent += n; continue }
+            // End of file, or an error that the caller's own read reports (or, if it was the
+            // socket's, the caller's next send).
+            if n < 0 && CNBDShim_errno() == EINTR { continue }
+            break
+        }
+        return sent
+    }
 
     public func shutdownReceive() { _ = shutdown(readFD, Int32(SHUT_RD)) }
 

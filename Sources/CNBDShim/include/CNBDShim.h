@@ -27,6 +27,9 @@ int CNBDShim_eventfd(void);
 /* recv(fd, buf, len, MSG_DONTWAIT). */
 ssize_t CNBDShim_recv_nowait(int fd, void *buf, size_t len);
 
+/* send(fd, buf, len, MSG_MORE | MSG_NOSIGNAL): more follows at once (TCP coalesces it). */
+ssize_t CNBDShim_send_more(int fd, const void *buf, size_t len);
+
 /* signalfd(-1, mask, SFD_CLOEXEC) for the given signals (terminated by 0);
  * the signals are also blocked in the calling thread. */
 int CNBDShim_signalfd_for(const int *signals);
