@@ -291,6 +291,19 @@ final class Transmission: Sendable {
         return result
     }
 
+    /// Encodes the reply header for a successful read of `count` bytes (structured: one
+    /// NBD_REPLY_TYPE_OFFSET_DATA chunk, its offset included); returns the bytes to send.
+    private func encodeReadHeader(_ r: RequestHeader, count: Int, into header: UnsafeMutableRawBufferPointer) -> UnsafeRawBufferPointer {
+        if session.structuredReplies {
+            Reply.encodeStructuredHeader(into: header, flags: .done, type: .offsetData, cookie: r.cookie,
+                                         length: UInt32(8 + count))
+            header.storeBigEndian(r.offset, toByteOffset: NBDSize.structuredReplyHeader)
+            return UnsafeRawBufferPointer(rebasing: header[0..<NBDSize.structuredReplyHeader + 8])
+        }
+        Reply.encodeSimpleHeader(into: header, error: 0, cookie: r.cookie)
+        return UnsafeRawBufferPointer(rebasing: header[0..<NBDSize.simpleReplyHeader])
+    }
+
     /// Writes the reply to one request with one `send`. Must hold `writeLock`. Returns false if the client is gone.
     private func sendReply(_ r: RequestHeader, _ outcome: Outcome, _ buffer: RequestBuffer) -> Bool {
         let header = buffer.header
@@ -306,28 +319,9 @@ final class Transmission: Sendable {
                     try transport.send(UnsafeRawBufferPointer(rebasing: header[0..<NBDSize.simpleReplyHeader]), none)
                 }
             case .read(let count):
-                let data = UnsafeRawBufferPointer(buffer.payload(count: count))
-                if session.structuredReplies {
-                    Reply.encodeStructuredHeader(into: header, flags: .done, type: .offsetData, cookie: r.cookie,
-                                                 length: UInt32(8 + count))
-                    header.storeBigEndian(r.offset, toByteOffset: NBDSize.structuredReplyHeader)
-                    try transport.send(UnsafeRawBufferPointer(rebasing: header[0..<NBDSize.structuredReplyHeader + 8]), data)
-                } else {
-                    Reply.encodeSimpleHeader(into: header, error: 0, cookie: r.cookie)
-                    try transport.send(UnsafeRawBufferPointer(rebasing: header[0..<NBDSize.simpleReplyHeader]), data)
-                }
+                try transport.send(encodeReadHeader(r, count: count, into: header), UnsafeRawBufferPointer(buffer.payload(count: count)))
             case .readFromFile(let file, let count):
-                let headerCount: Int
-                if session.structuredReplies {
-                    Reply.encodeStructuredHeader(into: header, flags: .done, type: .offsetData, cookie: r.cookie,
-                                                 length: UInt32(8 + count))
-                    header.storeBigEndian(r.offset, toByteOffset: NBDSize.structuredReplyHeader)
-                    headerCount = NBDSize.structuredReplyHeader + 8
-                } else {
-                    Reply.encodeSimpleHeader(into: header, error: 0, cookie: r.cookie)
-                    headerCount = NBDSize.simpleReplyHeader
-                }
-                let sent = try transport.sendFromFile(UnsafeRawBufferPointer(rebasing: header[0..<headerCount]), file, count: count)
+                let sent = try transport.sendFromFile(encodeReadHeader(r, count: count, into: header), file, count: count)
                 if sent < count {
                     // The kernel could not send it all (the file shrank, or it refused): the
                     // header has promised the bytes, so read the rest as usual or give up.
