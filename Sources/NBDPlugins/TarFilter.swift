@@ -1,0 +1,170 @@
+import NBDServer
+
+/// `--filter=tar tar-entry=PATH`: serves one file inside an uncompressed tar archive that the
+/// plugin provides, for reading and writing in place (the file cannot change size). The index
+/// is read by the filter itself, each time a client opens the export: ustar and old-style
+/// headers, GNU long names and pax `path`/`size` records.
+final class TarFilter: PassthroughFilter, @unchecked Sendable {
+    private let entry: String
+
+    init(next: any Backend, entry: String) {
+        self.entry = entry
+        super.init(next: next)
+    }
+
+    override var name: String { next.name }
+
+    override func open(_ request: OpenRequest) throws -> any BackendConnection {
+        let inner = try next.open(request)
+        do {
+            let (offset, size) = try TarIndex(inner).find(entry)
+            return OffsetFilter.Connection(next: inner, offset: offset, size: size)
+        } catch {
+            inner.close()
+            throw error
+        }
+    }
+}
+
+extension TarFilter: FilterFactory {
+    static let name = "tar"
+    static let configHelp = "tar-entry=<PATH>  (required) The path inside the tar file to serve.\ntar=<PATH>  Accepted for compatibility; the index is read without GNU tar."
+
+    static func make(_ parameters: inout Parameters, next: any Backend, control: ServerControl) throws -> any Backend {
+        guard let entry = parameters.take("tar-entry") else {
+            throw ConfigError("tar-entry parameter must be set to the path of the file inside the tar file")
+        }
+        _ = parameters.take("tar")
+        return TarFilter(next: next, entry: entry)
+    }
+}
+
+/// Walks the headers of a tar archive read through a backend connection.
+struct TarIndex {
+    private static let block = 512
+    /// Long names and pax records larger than this are refused rather than read into memory.
+    private static let largestMetadata = 1 << 20
+    private let archive: any BackendConnection
+
+    init(_ archive: any BackendConnection) { self.archive = archive }
+
+    /// Where the data of the regular file named `entry` lies: its offset and size.
+    func find(_ entry: String) throws -> (offset: UInt64, size: UInt64) {
+        let archiveSize = try archive.size()
+        var position: UInt64 = 0
+        var longName: String?
+        var paxPath: String?
+        var paxSize: UInt64?
+        var header = [UInt8](repeating: 0, count: Self.block)
+        while position + UInt64(Self.block) <= archiveSize {
+            try header.withUnsafeMutableBytes { try archive.pread(into: $0, offset: position) }
+            if header.allSatisfy({ $0 == 0 }) { break }
+            guard Self.checksumMatches(header) else {
+                throw BackendError(.einval, "tar: no valid header at offset \(position): not an uncompressed tar file?")
+            }
+            let storedSize = try Self.number(header[124..<136], at: position)
+            let dataOffset = position + UInt64(Self.block)
+            let typeflag = header[156]
+            switch typeflag {
+            case UInt8(ascii: "L"):
+                longName = String(decoding: try metadata(at: dataOffset, count: storedSize).prefix { $0 != 0 }, as: UTF8.self)
+            case UInt8(ascii: "x"):
+                for (key, value) in try Self.paxRecords(try metadata(at: dataOffset, count: storedSize)) {
+                    if key == "path" { paxPath = value }
+                    if key == "size", let n = UInt64(value) { paxSize = n }
+                }
+            case UInt8(ascii: "g"):
+                break
+            default:
+                let name = paxPath ?? longName ?? Self.headerName(header)
+                let size = paxSize ?? storedSize
+                longName = nil
+                paxPath = nil
+                paxSize = nil
+                let isRegular = typeflag == 0 || typeflag == UInt8(ascii: "0") || typeflag == UInt8(ascii: "7")
+                if isRegular && name == entry {
+                    guard size <= archiveSize - dataOffset else {
+                        throw BackendError(.einval, "tar: \(entry) runs past the end of the tar file")
+                    }
+                    return (dataOffset, size)
+                }
+                position = dataOffset + Self.roundedUp(isRegular ? size : storedSize)
+                continue
+            }
+            position = dataOffset + Self.roundedUp(storedSize)
+        }
+        throw BackendError(.einval, "tar: \(entry): no such file in the tar file")
+    }
+
+    private func metadata(at offset: UInt64, count: UInt64) throws -> [UInt8] {
+        guard count <= UInt64(Self.largestMetadata) else {
+            throw BackendError(.einval, "tar: a name or pax header of \(count) bytes at offset \(offset) is too large")
+        }
+        var bytes = [UInt8](repeating: 0, count: Int(count))
+        if count > 0 { try bytes.withUnsafeMutableBytes { try archive.pread(into: $0, offset: offset) } }
+        return bytes
+    }
+
+    private static func roundedUp(_ n: UInt64) -> UInt64 { (n + UInt64(block) - 1) / UInt64(block) * UInt64(block) }
+
+    /// The ustar name: prefix/name when the ustar prefix field is used.
+    private static func headerName(_ h: [UInt8]) -> String {
+        let field = { (range: Range<Int>) in String(decoding: h[range].prefix { $0 != 0 }, as: UTF8.self) }
+        let name = field(0..<100)
+        let isUstar = h[257..<262].elementsEqual("ustar".utf8)
+        let prefix = isUstar ? field(345..<500) : ""
+        return prefix.isEmpty ? name : prefix + "/" + name
+    }
+
+    /// The header checksum: the byte sum with the checksum field counted as spaces.
+    private static func checksumMatches(_ h: [UInt8]) -> Bool {
+        guard let stored = try? number(h[148..<156], at: 0) else { return false }
+        var sum: UInt64 = 0
+        for (i, byte) in h.enumerated() { sum += (148..<156).contains(i) ? 32 : UInt64(byte) }
+        return sum == stored
+    }
+
+    /// An octal field (spaces and NULs around it), or GNU base-256 when the top bit is set.
+    private static func number(_ field: ArraySlice<UInt8>, at position: UInt64) throws -> UInt64 {
+        if let first = field.first, first & 0x80 != 0 {
+            var n: UInt64 = UInt64(first & 0x7f)
+            for byte in field.dropFirst() {
+                guard n >> 56 == 0 else { throw BackendError(.einval, "tar: a size at offset \(position) is too large") }
+                n = n << 8 | UInt64(byte)
+            }
+            return n
+        }
+        var n: UInt64 = 0
+        var seenDigit = false
+        for byte in field {
+            switch byte {
+            case UInt8(ascii: "0")...UInt8(ascii: "7"):
+                guard n >> 60 == 0 else { throw BackendError(.einval, "tar: a number at offset \(position) is too large") }
+                n = n * 8 + UInt64(byte - UInt8(ascii: "0"))
+                seenDigit = true
+            case 0, UInt8(ascii: " "):
+                if seenDigit { return n }
+            default:
+                throw BackendError(.einval, "tar: a bad number in the header at offset \(position)")
+            }
+        }
+        return n
+    }
+
+    /// pax records: "LENGTH key=value\n", LENGTH counting the whole record.
+    private static func paxRecords(_ data: [UInt8]) throws -> [(String, String)] {
+        var records: [(String, String)] = []
+        var i = 0
+        while i < data.count, data[i] != 0 {
+            guard let space = data[i...].firstIndex(of: UInt8(ascii: " ")),
+                  let length = Int(String(decoding: data[i..<space], as: UTF8.self)), length > 0,
+                  i + length <= data.count, data[i + length - 1] == UInt8(ascii: "\n"),
+                  let equals = data[(space + 1)..<(i + length)].firstIndex(of: UInt8(ascii: "="))
+            else { throw BackendError(.einval, "tar: a malformed pax header record") }
+            records.append((String(decoding: data[(space + 1)..<equals], as: UTF8.self),
+                            String(decoding: data[(equals + 1)..<(i + length - 1)], as: UTF8.self)))
+            i += length
+        }
+        return records
+    }
+}
