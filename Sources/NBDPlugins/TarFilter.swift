@@ -73,7 +73,8 @@ struct TarIndex {
                     if key == "path" { paxPath = value }
                     if key == "size", let n = UInt64(value) { paxSize = n }
                 }
-            case UInt8(ascii: "g"):
+            case UInt8(ascii: "g"), UInt8(ascii: "K"):
+                // Global pax records and GNU long link names say nothing about a file's data.
                 break
             default:
                 let name = paxPath ?? longName ?? Self.headerName(header)
