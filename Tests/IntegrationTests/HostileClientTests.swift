@@ -254,6 +254,30 @@ final class HostileClientTests: IntegrationTestCase {
         XCTAssertEqual(s.stop(), 0)
     }
 
+    /// A client that stops reading its replies holds a worker in `send` forever; at shutdown the
+    /// server waits out the grace, stops reading, and at twice the grace disconnects it hard,
+    /// then exits cleanly. (This test takes about ten seconds.)
+    func testClientThatStopsReadingIsDisconnectedAtShutdown() throws {
+        let s = try startServer(["memory", "1M"])
+        let c = try RawClient(s.socket)
+        defer { c.close() }
+        try c.exportNameHandshake()
+        // 32 MiB of replies that the client never reads: far more than the sockets buffer.
+        for cookie in 1...32 {
+            XCTAssertTrue(c.send(Wire.request(command: 0, cookie: UInt64(cookie), offset: 0, length: 1 << 20)))
+        }
+        usleep(300_000)
+        let start = Date()
+        kill(s.pid, SIGTERM)
+        let hardDisconnectSeconds = 10.0    // twice Server.shutdownGraceMilliseconds
+        while s.isRunning && Date().timeIntervalSince(start) < hardDisconnectSeconds + 10 { usleep(20_000) }
+        let elapsed = Date().timeIntervalSince(start)
+        XCTAssertFalse(s.isRunning, "the server is still running \(elapsed) s after SIGTERM")
+        XCTAssertGreaterThan(elapsed, hardDisconnectSeconds - 0.5, "the client was cut off before twice the grace")
+        XCTAssertEqual(s.stop(), 0)
+        XCTAssertFalse(FileManager.default.fileExists(atPath: s.socket), "the socket is removed")
+    }
+
     func testOversizedWriteClosesConnection() throws {
         let s = try startServer(["memory", "size=1M"])
         let c = try RawClient(s.socket)
