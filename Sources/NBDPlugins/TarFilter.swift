@@ -56,14 +56,20 @@ struct TarIndex {
         var paxPath: String?
         var paxSize: UInt64?
         var header = [UInt8](repeating: 0, count: Self.block)
-        while position + UInt64(Self.block) <= archiveSize {
+        // Every length is checked against what is left of the archive before it is used, so a
+        // crafted header can neither overflow the position nor send it backwards.
+        while position <= archiveSize, archiveSize - position >= UInt64(Self.block) {
             try header.withUnsafeMutableBytes { try archive.pread(into: $0, offset: position) }
             if header.allSatisfy({ $0 == 0 }) { break }
             guard Self.checksumMatches(header) else {
                 throw BackendError(.einval, "tar: no valid header at offset \(position): not an uncompressed tar file?")
             }
-            let storedSize = try Self.number(header[124..<136], at: position)
             let dataOffset = position + UInt64(Self.block)
+            let storedSize = try Self.number(header[124..<136], at: position)
+            let left = archiveSize - dataOffset
+            guard storedSize <= left else {
+                throw BackendError(.einval, "tar: the entry at offset \(position) runs past the end of the tar file")
+            }
             let typeflag = header[156]
             switch typeflag {
             case UInt8(ascii: "L"):
@@ -71,7 +77,12 @@ struct TarIndex {
             case UInt8(ascii: "x"):
                 for (key, value) in try Self.paxRecords(try metadata(at: dataOffset, count: storedSize)) {
                     if key == "path" { paxPath = value }
-                    if key == "size", let n = UInt64(value) { paxSize = n }
+                    if key == "size", let n = UInt64(value) {
+                        guard n <= left else {
+                            throw BackendError(.einval, "tar: the pax size at offset \(position) runs past the end of the tar file")
+                        }
+                        paxSize = n
+                    }
                 }
             case UInt8(ascii: "g"), UInt8(ascii: "K"):
                 // Global pax records and GNU long link names say nothing about a file's data.
@@ -83,12 +94,10 @@ struct TarIndex {
                 paxPath = nil
                 paxSize = nil
                 let isRegular = typeflag == 0 || typeflag == UInt8(ascii: "0") || typeflag == UInt8(ascii: "7")
-                if isRegular && name == entry {
-                    guard size <= archiveSize - dataOffset else {
-                        throw BackendError(.einval, "tar: \(entry) runs past the end of the tar file")
-                    }
-                    return (dataOffset, size)
+                guard size <= left else {
+                    throw BackendError(.einval, "tar: the entry at offset \(position) runs past the end of the tar file")
                 }
+                if isRegular && name == entry { return (dataOffset, size) }
                 position = dataOffset + Self.roundedUp(isRegular ? size : storedSize)
                 continue
             }
@@ -112,7 +121,8 @@ struct TarIndex {
     private static func headerName(_ h: [UInt8]) -> String {
         let field = { (range: Range<Int>) in String(decoding: h[range].prefix { $0 != 0 }, as: UTF8.self) }
         let name = field(0..<100)
-        let isUstar = h[257..<262].elementsEqual("ustar".utf8)
+        // POSIX "ustar\0" only: GNU headers ("ustar  \0") keep times where the prefix would be.
+        let isUstar = h[257..<263].elementsEqual("ustar\0".utf8)
         let prefix = isUstar ? field(345..<500) : ""
         return prefix.isEmpty ? name : prefix + "/" + name
     }
@@ -159,7 +169,7 @@ struct TarIndex {
         while i < data.count, data[i] != 0 {
             guard let space = data[i...].firstIndex(of: UInt8(ascii: " ")),
                   let length = Int(String(decoding: data[i..<space], as: UTF8.self)), length > 0,
-                  i + length <= data.count, data[i + length - 1] == UInt8(ascii: "\n"),
+                  length <= data.count - i, data[i + length - 1] == UInt8(ascii: "\n"),
                   let equals = data[(space + 1)..<(i + length)].firstIndex(of: UInt8(ascii: "="))
             else { throw BackendError(.einval, "tar: a malformed pax header record") }
             records.append((String(decoding: data[(space + 1)..<equals], as: UTF8.self),

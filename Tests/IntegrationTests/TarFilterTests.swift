@@ -52,6 +52,58 @@ final class TarFilterTests: IntegrationTestCase {
                        ["hello", "3"], "the other members and the index are untouched")
     }
 
+    /// Crafted headers whose sizes or pax record lengths run past the archive (up to 2^64) fail
+    /// the open with a message; the server does not crash and goes on serving.
+    func testCraftedSizesFailTheOpenWithoutCrashing() throws {
+        let r = Harness.run(["/usr/bin/python3", "-c", """
+        import os
+        os.chdir(\(pythonString(dir.path)))
+        def header(name, size_field, typeflag=b'0'):
+            h = bytearray(512)
+            h[0:len(name)] = name
+            h[100:108] = b'0000644\\0'; h[108:116] = b'0000000\\0'; h[116:124] = b'0000000\\0'
+            h[124:136] = size_field
+            h[136:148] = b'00000000000\\0'
+            h[156:157] = typeflag
+            h[257:263] = b'ustar\\0'; h[263:265] = b'00'
+            h[148:156] = b' ' * 8
+            h[148:156] = b'%06o\\0 ' % sum(h)
+            return bytes(h)
+        def pax(records):
+            return header(b'PaxHeader', b'%011o\\0' % len(records), b'x') + records + bytes(-len(records) % 512)
+        zero = b'%011o\\0' % 0
+        archives = {
+            'base256.tar': header(b'other', b'\\x80' + bytes(3) + b'\\xff' * 8) + bytes(1024),
+            'paxsize.tar': pax(b'29 size=18446744073709551615\\n') + header(b'other', zero) + bytes(1024),
+            'paxlength.tar': pax(b'11 path=ab\\n9223372036854775807 x=y\\n') + header(b'other', zero) + bytes(1024),
+            'octal.tar': header(b'other', b'77777777777\\0') + bytes(1024),
+        }
+        for name, data in archives.items():
+            open(name, 'wb').write(data)
+        """])
+        XCTAssertEqual(r.status, 0, r.stderr)
+        for archive in ["base256.tar", "paxsize.tar", "paxlength.tar", "octal.tar"] {
+            let s = try startServer(["-r", "file", dir.file(archive), "--filter=tar", "tar-entry=disk"],
+                                    socketName: archive + ".sock")
+            XCTAssertNotEqual(Harness.run(["nbdinfo", s.uri]).status, 0, archive)
+            XCTAssertTrue(s.stderr.contains("nbdkit: error: cannot open export"), archive + ": " + s.stderr)
+            XCTAssertTrue(s.isRunning, archive)
+            XCTAssertEqual(s.stop(), 0, archive)
+        }
+    }
+
+    /// GNU tar's incremental archives fill the bytes a POSIX header uses for a name prefix.
+    func testGNUIncrementalArchive() throws {
+        makeArchives()
+        let r = Harness.run(["/bin/sh", "-c", "cd '\(dir.path)' && tar --format=gnu -g snapshot -cf inc.tar disk.img"])
+        XCTAssertEqual(r.status, 0, r.stderr)
+        let out = dir.file("out")
+        let run = Harness.run([Harness.nbdkit, "-U", "-", "file", dir.file("inc.tar"), "--filter=tar",
+                               "tar-entry=disk.img", "--run", "nbdcopy \"$uri\" \(out)"])
+        XCTAssertEqual(run.status, 0, run.stderr)
+        XCTAssertEqual(contents(out), contents(dir.file("disk.img")))
+    }
+
     /// A missing entry, or data that is not a tar file, fails the open with the reason logged;
     /// the server goes on. A missing tar-entry= is a start-up error.
     func testBadEntryOrArchiveFailsTheOpen() throws {
@@ -68,4 +120,6 @@ final class TarFilterTests: IntegrationTestCase {
         XCTAssertEqual(r.status, 1)
         XCTAssertTrue(r.stderr.contains("nbdkit: error: tar-entry parameter must be set"), r.stderr)
     }
+
+    private func pythonString(_ s: String) -> String { "'" + s.replacingOccurrences(of: "'", with: "\\'") + "'" }
 }
