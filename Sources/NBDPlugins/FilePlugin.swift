@@ -171,9 +171,12 @@ final class FileConnection: BackendConnection {
         }
     }
 
-    /// A regular file can be sent from directly.
+    /// A regular file can be sent from directly. Its reading starts here, in parallel with other
+    /// requests, since the send itself runs holding the connection's write lock.
     func fileExtent(offset: UInt64, length: UInt32) -> FileExtent? {
-        isRegularOrBlockDevice && !isBlockDevice ? FileExtent(fd: fd, offset: offset) : nil
+        guard isRegularOrBlockDevice && !isBlockDevice else { return nil }
+        _ = posix_fadvise(fd, off_t(offset), off_t(length), POSIX_FADV_WILLNEED)
+        return FileExtent(fd: fd, offset: offset)
     }
 
     func pwrite(_ buffer: UnsafeRawBufferPointer, offset: UInt64, fua: Bool) throws {
