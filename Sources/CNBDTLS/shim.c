@@ -9,11 +9,18 @@
 #include <unistd.h>
 #include <gnutls/gnutls.h>
 #include <gnutls/x509.h>
+#if defined(__x86_64__) || defined(__i386__)
+#include <cpuid.h>
+#elif defined(__aarch64__)
+#include <sys/auxv.h>
+#include <asm/hwcap.h>
+#endif
 
 struct CNBDTLS_credentials {
   int is_psk;
   gnutls_certificate_credentials_t x509;
   gnutls_psk_server_credentials_t psk;
+  gnutls_priority_t priority;
 };
 
 struct CNBDTLS_session {
@@ -40,7 +47,9 @@ struct CNBDTLS_session {
   X(gnutls_handshake) \
   X(gnutls_handshake_set_timeout) \
   X(gnutls_init) \
-  X(gnutls_priority_set_direct) \
+  X(gnutls_priority_deinit) \
+  X(gnutls_priority_init) \
+  X(gnutls_priority_set) \
   X(gnutls_psk_allocate_server_credentials) \
   X(gnutls_psk_free_server_credentials) \
   X(gnutls_psk_set_server_credentials_file) \
@@ -109,7 +118,22 @@ const char *CNBDTLS_strerror(int code)
 
 static int file_exists(const char *path) { return access(path, R_OK) == 0; }
 
-CNBDTLS_credentials *CNBDTLS_credentials_x509(const char *dir, int *code, char *failed_file, size_t failed_file_len)
+int CNBDTLS_cpu_accelerates_aes_gcm(void)
+{
+#if defined(__x86_64__) || defined(__i386__)
+  unsigned int a, b, c, d;
+  if (!__get_cpuid(1, &a, &b, &c, &d)) return 0;
+  return (c & bit_AES) && (c & bit_PCLMUL);
+#elif defined(__aarch64__)
+  unsigned long hw = getauxval(AT_HWCAP);
+  return (hw & HWCAP_AES) && (hw & HWCAP_PMULL);
+#else
+  return 0;
+#endif
+}
+
+CNBDTLS_credentials *CNBDTLS_credentials_x509(const char *dir, const char *priority, int *code,
+                                              char *failed_file, size_t failed_file_len)
 {
   char ca[4096], cert[4096], key[4096], crl[4096];
   CNBDTLS_credentials *c = calloc(1, sizeof *c);
@@ -121,6 +145,7 @@ CNBDTLS_credentials *CNBDTLS_credentials_x509(const char *dir, int *code, char *
   snprintf(key, sizeof key, "%s/server-key.pem", dir);
   snprintf(crl, sizeof crl, "%s/ca-crl.pem", dir);
 
+  if ((r = tls.gnutls_priority_init(&c->priority, priority, NULL)) < 0) goto fail_priority;
   if ((r = tls.gnutls_certificate_allocate_credentials(&c->x509)) < 0) goto fail_nofile;
   if ((r = tls.gnutls_certificate_set_x509_trust_file(c->x509, ca, GNUTLS_X509_FMT_PEM)) < 0) {
     snprintf(failed_file, failed_file_len, "%s", ca);
@@ -136,6 +161,9 @@ CNBDTLS_credentials *CNBDTLS_credentials_x509(const char *dir, int *code, char *
   }
   return c;
 
+ fail_priority:
+  snprintf(failed_file, failed_file_len, "priority %s", priority);
+  goto fail;
  fail_nofile:
   snprintf(failed_file, failed_file_len, "%s", dir);
  fail:
@@ -144,14 +172,15 @@ CNBDTLS_credentials *CNBDTLS_credentials_x509(const char *dir, int *code, char *
   return NULL;
 }
 
-CNBDTLS_credentials *CNBDTLS_credentials_psk(const char *file, int *code)
+CNBDTLS_credentials *CNBDTLS_credentials_psk(const char *file, const char *priority, int *code)
 {
   CNBDTLS_credentials *c = calloc(1, sizeof *c);
   int r;
 
   if (c == NULL) { *code = GNUTLS_E_MEMORY_ERROR; return NULL; }
   c->is_psk = 1;
-  if ((r = tls.gnutls_psk_allocate_server_credentials(&c->psk)) < 0 ||
+  if ((r = tls.gnutls_priority_init(&c->priority, priority, NULL)) < 0 ||
+      (r = tls.gnutls_psk_allocate_server_credentials(&c->psk)) < 0 ||
       (r = tls.gnutls_psk_set_server_credentials_file(c->psk, file)) < 0) {
     *code = r;
     CNBDTLS_credentials_free(c);
@@ -165,6 +194,7 @@ void CNBDTLS_credentials_free(CNBDTLS_credentials *c)
   if (c == NULL) return;
   if (c->x509) tls.gnutls_certificate_free_credentials(c->x509);
   if (c->psk) tls.gnutls_psk_free_server_credentials(c->psk);
+  if (c->priority) tls.gnutls_priority_deinit(c->priority);
   free(c);
 }
 
@@ -175,12 +205,11 @@ CNBDTLS_session *CNBDTLS_session_new(CNBDTLS_credentials *c, int fd, int verify_
 
   if (s == NULL) { *code = GNUTLS_E_MEMORY_ERROR; return NULL; }
   if ((r = tls.gnutls_init(&s->session, GNUTLS_SERVER)) < 0) { free(s); *code = r; return NULL; }
-  if (c->is_psk) {
-    r = tls.gnutls_priority_set_direct(s->session, "NORMAL:+ECDHE-PSK:+DHE-PSK:+PSK", NULL);
-    if (r >= 0) r = tls.gnutls_credentials_set(s->session, GNUTLS_CRD_PSK, c->psk);
-  } else {
-    r = tls.gnutls_priority_set_direct(s->session, "NORMAL", NULL);
-    if (r >= 0) r = tls.gnutls_credentials_set(s->session, GNUTLS_CRD_CERTIFICATE, c->x509);
+  r = tls.gnutls_priority_set(s->session, c->priority);
+  if (r >= 0 && c->is_psk) {
+    r = tls.gnutls_credentials_set(s->session, GNUTLS_CRD_PSK, c->psk);
+  } else if (r >= 0) {
+    r = tls.gnutls_credentials_set(s->session, GNUTLS_CRD_CERTIFICATE, c->x509);
     if (r >= 0 && verify_peer) {
       tls.gnutls_certificate_server_set_request(s->session, GNUTLS_CERT_REQUIRE);
       tls.gnutls_session_set_verify_cert(s->session, NULL, 0);

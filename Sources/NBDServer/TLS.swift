@@ -17,7 +17,7 @@ public final class TLSCredentials: @unchecked Sendable {
         try TLSCredentials.initialiseLibrary()
         var code: Int32 = 0
         var failed = [CChar](repeating: 0, count: 8192)
-        guard let raw = CNBDTLS_credentials_x509(directory, &code, &failed, failed.count) else {
+        guard let raw = CNBDTLS_credentials_x509(directory, TLSPriority.string(psk: false), &code, &failed, failed.count) else {
             let file = String(decoding: failed.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
             throw ConfigError("TLS certificates: \(file): \(TLSCredentials.message(code))")
         }
@@ -30,7 +30,7 @@ public final class TLSCredentials: @unchecked Sendable {
         try TLSCredentials.initialiseLibrary()
         guard access(file, R_OK) == 0 else { throw ConfigError("--tls-psk: \(SystemError(file))") }
         var code: Int32 = 0
-        guard let raw = CNBDTLS_credentials_psk(file, &code) else {
+        guard let raw = CNBDTLS_credentials_psk(file, TLSPriority.string(psk: true), &code) else {
             throw ConfigError("--tls-psk: \(file): \(TLSCredentials.message(code))")
         }
         self.raw = raw
@@ -45,6 +45,26 @@ public final class TLSCredentials: @unchecked Sendable {
         if let error = CNBDTLS_load_error() { throw ConfigError("cannot load GnuTLS: \(String(cString: error))") }
         let r = CNBDTLS_global_init()
         if r < 0 { throw ConfigError("gnutls_global_init: \(message(r))") }
+    }
+}
+
+/// The GnuTLS priority string for the server's sessions: GnuTLS's NORMAL set, as nbdkit's
+/// default, with the PSK key exchanges added under `--tls-psk`. On a processor with AES and
+/// carry-less multiply instructions the server chooses the cipher, AES-GCM before
+/// ChaCha20-Poly1305: GnuTLS's own order lets the client choose, and clients list ChaCha20
+/// before AES-128-GCM, so a PSK session (whose key is bound to SHA-256, which rules out
+/// AES-256-GCM) would otherwise run ChaCha20, many times slower there. Without those
+/// instructions ChaCha20 is the faster cipher and the one without table lookups, so the
+/// client's order stands.
+enum TLSPriority {
+    static let fasterAESOrder = "-CIPHER-ALL:+AES-256-GCM:+AES-128-GCM:+CHACHA20-POLY1305:+AES-256-CCM:+AES-128-CCM:"
+        + "+AES-256-CBC:+AES-128-CBC:%SERVER_PRECEDENCE"
+
+    static func string(psk: Bool, acceleratedAES: Bool = CNBDTLS_cpu_accelerates_aes_gcm() != 0) -> String {
+        var parts = ["NORMAL"]
+        if psk { parts.append("+ECDHE-PSK:+DHE-PSK:+PSK") }
+        if acceleratedAES { parts.append(fasterAESOrder) }
+        return parts.joined(separator: ":")
     }
 }
 

@@ -59,8 +59,9 @@ final class TLSTests: IntegrationTestCase {
 
     /// nbdsh connected to a TLS URI that names local files (which libnbd must be allowed to read).
     @discardableResult
-    func tlsNbdsh(_ uri: String, _ script: String, file: StaticString = #filePath, line: UInt = #line) -> Harness.Result {
-        let r = Harness.run(["/usr/bin/nbdsh", "-c", "h.set_uri_allow_local_file(True)\nh.connect_uri(\(pythonString(uri)))\n" + script])
+    func tlsNbdsh(_ uri: String, _ script: String, beforeConnect: String = "",
+                  file: StaticString = #filePath, line: UInt = #line) -> Harness.Result {
+        let r = Harness.run(["/usr/bin/nbdsh", "-c", beforeConnect + "\nh.set_uri_allow_local_file(True)\nh.connect_uri(\(pythonString(uri)))\n" + script])
         XCTAssertEqual(r.status, 0, "nbdsh failed:\n\(r.stderr)", file: file, line: line)
         return r
     }
@@ -102,6 +103,32 @@ final class TLSTests: IntegrationTestCase {
         let tls = try startServer(["--tls=on", "--tls-psk=\(pskFile)", "memory", "1M"], socketName: "tls")
         XCTAssertTrue(maps(tls.pid).contains("libgnutls.so.30"))
         assertStillServes(tls, psk: true)
+    }
+
+    /// The cipher libnbd negotiates: on a processor with AES-NI and PCLMULQDQ the server picks
+    /// AES-GCM (AES-128-GCM for PSK, whose SHA-256 binding rules out AES-256-GCM), where libnbd's
+    /// own order would pick ChaCha20-Poly1305; elsewhere the client's order stands. X.509 keeps
+    /// AES-256-GCM either way.
+    func testServerPrefersAESGCMWhereTheProcessorAcceleratesIt() throws {
+        let cpuinfo = (try? String(contentsOfFile: "/proc/cpuinfo", encoding: .utf8)) ?? ""
+        let flags = Set(cpuinfo.split(separator: "\n").first { $0.hasPrefix("flags") }?.split(separator: " ").map(String.init) ?? [])
+        XCTAssertFalse(flags.isEmpty, "no flags line in /proc/cpuinfo")
+        let accelerated = flags.contains("aes") && flags.contains("pclmulqdq")
+        let negotiated = { (uri: String) -> String in
+            // libnbd logs "connection is using TLS: cipher NAME (BITS bits) ..." in debug mode.
+            let r = self.tlsNbdsh(uri, """
+            print([m.split('using TLS: cipher ', 1)[1].split(' ')[0] for m in msgs if 'using TLS: cipher ' in m][0])
+            """, beforeConnect: """
+            msgs = []
+            h.set_debug(True)
+            h.set_debug_callback(lambda ctx, msg: msgs.append(msg))
+            """)
+            return r.stdout.trimmingCharacters(in: .whitespacesAndNewlines)
+        }
+        let p = try startServer(["--tls=require", "--tls-psk=\(pskFile)", "memory", "1M"], socketName: "psk")
+        XCTAssertEqual(negotiated(pskURI(p)), accelerated ? "AES-128-GCM" : "CHACHA20-POLY1305")
+        let x = try startServer(["--tls=require", "--tls-certificates=\(certs)", "memory", "1M"], socketName: "x509")
+        XCTAssertEqual(negotiated(x509URI(x)), "AES-256-GCM")
     }
 
     func testPSKWithNbdcopyRoundTrip() throws {
@@ -246,12 +273,16 @@ final class TLSTests: IntegrationTestCase {
             String((try? String(contentsOfFile: file, encoding: .utf8))?.split(separator: ":").last ?? "")
                 .trimmingCharacters(in: .whitespacesAndNewlines)
         }
-        let psk = ["--priority", "NORMAL:-KX-ALL:+ECDHE-PSK:+DHE-PSK:+PSK", "--pskusername", "alice", "--pskkey"]
+        let pskPriority = "NORMAL:-KX-ALL:+ECDHE-PSK:+DHE-PSK:+PSK"
+        let psk = ["--priority", pskPriority, "--pskusername", "alice", "--pskkey"]
+        // A client that offers only ChaCha20 still gets it, whatever the server prefers.
+        let chachaOnly = ["--priority", pskPriority + ":-CIPHER-ALL:+CHACHA20-POLY1305", "--pskusername", "alice", "--pskkey"]
         try gnutlsCli(serverTLS: ["--tls-certificates=\(certs)"], cases: [
             ("- Description: (TLS1.3", ["--x509cafile", Self.pki.file("ca-cert.pem"), "--verify-hostname", "localhost"])])
         // As in nbdkit, PSK takes precedence and a certificate directory beside it is not read.
         try gnutlsCli(serverTLS: ["--tls-psk=\(pskFile)", "--tls-certificates=\(dir.file("none"))"], cases: [
             ("PSK authentication. Connected as 'alice'", psk + [key(pskFile)]),
+            ("-(CHACHA20-POLY1305)", chachaOnly + [key(pskFile)]),
             ("*** Handshake has failed", psk + [key(Self.pki.file("wrong.psk"))])])
     }
 

@@ -20,13 +20,19 @@ int CNBDTLS_global_init(void);
 /* The message for a GnuTLS error code. */
 const char *CNBDTLS_strerror(int code);
 
-/* X.509 credentials from DIR/ca-cert.pem, DIR/server-cert.pem, DIR/server-key.pem and the
- * optional DIR/ca-crl.pem. On failure returns NULL, sets *code and writes the name of the
- * file at fault into failed_file. */
-CNBDTLS_credentials *CNBDTLS_credentials_x509(const char *dir, int *code, char *failed_file, size_t failed_file_len);
+/* 1 when the processor has instructions for AES and GHASH (x86 AES-NI and PCLMULQDQ, ARMv8
+ * AES and PMULL), so that AES-GCM runs far faster than ChaCha20-Poly1305. */
+int CNBDTLS_cpu_accelerates_aes_gcm(void);
 
-/* PSK credentials from a psktool file (username:hexkey lines). */
-CNBDTLS_credentials *CNBDTLS_credentials_psk(const char *file, int *code);
+/* X.509 credentials from DIR/ca-cert.pem, DIR/server-cert.pem, DIR/server-key.pem and the
+ * optional DIR/ca-crl.pem, with the GnuTLS priority string every session will use. On failure
+ * returns NULL, sets *code and writes the name of the file (or priority) at fault into
+ * failed_file. */
+CNBDTLS_credentials *CNBDTLS_credentials_x509(const char *dir, const char *priority, int *code,
+                                              char *failed_file, size_t failed_file_len);
+
+/* PSK credentials from a psktool file (username:hexkey lines), with the priority string. */
+CNBDTLS_credentials *CNBDTLS_credentials_psk(const char *file, const char *priority, int *code);
 
 void CNBDTLS_credentials_free(CNBDTLS_credentials *creds);
 
