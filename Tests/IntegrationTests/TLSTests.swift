@@ -396,4 +396,27 @@ final class TLSTests: IntegrationTestCase {
         XCTAssertTrue(old.stderr.contains("oldstyle"), old.stderr)
         XCTAssertFalse(FileManager.default.fileExists(atPath: marker))
     }
+
+    /// GnuTLS is loaded at run time, so a server whose libgnutls.so.30 can't be loaded says so
+    /// at start-up and exits 1 (nbdkit, linked to it, would not start at all), while a server
+    /// without TLS runs. The library is hidden by mounting /dev/null over it in a private mount
+    /// namespace (needs root).
+    func testUnloadableGnuTLSIsAStartupError() throws {
+        guard getuid() == 0, Harness.run(["unshare", "-m", "true"]).status == 0 else {
+            throw XCTSkip("needs root and unshare(CLONE_NEWNS) to hide libgnutls.so.30")
+        }
+        let marker = dir.file("ran")
+        let r = Harness.run(["unshare", "-m", "/bin/sh", "-c", """
+            lib=$(ldconfig -p | awk '/libgnutls.so.30 /{print $NF; exit}')
+            [ -n "$lib" ] && mount --bind /dev/null "$lib" || { echo cannot hide the library; exit 99; }
+            "$1" -U - memory 1M --run 'echo plain ok'
+            "$1" -U - --tls=on --tls-psk="$2" memory 1M --run "touch $3"
+            echo "status $?"
+            """, "sh", Harness.nbdkit, pskFile, marker])
+        XCTAssertNotEqual(r.status, 99, r.stdout)
+        XCTAssertEqual(r.stdout, "plain ok\nstatus 1\n", r.stderr)
+        XCTAssertTrue(r.stderr.hasPrefix("nbdkit: error: cannot load GnuTLS: "), r.stderr)
+        XCTAssertTrue(r.stderr.contains("libgnutls.so.30"), r.stderr)
+        XCTAssertFalse(FileManager.default.fileExists(atPath: marker))
+    }
 }
