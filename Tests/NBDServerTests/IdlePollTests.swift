@@ -1,4 +1,6 @@
 import XCTest
+import Dispatch
+import Synchronization
 @testable import NBDServer
 
 /// The polling limit adapts like the kernel's haltpoll governor: it grows while requests follow
@@ -35,5 +37,37 @@ final class IdlePollTests: XCTestCase {
         let elapsed = MonotonicClock.nanoseconds() - start
         XCTAssertGreaterThanOrEqual(elapsed, poll.limit)
         XCTAssertLessThan(elapsed, 1_000_000_000, "bounded by the limit, not forever")
+    }
+
+    /// At most `capacity` readers poll at once, from any number of threads; a place that is
+    /// given back can be taken again.
+    func testAllowanceCapsConcurrentPollers() {
+        let allowance = PollingAllowance(capacity: 2)
+        XCTAssertTrue(allowance.begin())
+        XCTAssertTrue(allowance.begin())
+        XCTAssertFalse(allowance.begin(), "a third poller while two poll")
+        allowance.end()
+        XCTAssertTrue(allowance.begin())
+        allowance.end()
+        allowance.end()
+
+        // Many threads racing for places never hold more than the capacity at once.
+        let holders = Atomic<Int>(0)
+        let mostAtOnce = Atomic<Int>(0)
+        DispatchQueue.concurrentPerform(iterations: 8) { _ in
+            for _ in 0..<20_000 where allowance.begin() {
+                let now = holders.wrappingAdd(1, ordering: .relaxed).newValue
+                mostAtOnce.max(now, ordering: .relaxed)
+                holders.wrappingSubtract(1, ordering: .relaxed)
+                allowance.end()
+            }
+        }
+        XCTAssertLessThanOrEqual(mostAtOnce.load(ordering: .relaxed), 2)
+        XCTAssertGreaterThanOrEqual(mostAtOnce.load(ordering: .relaxed), 1)
+        XCTAssertTrue(allowance.begin() && allowance.begin(), "every place was given back")
+    }
+
+    func testAllowanceHasAtLeastOnePlace() {
+        XCTAssertGreaterThanOrEqual(PollingAllowance().capacity, 1)
     }
 }
