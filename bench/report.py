@@ -58,6 +58,9 @@ WORKLOADS = [
     ("tls-psk-seqread", "TLS-PSK: `nbdcopy --no-extents -C 1 -T 1 --request-size=262144 "
                         "'nbds+unix://alice@/?socket=S&tls-psk-file=F' null:`"),
     ("tls-psk-randread-qd32", f"TLS-PSK: {PYRAND}"),
+    ("tls-psk-chacha-seqread", "TLS-PSK, client limited to ChaCha20-Poly1305 (GnuTLS configuration without AES "
+                               "suites): as tls-psk-seqread"),
+    ("tls-psk-chacha-randread-qd32", "TLS-PSK, client limited to ChaCha20-Poly1305: as tls-psk-randread-qd32"),
     ("tls-x509-seqread", "TLS-X.509: `nbdcopy --no-extents -C 1 -T 1 --request-size=262144 "
                          "'nbds+unix:///?socket=S&tls-certificates=DIR' null:`"),
     ("tls-x509-randread-qd32", f"TLS-X.509: {PYRAND}"),
@@ -71,6 +74,7 @@ PRIMARY = {"seqread": "MB_per_s", "seqwrite": "MB_per_s", "randread-qd1": "IOPS"
            "randread-qd32-py": "IOPS", "seqread-4conn": "MB_per_s", "randread-4conn-qd8": "IOPS",
            "tcp-seqread": "MB_per_s", "tcp-randread-qd32": "IOPS",
            "tls-psk-seqread": "MB_per_s", "tls-psk-randread-qd32": "IOPS",
+           "tls-psk-chacha-seqread": "MB_per_s", "tls-psk-chacha-randread-qd32": "IOPS",
            "tls-x509-seqread": "MB_per_s", "tls-x509-randread-qd32": "IOPS"}
 
 data = defaultdict(list)   # (backend, workload, metric, server) -> values
@@ -235,12 +239,12 @@ w("")
 if tlsinfo:
     w("| mode | server | cipher, key exchange, MAC (rounds) |")
     w("| --- | --- | --- |")
-    for mode in ("psk", "x509"):
+    for mode in ("psk", "psk-chacha", "x509"):
         for s in "ABCD":
             got = [t["negotiated"] for t in tlsinfo if t["mode"] == mode and t["server"] == s]
             if got:
                 w(f"| {mode} | {SERVERS[s]} | " + "; ".join(f"{g} ({got.count(g)})" for g in sorted(set(got))) + " |")
-    for mode in ("psk", "x509"):
+    for mode in ("psk", "psk-chacha", "x509"):
         kinds = {t["negotiated"] for t in tlsinfo if t["mode"] == mode}
         if kinds:
             w("")

@@ -130,6 +130,7 @@ head -c "$SIZE" /dev/urandom >"$DISK"
 PKI=$TMP/tls/pki        # ca-cert.pem server-cert.pem server-key.pem (clients read ca-cert.pem)
 PSKDIR=$TMP/tls/psk     # keys.psk ("alice:hexkey"); qemu-nbd wants the directory
 PSK=$PSKDIR/keys.psk
+CHACHA_ONLY=$TMP/tls/client-chacha-only.conf   # GNUTLS_SYSTEM_PRIORITY_FILE for psk-chacha clients
 make_tls_files() {
     local d=$TMP/tls
     mkdir -p "$PKI" "$PSKDIR"
@@ -142,6 +143,13 @@ make_tls_files() {
         --load-privkey "$PKI/server-key.pem" --template "$d/server.info" --outfile "$PKI/server-cert.pem"
     chmod 600 "$PKI/server-key.pem"
     psktool -u alice -p "$PSK"
+    # A client-side GnuTLS configuration that removes every AES suite, so the psk-chacha
+    # workloads compare all servers on ChaCha20-Poly1305 whatever each server would prefer.
+    printf '[overrides]\n' >"$CHACHA_ONLY"
+    local c
+    for c in AES-128-GCM AES-256-GCM AES-128-CCM AES-256-CCM AES-128-CBC AES-256-CBC; do
+        printf 'tls-disabled-cipher = %s\n' "$c" >>"$CHACHA_ONLY"
+    done
 }
 make_tls_files >"$OUT/tls-setup.log" 2>&1 || { log "certtool/psktool failed, see bench/out/tls-setup.log"; exit 1; }
 
@@ -463,16 +471,20 @@ run_tcp_suite() {       # LABEL: file backend over TCP loopback (127.0.0.1, a fr
     stop_server "$l"
 }
 
-run_tls_suite() {       # LABEL MODE(psk|x509): file backend, --tls=require, Unix socket
-    local l=$1 m=$2
+run_tls_suite() {       # LABEL MODE(psk|psk-chacha|x509): file backend, --tls=require, Unix socket
+    local l=$1 m=$2 server_mode=${2%-chacha}
     want "tls-$m-seqread" "tls-$m-randread-qd32" || return 0
     log "round $ROUND: ${NAME[$l]} file over TLS ($m)"
-    start_server "$l" file "$m" || return 0
+    start_server "$l" file "$server_mode" || return 0
+    # psk-chacha: the server is started as for psk; only its clients see the ChaCha20-only
+    # configuration, so the server keeps whatever order it would use with any other client.
+    [ "$m" = psk-chacha ] && export GNUTLS_SYSTEM_PRIORITY_FILE=$CHACHA_ONLY
     # What libnbd negotiated (cipher, key exchange, MAC), to show every server uses the same.
     printf '%s\t%s\t%s\t%s\n' "$ROUND" "$l" "$m" \
         "$(timeout 10 $SYSPY "$HELPER" tlsinfo "${URI[$l]}" 2>&1 | tail -1 | tr '\t' ' ')" >>"$TLSINFO"
     wl_seqread "$l" file "tls-$m-seqread"
     wl_pyrand "$l" file "tls-$m-randread-qd32"
+    unset GNUTLS_SYSTEM_PRIORITY_FILE
     stop_server "$l"
 }
 
@@ -515,7 +527,7 @@ for ROUND in $(seq "$ROUNDS"); do
     for l in "${order[@]}"; do run_backend_suite "$l" file; done
     for l in "${order[@]}"; do run_tcp_suite "$l"; done
     # TLS: ours, nbdkit and qemu-nbd (nbd-server has no PSK; see README.md).
-    for m in psk x509; do
+    for m in psk psk-chacha x509; do
         for l in "${order[@]}"; do case $l in A|B|C) run_tls_suite "$l" "$m" ;; esac; done
     done
 done
