@@ -36,7 +36,7 @@ public enum Registry {
 
     public static let filters: [any FilterFactory.Type] = [
         DelayFilter.self, ExitLastFilter.self, ExitWhenFilter.self, NoExtentsFilter.self, OffsetFilter.self,
-        TarFilter.self,
+        TarFilter.self, TLSFallbackFilter.self,
     ]
 
     public static func plugin(named name: String) -> (any PluginFactory.Type)? {

@@ -328,6 +328,60 @@ final class TLSTests: IntegrationTestCase {
         XCTAssertEqual(server.wait(), 0, stderr(), file: file, line: line)
     }
 
+    /// `--filter=tls-fallback` under `--tls=on`: a plaintext client, whatever export it names,
+    /// sees one read-only 512-byte disk holding the message and an export list without the
+    /// plugin's names; a TLS client sees the plugin's exports and data. Run against a file
+    /// plugin serving a directory, so a leak of names or bytes would show.
+    func testTLSFallbackShowsPlaintextClientsOnlyTheMessage() throws {
+        let exports = dir.file("exports")
+        try FileManager.default.createDirectory(atPath: exports, withIntermediateDirectories: false)
+        let secret = randomFile("exports/secret.img", count: 65536)
+        _ = randomFile("exports/other.img", count: 4096)
+        let s = try startServer(["--tls=on", "--tls-certificates=\(certs)", "--filter=tls-fallback",
+                                 "file", "dir=\(exports)", "tlsreadme=Use TLS, please."], socketName: "fb")
+        let plain = Harness.run(["/usr/bin/nbdsh", "-c", """
+        h.set_opt_mode(True)
+        h.connect_uri(\(pythonString(s.uri)))
+        names = []
+        h.opt_list(lambda name, description: names.append(name))
+        assert names == [''], names
+        h.set_export_name('secret.img')
+        h.opt_go()
+        assert h.get_size() == 512, h.get_size()
+        assert h.is_read_only() and not h.can_trim() and not h.can_flush() and not h.can_multi_conn()
+        expected = b'Use TLS, please.' + bytes(512 - 16)
+        assert h.pread(512, 0) == expected
+        assert h.pread(20, 10) == expected[10:30]
+        for bad in (lambda: h.pread(1, 512), lambda: h.pwrite(b'x', 0)):
+            try:
+                bad()
+                raise SystemExit('a read past the end or a write succeeded')
+            except nbd.Error:
+                pass
+        h.shutdown()
+        """])
+        XCTAssertEqual(plain.status, 0, plain.stderr)
+
+        tlsNbdsh("nbds+unix:///secret.img?socket=\(s.socket)&tls-certificates=\(certs)", """
+        assert h.get_size() == 65536, h.get_size()
+        assert h.can_trim() and not h.is_read_only()
+        assert h.pread(65536, 0) == open(\(pythonString(secret)), 'rb').read(), "the plugin's data"
+        """)
+        let listed = tlsNbdsh("nbds+unix:///?socket=\(s.socket)&tls-certificates=\(certs)", """
+        names = []
+        h.opt_list(lambda name, description: names.append(name))
+        print(sorted(names))
+        """, beforeConnect: "h.set_opt_mode(True)")
+        XCTAssertEqual(listed.stdout, "['other.img', 'secret.img']\n")
+
+        // Without tlsreadme, nbdkit's message; an export name the plugin lacks changes nothing.
+        let plainOnly = try startServer(["--tls=on", "--tls-certificates=\(certs)", "--filter=tls-fallback",
+                                         "file", "dir=\(exports)"], socketName: "fb2")
+        let readme = Harness.run(["/usr/bin/nbdsh", "-u", plainOnly.uri(export: "no-such-export"), "-c",
+                                  "import sys; sys.stdout.buffer.write(h.pread(512, 0).rstrip(b'\\0'))"])
+        XCTAssertEqual(readme.stdout, "This NBD server requires TLS authentication before it will serve useful data.\n", readme.stderr)
+    }
+
     /// Nothing negotiated in plaintext survives STARTTLS: structured replies and the meta
     /// context set before it are gone, so a read gets a simple reply and block status EINVAL.
     func testNegotiationBeforeSTARTTLSIsForgotten() throws {
