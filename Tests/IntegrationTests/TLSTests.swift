@@ -384,6 +384,7 @@ final class TLSTests: IntegrationTestCase {
 
     /// Nothing negotiated in plaintext survives STARTTLS: structured replies and the meta
     /// context set before it are gone, so a read gets a simple reply and block status EINVAL.
+    /// A second STARTTLS, inside TLS, is refused as invalid and the session carries on.
     func testNegotiationBeforeSTARTTLSIsForgotten() throws {
         let s = try startServer(["--tls=on", "--tls-certificates=\(certs)", "memory", "1M"])
         let r = Harness.run(["/usr/bin/python3", "-c", """
@@ -407,6 +408,7 @@ final class TLSTests: IntegrationTestCase {
         assert opt(raw, 10, struct.pack('>I', 0) + struct.pack('>I', 1) + struct.pack('>I', len(ctx)) + ctx) == 1
         assert opt(raw, 5) == 1                                       # STARTTLS: ACK
         tls = ssl.create_default_context(cafile=ca).wrap_socket(raw, server_hostname='localhost')
+        assert opt(tls, 5) == 0x80000003                              # a second STARTTLS: ERR_INVALID
         assert opt(tls, 7, struct.pack('>IH', 0, 0)) == 1             # GO on the default export
         # NBD_CMD_READ of 512 bytes: a simple reply (magic 0x67446698), not a structured one.
         tls.sendall(struct.pack('>IHHQQI', 0x25609513, 0, 0, 1, 0, 512))
