@@ -46,6 +46,12 @@ ssize_t CNBDShim_send_more(int fd, const void *buf, size_t len)
   return send(fd, buf, len, MSG_MORE | MSG_NOSIGNAL);
 }
 
+ssize_t CNBDShim_send_nowait(int fd, const struct iovec *iov, int iovcnt)
+{
+  struct msghdr msg = { .msg_iov = (struct iovec *) iov, .msg_iovlen = (size_t) iovcnt };
+  return sendmsg(fd, &msg, MSG_DONTWAIT | MSG_NOSIGNAL);
+}
+
 int CNBDShim_signalfd_for(const int *signals)
 {
   sigset_t mask;

@@ -51,6 +51,11 @@ final class MemoryConnection: BackendConnection {
     func pread(into buffer: UnsafeMutableRawBufferPointer, offset: UInt64) throws {
         storage.read(into: buffer, offset: offset)
     }
+    var lendsContents: Bool { true }
+    func lendContents(offset: UInt64, length: UInt32, piece: (UnsafeRawBufferPointer) -> Void, send: () -> Void) -> Bool {
+        storage.lend(offset: offset, count: Int(length), piece: piece, then: send)
+        return true
+    }
     func pwrite(_ buffer: UnsafeRawBufferPointer, offset: UInt64, fua: Bool) throws {
         storage.write(buffer, offset: offset)
     }

@@ -9,14 +9,19 @@ final class SparseArray: @unchecked Sendable {
     static let pageSize = 32 * 1024
     private var pages: [UInt64: UnsafeMutableRawPointer] = [:]
     private let lock: UnsafeMutablePointer<pthread_rwlock_t>
+    /// One page of zeros that holes are lent from; never written after `init`.
+    private let zeros: UnsafeMutableRawPointer
 
     init() {
         lock = .allocate(capacity: 1)
         pthread_rwlock_init(lock, nil)
+        zeros = .allocate(byteCount: Self.pageSize, alignment: 4096)
+        memset(zeros, 0, Self.pageSize)
     }
 
     deinit {
         for page in pages.values { page.deallocate() }
+        zeros.deallocate()
         pthread_rwlock_destroy(lock)
         lock.deallocate()
     }
@@ -46,6 +51,17 @@ final class SparseArray: @unchecked Sendable {
                 memset(buffer.baseAddress! + at, 0, n)
             }
         }
+    }
+
+    /// Calls `piece` with each part of [offset, offset+count) in order (holes as zeros), then
+    /// `send`, under the shared lock: no page is freed meanwhile, though writes may change bytes.
+    func lend(offset: UInt64, count: Int, piece: (UnsafeRawBufferPointer) -> Void, then send: () -> Void) {
+        pthread_rwlock_rdlock(lock)
+        defer { pthread_rwlock_unlock(lock) }
+        forEachPiece(offset: offset, count: count) { index, inPage, _, n in
+            piece(UnsafeRawBufferPointer(start: (pages[index] ?? zeros) + inPage, count: n))
+        }
+        send()
     }
 
     func write(_ buffer: UnsafeRawBufferPointer, offset: UInt64) {

@@ -16,6 +16,12 @@ public protocol Transport: AnyObject, Sendable {
     /// out: fewer than `count` when the kernel could not send (more of) the file, and the caller
     /// sends the rest itself. Throws only when the connection failed.
     func sendFromFile(_ header: UnsafeRawBufferPointer, _ file: FileExtent, count: Int) throws -> Int
+    /// True when `sendWithoutWaiting` can send at all (a plaintext socket).
+    var sendsWithoutWaiting: Bool { get }
+    /// Sends as much of `header` and then `pieces` as the connection takes at once, without
+    /// waiting for room, and returns how many bytes went (0 if none could). Throws only when the
+    /// connection failed.
+    func sendWithoutWaiting(_ header: UnsafeRawBufferPointer, _ pieces: [UnsafeRawBufferPointer]) throws -> Int
     /// Stops further receives, waking a thread blocked in `receive`; sends still work.
     func shutdownReceive()
     /// Ends the connection both ways at once (a hard disconnect), waking threads blocked in
@@ -38,6 +44,10 @@ extension Transport {
     public var receivesWithoutWaiting: Bool { false }
 
     public var sendsFromFiles: Bool { false }
+
+    public var sendsWithoutWaiting: Bool { false }
+
+    public func sendWithoutWaiting(_ header: UnsafeRawBufferPointer, _ pieces: [UnsafeRawBufferPointer]) throws -> Int { 0 }
 
     public func sendFromFile(_ header: UnsafeRawBufferPointer, _ file: FileExtent, count: Int) throws -> Int {
         try send(header, UnsafeRawBufferPointer(start: nil, count: 0))
@@ -118,32 +128,70 @@ public final class PlainTransport: Transport, @unchecked Sendable {
         try withUnsafeMutableBytes(of: &iov) { raw in
             let vecs = raw.bindMemory(to: iovec.self)
             var first = 0
-            if vecs[0].iov_len == 0 { first = 1 }
+            Self.skipEmpty(vecs, &first)
             while remaining > 0 {
-                let n = writev(writeFD, vecs.baseAddress! + first, Int32(2 - first))
+                let n = writev(writeFD, vecs.baseAddress! + first, Int32(vecs.count - first))
                 if n < 0 {
                     let e = CNBDShim_errno()
                     if e == EINTR { continue }
                     throw TransportError.failed(SystemError("writev", errno: e))
                 }
                 remaining -= n
-                var advance = n
-                while advance > 0 && first < 2 {
-                    if advance >= vecs[first].iov_len {
-                        advance -= vecs[first].iov_len
-                        vecs[first].iov_len = 0
-                        first += 1
-                    } else {
-                        vecs[first].iov_base = vecs[first].iov_base! + advance
-                        vecs[first].iov_len -= advance
-                        advance = 0
-                    }
-                }
-                while first < 2 && vecs[first].iov_len == 0 { first += 1 }
+                Self.advance(vecs, &first, by: n)
             }
         }
     }
 
+    /// Moves past `count` sent bytes: `vecs[first...]` is then what remains, starting non-empty.
+    private static func advance(_ vecs: UnsafeMutableBufferPointer<iovec>, _ first: inout Int, by count: Int) {
+        var left = count
+        while left > 0 && first < vecs.count {
+            if left >= vecs[first].iov_len {
+                left -= vecs[first].iov_len
+                vecs[first].iov_len = 0
+                first += 1
+            } else {
+                vecs[first].iov_base = vecs[first].iov_base! + left
+                vecs[first].iov_len -= left
+                left = 0
+            }
+        }
+        skipEmpty(vecs, &first)
+    }
+
+    private static func skipEmpty(_ vecs: UnsafeMutableBufferPointer<iovec>, _ first: inout Int) {
+        while first < vecs.count && vecs[first].iov_len == 0 { first += 1 }
+    }
+
+    /// The most iovecs one `sendmsg` takes (Linux's UIO_MAXIOV).
+    private static let maxVectors = 1024
+
+    public var sendsWithoutWaiting: Bool { readFD == writeFD }
+
+    public func sendWithoutWaiting(_ header: UnsafeRawBufferPointer, _ pieces: [UnsafeRawBufferPointer]) throws -> Int {
+        try withUnsafeTemporaryAllocation(of: iovec.self, capacity: pieces.count + 1) { vecs in
+            vecs[0] = iovec(iov_base: UnsafeMutableRawPointer(mutating: header.baseAddress), iov_len: header.count)
+            for (i, piece) in pieces.enumerated() {
+                vecs[i + 1] = iovec(iov_base: UnsafeMutableRawPointer(mutating: piece.baseAddress), iov_len: piece.count)
+            }
+            var first = 0
+            var sent = 0
+            Self.skipEmpty(vecs, &first)
+            while first < vecs.count {
+                let n = CNBDShim_send_nowait(writeFD, vecs.baseAddress! + first, Int32(min(vecs.count - first, Self.maxVectors)))
+                if n < 0 {
+                    let e = CNBDShim_errno()
+                    if e == EINTR { continue }
+                    if e == EAGAIN || e == EWOULDBLOCK { break }
+                    throw TransportError.failed(SystemError("sendmsg", errno: e))
+                }
+                if n == 0 { break }
+                sent += n
+                Self.advance(vecs, &first, by: n)
+            }
+            return sent
+        }
+    }
 
     /// A socket (one descriptor both ways); not `-s`.
     public var sendsFromFiles: Bool { readFD == writeFD }

@@ -13,11 +13,11 @@ final class FileSendTests: IntegrationTestCase {
         let offset = try startServer(["--filter=offset", "file", path, "offset=4096"], socketName: "offset")
         let r = Harness.run(["/usr/bin/python3", "-c", """
         import nbd, sys
-        data = open(\(pythonString(path)), 'rb').read()
+        data = open(\(Harness.pythonString(path)), 'rb').read()
         cases = [(0, 65536), (1, 65537), (4096, 262144), (12345, 1 << 20), (len(data) - 70000, 70000),
                  (len(data) - 1000, 1000), (0, 4096)]
         bad = []
-        for uri, base in ((\(pythonString(plain.uri)), 0), (\(pythonString(offset.uri)), 4096)):
+        for uri, base in ((\(Harness.pythonString(plain.uri)), 0), (\(Harness.pythonString(offset.uri)), 4096)):
             for structured in (True, False):
                 h = nbd.NBD()
                 h.set_request_structured_replies(structured)
@@ -50,8 +50,8 @@ final class FileSendTests: IntegrationTestCase {
         let r = Harness.run(["/usr/bin/python3", "-c", """
         import nbd, os
         h = nbd.NBD()
-        h.connect_uri(\(pythonString(s.uri)))
-        os.truncate(\(pythonString(path)), 100000)
+        h.connect_uri(\(Harness.pythonString(s.uri)))
+        os.truncate(\(Harness.pythonString(path)), 100000)
         try:
             h.pread(262144, 0)
             print('read succeeded')
@@ -64,5 +64,4 @@ final class FileSendTests: IntegrationTestCase {
         XCTAssertEqual(info.stdout, "100000\n", info.stderr)
     }
 
-    private func pythonString(_ s: String) -> String { "'" + s.replacingOccurrences(of: "'", with: "\\'") + "'" }
 }

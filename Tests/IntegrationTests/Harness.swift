@@ -87,6 +87,9 @@ enum Harness {
         return r
     }
 
+    /// `s` as a single-quoted Python string literal.
+    static func pythonString(_ s: String) -> String { "'" + s.replacingOccurrences(of: "'", with: "\\'") + "'" }
+
     /// A TCP port on 127.0.0.1 that was free a moment ago.
     static func freePort() -> Int {
         let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)

@@ -22,6 +22,47 @@ final class NbdshTests: IntegrationTestCase {
         XCTAssertEqual(r.stdout, "ok\n")
     }
 
+    /// Large reads from the memory plugin are sent straight from its pages: data, holes and
+    /// page boundaries at odd offsets come out right, at the sizes around the limits of that
+    /// path (64 KiB and 4 MiB); and while a client leaves 16 MiB of replies unread (so the
+    /// socket is full and each reply is finished from a copy), another client still allocates
+    /// pages and reads, since the plugin's lock is not held while the socket is full.
+    func testLargeReadsFromMemoryPagesAndAStalledClient() throws {
+        let s = try startServer(["memory", "size=64M"])
+        let r = Harness.nbdsh(s.uri, """
+        import os, time
+        size = 64 * 1024 * 1024
+        image = bytearray(size)
+        for offset, length in ((12345, 100000), (1 << 20, 4 << 20), (9 << 20, 1), (20 << 20, 3 << 20)):
+            data = os.urandom(length)
+            h.pwrite(data, offset)
+            image[offset:offset + length] = data
+        for offset, length in ((0, 65536), (12000, 65535), (12001, 65536), (1000, 200000),
+                               ((1 << 20) - 7, 4 << 20), ((1 << 20) - 7, (4 << 20) + 1),
+                               ((9 << 20) - 65536, 131072), ((19 << 20) + 3, 5 << 20)):
+            assert h.pread(length, offset) == image[offset:offset + length], (offset, length)
+
+        # 16 reads of 1 MiB are sent while this client reads none of the replies.
+        buffers = [nbd.Buffer(1 << 20) for _ in range(16)]
+        cookies = [h.aio_pread(b, (20 << 20) + i * 65536) for i, b in enumerate(buffers)]
+        deadline = time.monotonic() + 2
+        while h.aio_in_flight() == 16 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        h2 = nbd.NBD()
+        h2.connect_uri(\(Harness.pythonString(s.uri)))
+        h2.pwrite(b'z' * 100000, 40 << 20)
+        assert h2.pread(100000, 40 << 20) == b'z' * 100000
+        h2.shutdown()
+        while h.aio_in_flight() > 0:
+            h.poll(-1)
+        for i, b in enumerate(buffers):
+            offset = (20 << 20) + i * 65536
+            assert b.to_bytearray() == image[offset:offset + (1 << 20)], i
+        print('ok')
+        """, timeout: 60)
+        XCTAssertEqual(r.stdout, "ok\n")
+    }
+
     func testBoundsAndErrorCodes() throws {
         let s = try startServer(["memory", "size=1M"])
         let r = Harness.nbdsh(s.uri, """

@@ -61,12 +61,11 @@ final class TLSTests: IntegrationTestCase {
     @discardableResult
     func tlsNbdsh(_ uri: String, _ script: String, beforeConnect: String = "",
                   file: StaticString = #filePath, line: UInt = #line) -> Harness.Result {
-        let r = Harness.run(["/usr/bin/nbdsh", "-c", beforeConnect + "\nh.set_uri_allow_local_file(True)\nh.connect_uri(\(pythonString(uri)))\n" + script])
+        let r = Harness.run(["/usr/bin/nbdsh", "-c", beforeConnect + "\nh.set_uri_allow_local_file(True)\nh.connect_uri(\(Harness.pythonString(uri)))\n" + script])
         XCTAssertEqual(r.status, 0, "nbdsh failed:\n\(r.stderr)", file: file, line: line)
         return r
     }
 
-    func pythonString(_ s: String) -> String { "'" + s.replacingOccurrences(of: "'", with: "\\'") + "'" }
 
     /// A good TLS client still works: the server survived whatever came before.
     func assertStillServes(_ s: ServerProcess, psk: Bool = false, file: StaticString = #filePath, line: UInt = #line) {
@@ -341,7 +340,7 @@ final class TLSTests: IntegrationTestCase {
                                  "file", "dir=\(exports)", "tlsreadme=Use TLS, please."], socketName: "fb")
         let plain = Harness.run(["/usr/bin/nbdsh", "-c", """
         h.set_opt_mode(True)
-        h.connect_uri(\(pythonString(s.uri)))
+        h.connect_uri(\(Harness.pythonString(s.uri)))
         names = []
         h.opt_list(lambda name, description: names.append(name))
         assert names == [''], names
@@ -365,7 +364,7 @@ final class TLSTests: IntegrationTestCase {
         tlsNbdsh("nbds+unix:///secret.img?socket=\(s.socket)&tls-certificates=\(certs)", """
         assert h.get_size() == 65536, h.get_size()
         assert h.can_trim() and not h.is_read_only()
-        assert h.pread(65536, 0) == open(\(pythonString(secret)), 'rb').read(), "the plugin's data"
+        assert h.pread(65536, 0) == open(\(Harness.pythonString(secret)), 'rb').read(), "the plugin's data"
         """)
         let listed = tlsNbdsh("nbds+unix:///?socket=\(s.socket)&tls-certificates=\(certs)", """
         names = []

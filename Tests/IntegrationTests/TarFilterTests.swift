@@ -57,7 +57,7 @@ final class TarFilterTests: IntegrationTestCase {
     func testCraftedSizesFailTheOpenWithoutCrashing() throws {
         let r = Harness.run(["/usr/bin/python3", "-c", """
         import os
-        os.chdir(\(pythonString(dir.path)))
+        os.chdir(\(Harness.pythonString(dir.path)))
         def header(name, size_field, typeflag=b'0'):
             h = bytearray(512)
             h[0:len(name)] = name
@@ -121,5 +121,4 @@ final class TarFilterTests: IntegrationTestCase {
         XCTAssertTrue(r.stderr.contains("nbdkit: error: tar-entry parameter must be set"), r.stderr)
     }
 
-    private func pythonString(_ s: String) -> String { "'" + s.replacingOccurrences(of: "'", with: "\\'") + "'" }
 }

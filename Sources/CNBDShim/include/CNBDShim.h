@@ -4,6 +4,7 @@
 #include <stdint.h>
 #include <sys/types.h>
 #include <signal.h>
+#include <sys/uio.h>
 
 /* Thin wrappers for libc calls Swift cannot make directly (variadic functions,
  * macros, enum-typed flags). Each returns what the wrapped call returns and
@@ -29,6 +30,8 @@ ssize_t CNBDShim_recv_nowait(int fd, void *buf, size_t len);
 
 /* send(fd, buf, len, MSG_MORE | MSG_NOSIGNAL): more follows at once (TCP coalesces it). */
 ssize_t CNBDShim_send_more(int fd, const void *buf, size_t len);
+/* sendmsg of iovcnt iovecs that never blocks (MSG_DONTWAIT) and never raises SIGPIPE. */
+ssize_t CNBDShim_send_nowait(int fd, const struct iovec *iov, int iovcnt);
 
 /* signalfd(-1, mask, SFD_CLOEXEC) for the given signals (terminated by 0);
  * the signals are also blocked in the calling thread. */
