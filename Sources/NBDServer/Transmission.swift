@@ -215,7 +215,9 @@ final class Transmission: Sendable {
                    let file = backend.fileExtent(offset: r.offset, length: r.length) {
                     return .readFromFile(file, Int(r.length))
                 }
+                // Lent data is read while the reply is sent, outside `allRequestsLock`.
                 if r.length >= Self.sendFileMinimum, r.length <= Self.lendMaximum,
+                   server.threadModel != .serializeAllRequests,
                    transport.sendsWithoutWaiting, backend.lendsContents {
                     return .readLent(Int(r.length))
                 }
@@ -379,14 +381,14 @@ extension Transmission {
                 failure = error
                 return
             }
-            let unsent = max(0, sent - head.count)
-            guard unsent < count else { return }
+            let dataSent = max(0, sent - head.count)
+            guard dataSent < count else { return }
             let rest = buffer.payload(count: count)
             var position = 0
             for piece in buffer.pieces {
                 let end = position + piece.count
-                if end > unsent {
-                    let skip = max(0, unsent - position)
+                if end > dataSent {
+                    let skip = max(0, dataSent - position)
                     (rest.baseAddress! + position + skip).copyMemory(from: piece.baseAddress! + skip, byteCount: piece.count - skip)
                 }
                 position = end

@@ -178,6 +178,7 @@ public final class PlainTransport: Transport, @unchecked Sendable {
             var sent = 0
             Self.skipEmpty(vecs, &first)
             while first < vecs.count {
+                let offeredAll = vecs.count - first <= Self.maxVectors
                 let n = CNBDShim_send_nowait(writeFD, vecs.baseAddress! + first, Int32(min(vecs.count - first, Self.maxVectors)))
                 if n < 0 {
                     let e = CNBDShim_errno()
@@ -188,6 +189,8 @@ public final class PlainTransport: Transport, @unchecked Sendable {
                 if n == 0 { break }
                 sent += n
                 Self.advance(vecs, &first, by: n)
+                // A short send of everything offered means the socket is full for now.
+                if offeredAll && first < vecs.count { break }
             }
             return sent
         }
