@@ -40,6 +40,8 @@ struct Configuration {
     var log = LogDestination.stderr
     var run: String? = nil
     var exitWithParent = false
+    /// `--swap`: lock the serving process into memory (the export is swap on this machine).
+    var swap = false
     var pidFile: String? = nil
     var tls = TLSMode.off
     var tlsCertificates: String? = nil

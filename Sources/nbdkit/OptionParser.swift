@@ -44,6 +44,7 @@ struct OptionParser {
         Spec(short: nil, long: ["run"], arity: .value) { c, v in c.run = v },
         Spec(short: "s", long: ["single", "stdin"], arity: .flag) { c, _ in c.single = true },
         Spec(short: nil, long: ["short-options"], arity: .flag) { c, _ in c.action = .shortOptions },
+        Spec(short: nil, long: ["swap"], arity: .flag) { c, _ in c.swap = true },
         Spec(short: "t", long: ["threads"], arity: .value) { c, v in
             guard let n = Int(v), n >= 0 else { throw ConfigError("cannot parse number of threads '\(v)'") }
             c.threads = n == 0 ? 16 : n

@@ -58,6 +58,9 @@ struct Startup {
             listeners = try Listeners.bind(.tcp(host: host, port: port, family: family))
         }
 
+        // --swap locks the process that serves: this one unless it forks into the background
+        // (memory locks are not inherited), and before any --run command starts.
+        if config.swap && config.staysInForeground { try lockMemory() }
         var captive: CaptiveProcess? = nil
         if let command = config.run, let listeners {
             let script = CaptiveCommand(command: command).script(
@@ -86,6 +89,7 @@ struct Startup {
             if getppid() != parentAtStart { return 0 }
         }
 
+        if config.swap && !config.staysInForeground { try lockMemory() }
         try backend.afterFork()
         let server = Server(context: ServerContext(backend: backend, logger: logger, readonly: config.readonly,
                                                    threads: config.threads, style: config.style, tls: tls),
@@ -117,6 +121,15 @@ struct Startup {
             let status = captive.wait()
             captive.signal(SIGKILL)
             return shellStatus(status).status
+        }
+    }
+
+    /// `--swap`: every page of the process, present and future, stays in RAM.
+    private func lockMemory() throws {
+        do {
+            try syscall("mlockall") { mlockall(MCL_CURRENT | MCL_FUTURE) }
+        } catch {
+            throw ConfigError("--swap: \(error)")
         }
     }
 

@@ -258,6 +258,43 @@ final class LifecycleTests: IntegrationTestCase {
         XCTAssertFalse(FileManager.default.fileExists(atPath: privateDir), "\(privateDir) left behind")
     }
 
+    /// `--swap` locks the memory of the process that serves (VmLck in /proc): a captive
+    /// server's, and a background server's after it forked; without it nothing is locked.
+    /// Without CAP_IPC_LOCK and with RLIMIT_MEMLOCK 0 it is a start-up error, and the --run
+    /// command never starts.
+    func testSwapLocksTheServingProcessIntoMemory() throws {
+        try XCTSkipUnless(getuid() == 0, "locking 17 MB of memory needs root (or a large RLIMIT_MEMLOCK)")
+        func lockedKiB(_ status: String) -> Int? {
+            status.split(separator: "\n").first { $0.hasPrefix("VmLck:") }
+                .flatMap { Int($0.split(separator: " ", omittingEmptySubsequences: true).dropFirst().first ?? "") }
+        }
+        let captive = Harness.run([Harness.nbdkit, "--swap", "-U", "-", "memory", "1M", "--run", "cat /proc/$PPID/status"])
+        XCTAssertEqual(captive.status, 0, captive.stderr)
+        XCTAssertGreaterThan(lockedKiB(captive.stdout) ?? 0, 1000, captive.stdout)
+        let plain = Harness.run([Harness.nbdkit, "-U", "-", "memory", "1M", "--run", "cat /proc/$PPID/status"])
+        XCTAssertEqual(lockedKiB(plain.stdout), 0, plain.stdout)
+
+        let pidFile = dir.file("pid"), socket = dir.file("sock")
+        let started = Harness.run(["/usr/bin/python3", "-c", "import subprocess, sys; sys.exit(subprocess.call(sys.argv[1:]))",
+                                   Harness.nbdkit, "--swap", "-P", pidFile, "-U", socket, "memory", "1M"], timeout: 20)
+        XCTAssertEqual(started.status, 0, started.stderr)
+        let pidText = (try? String(contentsOfFile: pidFile, encoding: .utf8)) ?? ""
+        guard let pid = Int32(pidText.trimmingCharacters(in: .whitespacesAndNewlines)) else {
+            return XCTFail("no pid file: \(pidText)")
+        }
+        defer { kill(pid, SIGKILL) }
+        let status = (try? String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8)) ?? ""
+        XCTAssertGreaterThan(lockedKiB(status) ?? 0, 1000, "the background server is not locked")
+        XCTAssertEqual(kill(pid, SIGTERM), 0)
+
+        let marker = dir.file("ran")
+        let refused = Harness.run(["setpriv", "--bounding-set=-ipc_lock", "prlimit", "--memlock=0:0",
+                                   Harness.nbdkit, "--swap", "-U", "-", "memory", "1M", "--run", "touch \(marker)"])
+        XCTAssertEqual(refused.status, 1, refused.stderr)
+        XCTAssertTrue(refused.stderr.contains("nbdkit: error: --swap: mlockall:"), refused.stderr)
+        XCTAssertFalse(FileManager.default.fileExists(atPath: marker), "the --run command started")
+    }
+
     /// A start-up failure after the --run command started (here the pid file cannot be
     /// written) takes the command down too: nbdkit exits 1 and nothing of the command remains.
     func testCommandDoesNotOutliveAFailedStartUp() {
