@@ -266,7 +266,7 @@ final class LifecycleTests: IntegrationTestCase {
         try XCTSkipUnless(getuid() == 0, "locking 17 MB of memory needs root (or a large RLIMIT_MEMLOCK)")
         func lockedKiB(_ status: String) -> Int? {
             status.split(separator: "\n").first { $0.hasPrefix("VmLck:") }
-                .flatMap { Int($0.split(separator: " ", omittingEmptySubsequences: true).dropFirst().first ?? "") }
+                .flatMap { Int($0.split(whereSeparator: { $0 == " " || $0 == "\t" }).dropFirst().first ?? "") }
         }
         let captive = Harness.run([Harness.nbdkit, "--swap", "-U", "-", "memory", "1M", "--run", "cat /proc/$PPID/status"])
         XCTAssertEqual(captive.status, 0, captive.stderr)
@@ -293,6 +293,31 @@ final class LifecycleTests: IntegrationTestCase {
         XCTAssertEqual(refused.status, 1, refused.stderr)
         XCTAssertTrue(refused.stderr.contains("nbdkit: error: --swap: mlockall:"), refused.stderr)
         XCTAssertFalse(FileManager.default.fileExists(atPath: marker), "the --run command started")
+    }
+
+    /// Under `--swap` every thread's stack is locked in full, so thread stacks are small: with
+    /// 32 slow reads in flight one connection runs 16 workers, and the server stays far below
+    /// the 128 MB that glibc's default 8 MiB stacks would lock.
+    func testSwapWithSixteenWorkersLocksLittle() throws {
+        try XCTSkipUnless(getuid() == 0, "--swap needs root (or a large RLIMIT_MEMLOCK)")
+        let script = dir.file("status.py")
+        try """
+        import os
+        buffers = [nbd.Buffer(4096) for _ in range(32)]
+        for b in buffers: h.aio_pread(b, 0)
+        while h.aio_in_flight() > 0: h.poll(-1)
+        print(open('/proc/%s/status' % os.environ['NBDKIT_PID']).read())
+        """.write(toFile: script, atomically: true, encoding: .utf8)
+        let r = Harness.run([Harness.nbdkit, "--swap", "-U", "-", "--filter=delay", "memory", "1M", "rdelay=50ms", "--run",
+                             "NBDKIT_PID=$PPID exec /usr/bin/nbdsh -u \"$uri\" -c \"exec(open('\(script)').read())\""])
+        XCTAssertEqual(r.status, 0, r.stderr)
+        func field(_ name: String) -> Int {
+            let line = r.stdout.split(separator: "\n").first { $0.hasPrefix(name + ":") } ?? ""
+            return Int(line.split(whereSeparator: { $0 == " " || $0 == "\t" }).dropFirst().first ?? "") ?? -1
+        }
+        XCTAssertGreaterThanOrEqual(field("Threads"), 17, r.stdout)
+        XCTAssertGreaterThan(field("VmRSS"), 0, r.stdout)
+        XCTAssertLessThan(field("VmRSS"), 80_000, "kB resident (all of it locked): \(r.stdout)")
     }
 
     /// A start-up failure after the --run command started (here the pid file cannot be
