@@ -20,7 +20,7 @@ let package = Package(
         // Built-in plugins and filters, found by name.
         .target(name: "NBDPlugins", dependencies: ["NBDServer", "NBDProtocol", "CNBDShim"]),
         // The executable: command line to typed configuration, then run.
-        .executableTarget(name: "nbdkit", dependencies: ["NBDServer", "NBDPlugins", "CNBDShim"]),
+        .executableTarget(name: "nbdkit", dependencies: ["NBDServer", "NBDPlugins", "NBDProtocol", "CNBDShim"]),
         .testTarget(name: "NBDProtocolTests", dependencies: ["NBDProtocol"]),
         .testTarget(name: "NBDServerTests", dependencies: ["NBDServer"]),
         .testTarget(name: "IntegrationTests", dependencies: ["nbdkit"]),

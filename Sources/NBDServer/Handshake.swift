@@ -47,12 +47,14 @@ struct Handshake {
     }
 
     private mutating func newstyle() throws -> Session? {
-        try transport.send(Negotiation.newstyleGreeting([.fixedNewstyle, .noZeroes]))
+        let offered = server.handshakeFlags
+        try transport.send(Negotiation.newstyleGreeting(offered))
         let clientFlags = ClientFlags(rawValue: try readU32())
-        guard ClientFlags.known.isSuperset(of: clientFlags) else {
-            throw HandshakeError("client sent unknown flags 0x\(String(clientFlags.rawValue, radix: 16))")
+        guard ClientFlags(rawValue: UInt32(offered.rawValue)).isSuperset(of: clientFlags) else {
+            throw HandshakeError("client requested unexpected flags 0x\(String(clientFlags.rawValue, radix: 16))")
         }
         let noZeroes = clientFlags.contains(.noZeroes)
+        let fixedNewstyle = clientFlags.contains(.fixedNewstyle)
         var structuredReplies = false
         var metaContext: (exportName: String, id: UInt32)? = nil
 
@@ -77,6 +79,11 @@ struct Handshake {
             let transport = self.transport
             func reply(_ type: OptionReplyType, _ data: [UInt8] = []) throws {
                 try transport.send(Negotiation.optionReply(option: option, type: type, payload: data))
+            }
+
+            // A client without fixed newstyle can't read option replies: it may only choose an export.
+            if !fixedNewstyle && code != .exportName {
+                throw HandshakeError("client without fixed newstyle sent option \(option); only NBD_OPT_EXPORT_NAME is allowed")
             }
 
             // A server shutting down negotiates no further (doc/proto.md, NBD_REP_ERR_SHUTDOWN).
@@ -146,6 +153,7 @@ struct Handshake {
                 metaContext = nil
 
             case .structuredReply:
+                guard server.offersStructuredReplies else { try reply(.errUnsup); continue }
                 guard payload.isEmpty, !structuredReplies else { try reply(.errInvalid); continue }
                 structuredReplies = true
                 try reply(.ack)

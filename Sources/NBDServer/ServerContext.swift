@@ -1,4 +1,5 @@
 import Synchronization
+import NBDProtocol
 
 /// Which handshake the server speaks.
 public enum HandshakeStyle: Sendable {
@@ -14,6 +15,10 @@ public final class ServerContext: Sendable {
     /// `-t`: the most requests served at once on one connection.
     public let threads: Int
     public let style: HandshakeStyle
+    /// The global flags a newstyle greeting offers (`--mask-handshake` clears some).
+    public let handshakeFlags: HandshakeFlags
+    /// False under `--no-sr`: NBD_OPT_STRUCTURED_REPLY is declined.
+    public let offersStructuredReplies: Bool
     /// The chain's effective thread model.
     public let threadModel: ThreadModel
     public let tls: TLSSettings
@@ -28,8 +33,11 @@ public final class ServerContext: Sendable {
     let pollingAllowance = PollingAllowance()
 
     public init(backend: any Backend, logger: Logger, readonly: Bool, threads: Int, style: HandshakeStyle,
-                tls: TLSSettings = .off) {
+                tls: TLSSettings = .off, handshakeFlags: HandshakeFlags = [.fixedNewstyle, .noZeroes],
+                offersStructuredReplies: Bool = true) {
         self.tls = tls
+        self.handshakeFlags = handshakeFlags
+        self.offersStructuredReplies = offersStructuredReplies
         self.backend = backend
         self.logger = logger
         self.readonly = readonly

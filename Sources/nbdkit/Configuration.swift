@@ -1,5 +1,6 @@
 import Glibc
 import NBDServer
+import NBDProtocol
 
 /// Where clients come from.
 enum ListenMode: Equatable {
@@ -36,6 +37,10 @@ struct Configuration {
     var threads = 16
     var foreground = false
     var style = HandshakeStyle.newstyle
+    /// `--mask-handshake`: which global handshake flags newstyle offers (bit 0 fixed newstyle, bit 1 no zeroes).
+    var handshakeMask: UInt32 = .max
+    /// `--no-sr`: decline structured replies.
+    var noStructuredReplies = false
     var verbose = false
     var log = LogDestination.stderr
     var run: String? = nil
@@ -117,5 +122,10 @@ struct Configuration {
             throw ConfigError("TLS cannot be used with the oldstyle protocol (-o)")
         }
         if threads < 1 { throw ConfigError("-t (--threads) must be at least 1") }
+    }
+
+    /// The global flags the newstyle greeting offers.
+    var handshakeFlags: HandshakeFlags {
+        HandshakeFlags([.fixedNewstyle, .noZeroes]).intersection(HandshakeFlags(rawValue: UInt16(truncatingIfNeeded: handshakeMask)))
     }
 }

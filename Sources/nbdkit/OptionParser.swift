@@ -31,9 +31,12 @@ struct OptionParser {
             c.log = d
         },
         Spec(short: nil, long: ["long-options"], arity: .flag) { c, _ in c.action = .longOptions },
-        Spec(short: nil, long: ["mask-handshake"], arity: .value) { _, _ in },
+        Spec(short: nil, long: ["mask-handshake"], arity: .value) { c, v in
+            guard let mask = parseUnsigned(v) else { throw ConfigError("--mask-handshake: could not parse number: \"\(v)\"") }
+            c.handshakeMask = mask
+        },
         Spec(short: "n", long: ["newstyle", "new-style"], arity: .flag) { c, _ in c.style = .newstyle },
-        Spec(short: nil, long: ["no-sr"], arity: .flag) { _, _ in },
+        Spec(short: nil, long: ["no-sr"], arity: .flag) { c, _ in c.noStructuredReplies = true },
         Spec(short: "o", long: ["oldstyle", "old-style"], arity: .flag) { c, _ in c.style = .oldstyle },
         Spec(short: "P", long: ["pidfile", "pid-file"], arity: .value) { c, v in c.pidFile = v },
         Spec(short: "p", long: ["port"], arity: .value) { c, v in
@@ -126,6 +129,14 @@ struct OptionParser {
             }
         }
         return config
+    }
+
+    /// An unsigned 32-bit number as C's strtoul reads it with base 0 (decimal, 0x hex, 0 octal).
+    static func parseUnsigned(_ text: String) -> UInt32? {
+        let lower = text.lowercased()
+        if lower.hasPrefix("0x") { return UInt32(lower.dropFirst(2), radix: 16) }
+        if lower.count > 1 && lower.hasPrefix("0") { return UInt32(lower.dropFirst(), radix: 8) }
+        return UInt32(lower, radix: 10)
     }
 
     /// Exact long names, or an unambiguous prefix of one, as getopt_long allows.

@@ -92,7 +92,9 @@ struct Startup {
         if config.swap && !config.staysInForeground { try lockMemory() }
         try backend.afterFork()
         let server = Server(context: ServerContext(backend: backend, logger: logger, readonly: config.readonly,
-                                                   threads: config.threads, style: config.style, tls: tls),
+                                                   threads: config.threads, style: config.style, tls: tls,
+                                                   handshakeFlags: config.handshakeFlags,
+                                                   offersStructuredReplies: !config.noStructuredReplies),
                             control: control)
         guard let listeners else {
             server.serve(PlainTransport(readFD: 0, writeFD: 1))

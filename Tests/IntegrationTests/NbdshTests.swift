@@ -62,6 +62,83 @@ final class NbdshTests: IntegrationTestCase {
         XCTAssertEqual(r.stdout, "ok\n")
     }
 
+    /// `--no-sr` declines NBD_OPT_STRUCTURED_REPLY (NBD_REP_ERR_UNSUP), so libnbd falls back to
+    /// simple replies and no block status. `--mask-handshake` hides global handshake flags:
+    /// with bit 1 clear a client may not ask for NO_ZEROES and gets the 124 padding bytes after
+    /// NBD_OPT_EXPORT_NAME; with bit 0 clear it may use nothing but NBD_OPT_EXPORT_NAME, and
+    /// libnbd still connects, as plain newstyle.
+    func testNoStructuredRepliesAndHandshakeMask() throws {
+        let noSR = try startServer(["--no-sr", "memory", "size=1M"], socketName: "nosr")
+        let mask0 = try startServer(["--mask-handshake=0", "memory", "size=1M"], socketName: "mask0")
+        let mask1 = try startServer(["--mask-handshake=0x1", "memory", "size=1M"], socketName: "mask1")
+        let fallback = Harness.nbdsh(noSR.uri, """
+        assert not h.get_structured_replies_negotiated()
+        assert not h.can_meta_context('base:allocation')
+        h.pwrite(b'x' * 512, 0)
+        assert h.pread(512, 0) == b'x' * 512
+        print(h.get_protocol())
+        """)
+        XCTAssertEqual(fallback.stdout, "newstyle-fixed\n")
+        let unfixed = Harness.nbdsh(mask0.uri, "h.pwrite(b'y' * 512, 0); assert h.pread(512, 0) == b'y' * 512; print(h.get_protocol())")
+        XCTAssertEqual(unfixed.stdout, "newstyle\n")
+
+        let raw = Harness.run(["/usr/bin/python3", "-c", """
+        import socket, struct, sys
+        def connect(path, client_flags):
+            s = socket.socket(socket.AF_UNIX); s.settimeout(5); s.connect(path)
+            greeting = b''
+            while len(greeting) < 18: greeting += s.recv(18 - len(greeting))
+            s.sendall(struct.pack('>I', client_flags))
+            return s, struct.unpack('>H', greeting[16:])[0]
+        def option(s, code, data=b''):
+            s.sendall(b'IHAVEOPT' + struct.pack('>II', code, len(data)) + data)
+        def read_exact(s, n):
+            got = b''
+            while len(got) < n:
+                chunk = s.recv(n - len(got)); assert chunk, got; got += chunk
+            return got
+        def read_all(s):
+            got = b''
+            while True:
+                try:
+                    chunk = s.recv(4096)
+                except ConnectionResetError:
+                    return got
+                if not chunk: return got
+                got += chunk
+        nosr, mask0, mask1 = sys.argv[1:]
+        s, flags = connect(nosr, 3)
+        assert flags == 3, flags
+        option(s, 8)
+        reply = s.recv(20)
+        assert struct.unpack('>QIII', reply)[2] == 0x80000001, reply   # NBD_REP_ERR_UNSUP
+        s, flags = connect(mask0, 0)
+        assert flags == 0, flags
+        option(s, 3)                                   # LIST from a client without fixed newstyle
+        assert read_all(s) == b''
+        s, _ = connect(mask0, 1)                       # asks for fixed newstyle, not offered
+        assert read_all(s) == b''
+        s, _ = connect(mask0, 0)
+        option(s, 1)                                   # EXPORT_NAME '': size, flags, 124 zeros
+        reply = read_exact(s, 134)
+        assert reply[10:] == bytes(124) and struct.unpack('>Q', reply[:8])[0] == 1 << 20, reply
+        s.sendall(struct.pack('>IHHQQI', 0x25609513, 0, 0, 7, 4096, 512))   # and it serves a read
+        assert read_exact(s, 16 + 512) == struct.pack('>IIQ', 0x67446698, 0, 7) + bytes(512)
+        s, flags = connect(mask1, 3)                   # NO_ZEROES was not offered
+        assert flags == 1, flags
+        assert read_all(s) == b''
+        s, _ = connect(mask1, 1)
+        option(s, 1)
+        assert read_exact(s, 134)[10:] == bytes(124)
+        print('ok')
+        """, noSR.socket, mask0.socket, mask1.socket], timeout: 30)
+        XCTAssertEqual(raw.stdout, "ok\n", raw.stderr)
+        XCTAssertTrue(mask0.isRunning && mask1.isRunning && noSR.isRunning)
+        let bad = Harness.run([Harness.nbdkit, "--mask-handshake=abc", "-U", "-", "memory", "1M", "--run", "true"])
+        XCTAssertEqual(bad.status, 1)
+        XCTAssertTrue(bad.stderr.contains("nbdkit: error: --mask-handshake: could not parse number"), bad.stderr)
+    }
+
     func testBoundsAndErrorCodes() throws {
         let s = try startServer(["memory", "size=1M"])
         let r = Harness.nbdsh(s.uri, """
