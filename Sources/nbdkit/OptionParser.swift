@@ -118,17 +118,25 @@ struct OptionParser {
         }
         if let plugin = positional.first {
             config.plugin = plugin
-            for (n, p) in positional.dropFirst().enumerated() {
-                if let eq = p.firstIndex(of: "="), eq != p.startIndex {
+            // As nbdkit: KEY=VALUE when what comes before the first '=' can be a key; anything
+            // else (`1G`, `/a=b.img`) is a value for the plugin's magic key, wherever it stands.
+            for p in positional.dropFirst() {
+                if let eq = p.firstIndex(of: "="), isConfigKey(p[..<eq]) {
                     config.parameters.append((String(p[..<eq]), String(p[p.index(after: eq)...])))
-                } else if n == 0 {
-                    config.parameters.append(("", p))
                 } else {
-                    throw ConfigError("parameter '\(p)' must be key=value")
+                    config.parameters.append(("", p))
                 }
             }
         }
         return config
+    }
+
+    /// nbdkit's rule for a parameter key: a letter, then letters, digits, '.', '_' or '-'.
+    static func isConfigKey(_ key: Substring) -> Bool {
+        guard let first = key.unicodeScalars.first, first.isASCII, first.properties.isAlphabetic else { return false }
+        return key.unicodeScalars.dropFirst().allSatisfy {
+            $0.isASCII && ($0.properties.isAlphabetic || ("0"..."9").contains($0) || $0 == "." || $0 == "_" || $0 == "-")
+        }
     }
 
     /// An unsigned 32-bit number as C's strtoul reads it with base 0 (decimal, 0x hex, 0 octal).

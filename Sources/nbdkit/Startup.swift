@@ -138,11 +138,11 @@ struct Startup {
     /// The plugin, then each filter in front of it: the first `--filter` named ends up outermost.
     private func buildChain(_ factory: any PluginFactory.Type, control: ServerControl) throws -> any Backend {
         var pairs = config.parameters
-        if let first = pairs.first, first.key.isEmpty {
+        for i in pairs.indices where pairs[i].key.isEmpty {
             guard let magic = factory.magicConfigKey else {
-                throw ConfigError("\(factory.name): this plugin does not take a bare parameter ('\(first.value)'); use key=value")
+                throw ConfigError("\(factory.name): this plugin does not take a bare parameter ('\(pairs[i].value)'); use key=value")
             }
-            pairs[0].key = magic
+            pairs[i].key = magic
         }
         var parameters = Parameters(pairs)
         var backend = try factory.make(&parameters, options: PluginOptions(readonly: config.readonly))

@@ -12,7 +12,8 @@ final class CommandLineTests: IntegrationTestCase {
             (["-f", "-p", "notaport", "memory", "1M"], "nbdkit: error: cannot parse port number 'notaport'"),
             (["-f", "file", dir.file("missing.img")], "nbdkit: error: realpath"),
             (["-f", "--filter=nosuch", "memory", "1M"], "nbdkit: error: cannot open filter 'nosuch'"),
-            (["-f", "memory", "1M", "2M"], "nbdkit: error: parameter '2M' must be key=value"),
+            (["-f", "memory", "1M", "=x"], "nbdkit: error: could not parse size string (=x)"),
+            (["-f", "memory", "size=1M", "9x=1"], "nbdkit: error: could not parse size string (9x=1)"),
             (["-f", "example1", "x"], "nbdkit: error:"),
             (["-f", "-U", dir.file("s"), "-p", "1", "memory", "1M"], "nbdkit: error:"),
         ]
@@ -22,6 +23,18 @@ final class CommandLineTests: IntegrationTestCase {
             XCTAssertTrue(r.stderr.hasPrefix(message), "\(args): \(r.stderr)")
             XCTAssertEqual(r.stdout, "", "\(args)")
         }
+    }
+
+    /// As nbdkit: a parameter is KEY=VALUE only when what precedes its first '=' can be a key
+    /// (a letter, then letters, digits, '.', '_', '-'); anything else, anywhere, is a value for
+    /// the plugin's magic key, and a later value wins. So a file name may contain '='.
+    func testBareParametersGoToTheMagicKey() throws {
+        let twice = Harness.run([Harness.nbdkit, "-U", "-", "memory", "1M", "2M", "--run", "nbdinfo --size \"$uri\""])
+        XCTAssertEqual(twice.stdout, "2097152\n", twice.stderr)
+        let path = dir.file("a=b.img")
+        XCTAssertTrue(FileManager.default.createFile(atPath: path, contents: Data(count: 4096)))
+        let file = Harness.run([Harness.nbdkit, "-U", "-", "file", path, "--run", "nbdinfo --size \"$uri\""])
+        XCTAssertEqual(file.stdout, "4096\n", file.stderr)
     }
 
     func testSizeSuffixes() {
