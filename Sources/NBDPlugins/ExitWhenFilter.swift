@@ -5,8 +5,9 @@ import NBDServer
 
 /// `--filter=exitwhen`: once an event happens (a file appears or disappears, a pipe closes, a
 /// process exits, a script says so), new clients are refused and the server exits as soon as
-/// the clients already connected have gone. Events are checked every `exitwhen-poll` seconds
-/// (default 60) and whenever a client connects.
+/// the clients that opened an export have closed it (one idling in negotiation does not hold
+/// it up). Events are checked whenever a client opens or closes an export, and every
+/// `exit-when-poll` seconds (default 60) meanwhile.
 final class ExitWhenFilter: PassthroughFilter, @unchecked Sendable {
     enum Event: CustomStringConvertible {
         case fileCreated(String)
@@ -47,6 +48,8 @@ final class ExitWhenFilter: PassthroughFilter, @unchecked Sendable {
     private let interval: UInt32
     private let control: ServerControl
     private let fired = Atomic<Bool>(false)
+    /// Clients that opened an export and have not closed it.
+    private let opened = Atomic<Int>(0)
 
     init(next: any Backend, events: [Event], interval: UInt32, control: ServerControl) {
         self.events = events
@@ -68,16 +71,22 @@ final class ExitWhenFilter: PassthroughFilter, @unchecked Sendable {
 
     override func open(_ request: OpenRequest) throws -> any BackendConnection {
         if check() { throw BackendError(.eshutdown, "exitwhen: nbdkit is exiting: rejecting new connection") }
-        return try next.open(request)
+        let connection = try next.open(request)
+        opened.wrappingAdd(1, ordering: .relaxed)
+        return WatchedConnection(next: connection) { [self] in
+            let left = opened.wrappingSubtract(1, ordering: .relaxed).newValue
+            if check() && left == 0 { control.requestShutdown() }
+        }
     }
 
-    /// Checks every event; on the first that happened, starts draining the server. Returns whether one has.
+    /// Checks every event; on the first that happened, stops accepting clients and, if no client
+    /// has an export open, shuts the server down. Returns whether an event has happened.
     private func check() -> Bool {
         if fired.load(ordering: .relaxed) { return true }
-        guard let event = events.first(where: { $0.happened() }) else { return false }
+        guard events.contains(where: { $0.happened() }) else { return false }
         if fired.exchange(true, ordering: .relaxed) == false {
             control.drain()
-            _ = event
+            if opened.load(ordering: .relaxed) == 0 { control.requestShutdown() }
         }
         return true
     }
@@ -98,7 +107,7 @@ extension ExitWhenFilter: FilterFactory {
     exit-when-pipe-closed=FD       Exit when pipe FD is closed.
     exit-when-process-exits=PID    Exit when process PID exits.
     exit-when-script=SCRIPT        Exit when SCRIPT exits with status 88.
-    exitwhen-poll=SECS             Seconds between checks (default 60).
+    exit-when-poll=SECS            Seconds between checks while idle (default 60).
     """
 
     static func make(_ parameters: inout Parameters, next: any Backend, control: ServerControl) throws -> any Backend {
@@ -115,8 +124,9 @@ extension ExitWhenFilter: FilterFactory {
         }
         events += parameters.takeAll("exit-when-script").map { .script($0) }
         var interval: UInt32 = 60
-        if let poll = parameters.take("exitwhen-poll") {
-            guard let n = UInt32(poll), n > 0 else { throw ConfigError("exitwhen: could not parse exitwhen-poll=\(poll)") }
+        // nbdkit's name, and the name this server used before it matched nbdkit's.
+        if let poll = (parameters.takeAll("exitwhen-poll") + parameters.takeAll("exit-when-poll")).last {
+            guard let n = UInt32(poll), n > 0 else { throw ConfigError("exitwhen: could not parse exit-when-poll=\(poll)") }
             interval = n
         }
         return ExitWhenFilter(next: next, events: events, interval: interval, control: control)

@@ -56,12 +56,22 @@ public func utf8(_ bytes: ArraySlice<UInt8>) throws(NBDDecodeError) -> String {
 }
 
 /// Why a message from the peer could not be decoded.
-public enum NBDDecodeError: Error, Equatable, Sendable {
+public enum NBDDecodeError: Error, Equatable, Sendable, CustomStringConvertible {
     case truncated
     case trailingBytes
     case tooLong
     case badUTF8
     case badMagic
+
+    public var description: String {
+        switch self {
+        case .truncated: "message shorter than its fields"
+        case .trailingBytes: "message longer than its fields"
+        case .tooLong: "length out of range"
+        case .badUTF8: "string is not valid UTF-8"
+        case .badMagic: "bad magic number"
+        }
+    }
 }
 
 extension UnsafeRawBufferPointer {

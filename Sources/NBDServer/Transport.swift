@@ -72,9 +72,16 @@ extension Transport {
 }
 
 /// Why a transport stopped.
-public enum TransportError: Error, Sendable {
+public enum TransportError: Error, Sendable, CustomStringConvertible {
     case endOfFile
     case failed(SystemError)
+
+    public var description: String {
+        switch self {
+        case .endOfFile: "the client closed the connection"
+        case .failed(let error): "\(error)"
+        }
+    }
 }
 
 /// A transport over plain file descriptors: one socket, or stdin and stdout with `-s`.

@@ -143,8 +143,20 @@ final class LifecycleTests: IntegrationTestCase {
     func testExitWithParentNormalExit() throws { try exitWithParent(killParent: false) }
     func testExitWithParentSIGKILL() throws { try exitWithParent(killParent: true) }
 
+    /// As nbdkit: only a client that opened an export counts, so connections that leave before
+    /// or during negotiation do not end the server; the first real client's departure does.
     func testExitLastFilter() throws {
         let s = try startServer(["--filter=exitlast", "memory", "1M"])
+        let probes = Harness.run(["/usr/bin/python3", "-c", """
+        import socket, struct, sys, time
+        s = socket.socket(socket.AF_UNIX); s.connect(sys.argv[1]); s.close()
+        s = socket.socket(socket.AF_UNIX); s.connect(sys.argv[1]); s.recv(18); s.close()
+        s = socket.socket(socket.AF_UNIX); s.connect(sys.argv[1]); s.recv(18)
+        s.sendall(struct.pack('>I', 3) + b'IHAVEOPT' + struct.pack('>II', 2, 0)); s.recv(20); s.close()
+        time.sleep(0.5)
+        """, s.socket], timeout: 20)
+        XCTAssertEqual(probes.status, 0, probes.stderr)
+        XCTAssertTrue(s.isRunning, "a client that never opened an export ended the server")
         XCTAssertEqual(Harness.run(["nbdinfo", "--size", s.uri]).stdout, "1048576\n")
         XCTAssertTrue(waitGone(s.pid), "exitlast did not exit")
         XCTAssertEqual(s.stop(), 0)
@@ -171,12 +183,26 @@ final class LifecycleTests: IntegrationTestCase {
     }
 
     func exitWhen(_ parameters: [String], trigger: () -> Void) throws {
-        let s = try startServer(["--filter=exitwhen", "memory", "1M", "exitwhen-poll=1"] + parameters)
+        let s = try startServer(["--filter=exitwhen", "memory", "1M", "exit-when-poll=1"] + parameters)
         XCTAssertEqual(Harness.run(["nbdinfo", "--size", s.uri]).stdout, "1048576\n")
         usleep(1_200_000)
         XCTAssertTrue(s.isRunning, "exited before the event")
         trigger()
         XCTAssertTrue(waitGone(s.pid, seconds: 10), "exitwhen did not exit")
+        XCTAssertEqual(s.stop(), 0)
+        XCTAssertFalse(FileManager.default.fileExists(atPath: s.socket))
+    }
+
+    /// The event is checked again when a client closes its export, so with the default 60 s
+    /// poll the server still exits at once when its last client leaves after the event.
+    func testExitWhenChecksWhenTheLastClientLeaves() throws {
+        let flag = dir.file("flag")
+        let s = try startServer(["--filter=exitwhen", "memory", "1M", "exit-when-file-created=\(flag)"])
+        let start = Date()
+        let r = Harness.nbdsh(s.uri, "open(\(Harness.pythonString(flag)), 'w').close(); h.pread(512, 0)")
+        XCTAssertEqual(r.status, 0)
+        XCTAssertTrue(waitGone(s.pid, seconds: 10), "exitwhen waited for its poll")
+        XCTAssertLessThan(Date().timeIntervalSince(start), 10)
         XCTAssertEqual(s.stop(), 0)
         XCTAssertFalse(FileManager.default.fileExists(atPath: s.socket))
     }

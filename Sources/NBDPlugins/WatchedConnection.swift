@@ -1,0 +1,27 @@
+import NBDServer
+
+/// The plugin's connection, passed through unchanged (reads sent from files or lent memory
+/// included), that reports when it closes: for filters that only count clients.
+final class WatchedConnection: PassthroughConnection, @unchecked Sendable {
+    private let closed: @Sendable () -> Void
+
+    init(next: any BackendConnection, closed: @escaping @Sendable () -> Void) {
+        self.closed = closed
+        super.init(next: next)
+    }
+
+    override func fileExtent(offset: UInt64, length: UInt32) -> FileExtent? {
+        next.fileExtent(offset: offset, length: length)
+    }
+    override var lendsContents: Bool { next.lendsContents }
+    override func lendContents(offset: UInt64, length: UInt32, piece: (UnsafeRawBufferPointer) -> Void,
+                               send: () -> Void) -> Bool {
+        next.lendContents(offset: offset, length: length, piece: piece, send: send)
+    }
+
+    /// Closes the plugin's connection, then reports it.
+    override func close() {
+        next.close()
+        closed()
+    }
+}
