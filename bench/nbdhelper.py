@@ -4,6 +4,7 @@
   nbdhelper.py connrate URI N          -> prints "<seconds>" for N connect+size+disconnect
   nbdhelper.py idle URI K              -> opens K connections, prints "ready", waits for EOF on stdin
   nbdhelper.py memcpy BYTES            -> copies BYTES through 64 MiB bytearrays, prints seconds
+  nbdhelper.py touch BYTES             -> writes to BYTES of fresh memory and exits (frees it)
   nbdhelper.py randread URI N DEPTH    -> N random 4 KiB reads, DEPTH in flight (aio), prints seconds
   nbdhelper.py tlsinfo URI             -> prints the TLS cipher libnbd negotiated (from its debug log)
 
@@ -106,6 +107,13 @@ def memcpy(nbytes):
     print(f"{time.perf_counter() - t0:.6f} {reps * size}")
 
 
+def touch(nbytes):
+    # bytes(n) would come from untouched zero pages; a repeated pattern writes every page.
+    block = b"\x01" * (64 << 20)
+    held = [bytearray(block) for _ in range(max(1, nbytes // len(block)))]
+    del held
+
+
 if __name__ == "__main__":
     cmd = sys.argv[1]
     if cmd == "connrate":
@@ -118,5 +126,7 @@ if __name__ == "__main__":
         tlsinfo(sys.argv[2])
     elif cmd == "memcpy":
         memcpy(int(sys.argv[2]))
+    elif cmd == "touch":
+        touch(int(sys.argv[2]))
     else:
         sys.exit(f"unknown command {cmd}")

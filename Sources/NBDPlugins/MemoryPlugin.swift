@@ -57,7 +57,7 @@ final class MemoryConnection: BackendConnection {
         return true
     }
     func pwrite(_ buffer: UnsafeRawBufferPointer, offset: UInt64, fua: Bool) throws {
-        storage.write(buffer, offset: offset)
+        try storage.write(buffer, offset: offset)
     }
     func flush() throws {}
     func trim(offset: UInt64, length: UInt32, fua: Bool) throws {

@@ -4,10 +4,12 @@ import NBDProtocol
 
 /// Sparse memory of up to 2^63 bytes in 32 KiB pages allocated on first write. Holes read as
 /// zeros; zeroing whole pages frees them. Reads and writes to existing pages run in parallel
-/// under a shared lock; allocating or freeing pages takes it exclusively.
+/// under a shared lock; allocating or freeing pages takes it exclusively. Pages come from a
+/// `PagePool`, used only under the exclusive lock.
 final class SparseArray: @unchecked Sendable {
     static let pageSize = 32 * 1024
     private var pages: [UInt64: UnsafeMutableRawPointer] = [:]
+    private let pool = PagePool(pageSize: SparseArray.pageSize)
     private let lock: UnsafeMutablePointer<pthread_rwlock_t>
     /// One page of zeros that holes are lent from; never written after `init`.
     private let zeros: UnsafeMutableRawPointer
@@ -20,7 +22,6 @@ final class SparseArray: @unchecked Sendable {
     }
 
     deinit {
-        for page in pages.values { page.deallocate() }
         zeros.deallocate()
         pthread_rwlock_destroy(lock)
         lock.deallocate()
@@ -29,7 +30,7 @@ final class SparseArray: @unchecked Sendable {
     /// Calls `body` for each page-sized piece of [offset, offset+count): page index, offset within
     /// the page, and the piece's offset within the request and length.
     @inline(__always)
-    private func forEachPiece(offset: UInt64, count: Int, _ body: (UInt64, Int, Int, Int) throws -> Void) rethrows {
+    private func forEachPiece<E: Error>(offset: UInt64, count: Int, _ body: (UInt64, Int, Int, Int) throws(E) -> Void) throws(E) {
         var done = 0
         while done < count {
             let position = offset + UInt64(done)
@@ -64,7 +65,7 @@ final class SparseArray: @unchecked Sendable {
         send()
     }
 
-    func write(_ buffer: UnsafeRawBufferPointer, offset: UInt64) {
+    func write(_ buffer: UnsafeRawBufferPointer, offset: UInt64) throws(BackendError) {
         pthread_rwlock_rdlock(lock)
         var missing = false
         forEachPiece(offset: offset, count: buffer.count) { index, inPage, at, n in
@@ -78,16 +79,12 @@ final class SparseArray: @unchecked Sendable {
         guard missing else { return }
         pthread_rwlock_wrlock(lock)
         defer { pthread_rwlock_unlock(lock) }
-        forEachPiece(offset: offset, count: buffer.count) { index, inPage, at, n in
+        try forEachPiece(offset: offset, count: buffer.count) { (index, inPage, at, n) throws(BackendError) in
             let page: UnsafeMutableRawPointer
             if let existing = pages[index] {
                 page = existing
             } else {
-                // Zero only what this write leaves untouched: a page written whole (sequential
-                // writes) is touched once, not twice.
-                page = .allocate(byteCount: Self.pageSize, alignment: 4096)
-                memset(page, 0, inPage)
-                memset(page + inPage + n, 0, Self.pageSize - inPage - n)
+                page = try pool.take()
                 pages[index] = page
             }
             (page + inPage).copyMemory(from: buffer.baseAddress! + at, byteCount: n)
@@ -101,7 +98,7 @@ final class SparseArray: @unchecked Sendable {
         forEachPiece(offset: offset, count: count) { index, inPage, _, n in
             guard let page = pages[index] else { return }
             if n == Self.pageSize {
-                page.deallocate()
+                pool.give(page)
                 pages[index] = nil
             } else {
                 memset(page + inPage, 0, n)

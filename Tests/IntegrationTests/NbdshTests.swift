@@ -22,6 +22,41 @@ final class NbdshTests: IntegrationTestCase {
         XCTAssertEqual(r.stdout, "ok\n")
     }
 
+    /// The memory plugin's pages come from a pool: trimming 64 MiB gives that memory back to the
+    /// kernel (the server's resident size falls), and a page reused after a trim reads as zeros
+    /// wherever the new write does not reach it, at both ends of the page.
+    func testMemoryPagesAreReturnedAndReusedZeroed() throws {
+        let s = try startServer(["memory", "size=128M"])
+        func residentKiB() throws -> Int {
+            let status = try String(contentsOfFile: "/proc/\(s.pid)/status", encoding: .utf8)
+            let line = try XCTUnwrap(status.split(separator: "\n").first { $0.hasPrefix("VmRSS:") })
+            return try XCTUnwrap(Int(line.split(separator: " ", omittingEmptySubsequences: true)[1]))
+        }
+        let fill = Harness.nbdsh(s.uri, """
+        for i in range(64):
+            h.pwrite(b'\\xff' * (1 << 20), i << 20)
+        print('ok')
+        """, timeout: 60)
+        XCTAssertEqual(fill.stdout, "ok\n")
+        let filled = try residentKiB()
+        let reuse = Harness.nbdsh(s.uri, """
+        h.trim(64 << 20, 0)
+        assert h.pread(1 << 20, 5 << 20) == bytes(1 << 20)
+        # Every page of the pool is free now; these writes take pages that held 0xff.
+        h.pwrite(b'a' * 100, 1000)
+        h.pwrite(b'b' * 32768, (1 << 20) + 32768)
+        h.pwrite(b'c' * 10, (2 << 20) + 32758)
+        assert h.pread(32768, 0) == bytes(1000) + b'a' * 100 + bytes(32768 - 1100)
+        assert h.pread(3 * 32768, 1 << 20) == bytes(32768) + b'b' * 32768 + bytes(32768)
+        assert h.pread(32768, 2 << 20) == bytes(32758) + b'c' * 10
+        print('ok')
+        """, timeout: 60)
+        XCTAssertEqual(reuse.stdout, "ok\n")
+        let trimmed = try residentKiB()
+        XCTAssertGreaterThan(filled, 64 * 1024, "64 MiB written should be resident")
+        XCTAssertLessThan(trimmed, filled - 60 * 1024, "trimmed pages should go back to the kernel")
+    }
+
     /// Large reads from the memory plugin are sent straight from its pages: data, holes and
     /// page boundaries at odd offsets come out right, at the sizes around the limits of that
     /// path (64 KiB and 4 MiB); and while a client leaves 16 MiB of replies unread (so the
