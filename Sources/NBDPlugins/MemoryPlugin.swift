@@ -59,6 +59,10 @@ final class MemoryConnection: BackendConnection {
     func pwrite(_ buffer: UnsafeRawBufferPointer, offset: UInt64, fua: Bool) throws {
         try storage.write(buffer, offset: offset)
     }
+    var receivesWrites: Bool { true }
+    func receiveWrite(offset: UInt64, length: UInt32, from payload: any WritePayload) throws {
+        try storage.receive(offset: offset, count: Int(length), from: payload)
+    }
     func flush() throws {}
     func trim(offset: UInt64, length: UInt32, fua: Bool) throws {
         storage.zero(offset: offset, count: Int(length))

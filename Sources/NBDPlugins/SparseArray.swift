@@ -91,6 +91,67 @@ final class SparseArray: @unchecked Sendable {
         }
     }
 
+    /// Stores `count` bytes at `offset` from `payload`, received straight into the pages: under
+    /// the shared lock as much as has arrived, then, with no lock held, waiting for more. Missing
+    /// pages are allocated first. A page that a concurrent trim or zero frees meanwhile has the
+    /// rest of its bytes dropped, as if that request had come after this one. Consumes the whole
+    /// payload unless it throws a transport error; throws `BackendError` (no memory) after that.
+    func receive(offset: UInt64, count: Int, from payload: any WritePayload) throws {
+        var failure: BackendError?
+        do { try allocate(offset: offset, count: count) } catch { failure = error }
+        try withUnsafeTemporaryAllocation(of: UnsafeMutableRawBufferPointer.self, capacity: Self.receivePieces) { pieces in
+            var done = 0
+            while done < count {
+                var wanted = 0
+                var got = 0
+                pthread_rwlock_rdlock(lock)
+                do {
+                    defer { pthread_rwlock_unlock(lock) }
+                    // The pages from `done` on, up to the first one missing.
+                    var listed = 0
+                    while listed < pieces.count && done + wanted < count && failure == nil {
+                        let position = offset + UInt64(done + wanted)
+                        guard let page = pages[position / UInt64(Self.pageSize)] else { break }
+                        let inPage = Int(position % UInt64(Self.pageSize))
+                        let n = min(Self.pageSize - inPage, count - done - wanted)
+                        pieces[listed] = UnsafeMutableRawBufferPointer(start: page + inPage, count: n)
+                        listed += 1
+                        wanted += n
+                    }
+                    if listed > 0 {
+                        got = try payload.receiveAvailable(into: UnsafeBufferPointer(rebasing: pieces[..<listed]))
+                    } else {
+                        let position = offset + UInt64(done)
+                        wanted = min(Self.pageSize - Int(position % UInt64(Self.pageSize)), count - done)
+                        got = try payload.discardAvailable(upTo: wanted)
+                    }
+                }
+                done += got
+                if got < wanted { try payload.waitForMore() }
+            }
+        }
+        if let failure { throw failure }
+    }
+
+    /// How many pages one receive fills at most (2 MiB).
+    private static let receivePieces = 64
+
+    /// Gives every page that [offset, offset+count) touches memory, zero-filled where new.
+    private func allocate(offset: UInt64, count: Int) throws(BackendError) {
+        pthread_rwlock_rdlock(lock)
+        var missing = false
+        forEachPiece(offset: offset, count: count) { index, _, _, _ in
+            if pages[index] == nil { missing = true }
+        }
+        pthread_rwlock_unlock(lock)
+        guard missing else { return }
+        pthread_rwlock_wrlock(lock)
+        defer { pthread_rwlock_unlock(lock) }
+        try forEachPiece(offset: offset, count: count) { (index, _, _, _) throws(BackendError) in
+            if pages[index] == nil { pages[index] = try pool.take() }
+        }
+    }
+
     /// Makes the range read as zeros, freeing every page it covers whole.
     func zero(offset: UInt64, count: Int) {
         pthread_rwlock_wrlock(lock)

@@ -1,7 +1,7 @@
 import NBDServer
 
-/// The plugin's connection, passed through unchanged (reads sent from files or lent memory
-/// included), that reports when it closes: for filters that only count clients.
+/// The plugin's connection, passed through unchanged (reads sent from files or lent memory and
+/// writes received in place included), that reports when it closes: for filters that only count clients.
 final class WatchedConnection: PassthroughConnection, @unchecked Sendable {
     private let closed: @Sendable () -> Void
 
@@ -17,6 +17,10 @@ final class WatchedConnection: PassthroughConnection, @unchecked Sendable {
     override func lendContents(offset: UInt64, length: UInt32, piece: (UnsafeRawBufferPointer) -> Void,
                                send: () -> Void) -> Bool {
         next.lendContents(offset: offset, length: length, piece: piece, send: send)
+    }
+    override var receivesWrites: Bool { next.receivesWrites }
+    override func receiveWrite(offset: UInt64, length: UInt32, from payload: any WritePayload) throws {
+        try next.receiveWrite(offset: offset, length: length, from: payload)
     }
 
     /// Closes the plugin's connection, then reports it.

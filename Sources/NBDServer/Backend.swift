@@ -154,6 +154,15 @@ public protocol BackendConnection: AnyObject, Sendable {
     func lendContents(offset: UInt64, length: UInt32, piece: (UnsafeRawBufferPointer) -> Void, send: () -> Void) -> Bool
     /// Writes `buffer` at `offset`; with `fua`, the data is persistent on return.
     func pwrite(_ buffer: UnsafeRawBufferPointer, offset: UInt64, fua: Bool) throws
+    /// True when `receiveWrite` can take a write's payload straight into the backend's memory.
+    var receivesWrites: Bool { get }
+    /// Stores a write of `length` bytes at `offset` (without FUA) whose payload has not been read
+    /// yet, receiving it from `payload` straight into the backend's memory. Consumes exactly
+    /// `length` bytes of `payload` whatever happens, unless `payload` throws (the connection is
+    /// lost; its error is rethrown); a write that fails throws `BackendError` after that. A filter
+    /// that changes or watches the data must not pass this through (`PassthroughConnection`
+    /// receives nothing this way).
+    func receiveWrite(offset: UInt64, length: UInt32, from payload: any WritePayload) throws
     func flush() throws
     func trim(offset: UInt64, length: UInt32, fua: Bool) throws
     /// Makes the range read as zeros. `mayTrim`: holes are allowed; `fastZero`: fail with
@@ -183,6 +192,11 @@ extension BackendConnection {
     public func lendContents(offset: UInt64, length: UInt32, piece: (UnsafeRawBufferPointer) -> Void,
                              send: () -> Void) -> Bool { false }
     public func pwrite(_ buffer: UnsafeRawBufferPointer, offset: UInt64, fua: Bool) throws {
+        throw BackendError(.eperm, "write not supported")
+    }
+    public var receivesWrites: Bool { false }
+    public func receiveWrite(offset: UInt64, length: UInt32, from payload: any WritePayload) throws {
+        try payload.discard(Int(length))
         throw BackendError(.eperm, "write not supported")
     }
     public func flush() throws { throw BackendError(.einval, "flush not supported") }

@@ -28,6 +28,12 @@ open class PassthroughConnection: BackendConnection, @unchecked Sendable {
     open func pwrite(_ buffer: UnsafeRawBufferPointer, offset: UInt64, fua: Bool) throws {
         try next.pwrite(buffer, offset: offset, fua: fua)
     }
+    /// False: a filter sees every write unless it chooses to let the plugin receive it.
+    open var receivesWrites: Bool { false }
+    open func receiveWrite(offset: UInt64, length: UInt32, from payload: any WritePayload) throws {
+        try payload.discard(Int(length))
+        throw BackendError(.eio, "this filter does not receive writes in place")
+    }
     open func flush() throws { try next.flush() }
     open func trim(offset: UInt64, length: UInt32, fua: Bool) throws {
         try next.trim(offset: offset, length: length, fua: fua)

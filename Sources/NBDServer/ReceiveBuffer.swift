@@ -72,3 +72,47 @@ final class ReceiveBuffer {
         return count
     }
 }
+
+/// A write's payload received through the read-ahead: what is buffered first, then straight from
+/// the transport into the caller's memory, never past what the caller asks for.
+extension ReceiveBuffer: WritePayload {
+    func receiveAvailable(into buffers: UnsafeBufferPointer<UnsafeMutableRawBufferPointer>) throws -> Int {
+        var total = 0
+        var index = 0
+        var unfilled = buffers[0]
+        // What the read-ahead holds goes first.
+        while start < end {
+            let n = min(end - start, unfilled.count)
+            unfilled.baseAddress!.copyMemory(from: storage.baseAddress! + start, byteCount: n)
+            start += n
+            total += n
+            unfilled = UnsafeMutableRawBufferPointer(rebasing: unfilled[n...])
+            if unfilled.isEmpty {
+                index += 1
+                guard index < buffers.count else { return total }
+                unfilled = buffers[index]
+            }
+        }
+        start = 0
+        end = 0
+        // Then one receive into the rest of this buffer and the ones after it.
+        return try withUnsafeTemporaryAllocation(of: UnsafeMutableRawBufferPointer.self, capacity: buffers.count - index) { list in
+            list[0] = unfilled
+            for i in 1..<list.count { list[i] = buffers[index + i] }
+            return try total + transport.receiveIfAvailable(into: UnsafeBufferPointer(list))
+        }
+    }
+
+    func discardAvailable(upTo count: Int) throws -> Int {
+        let buffered = min(end - start, count)
+        if buffered > 0 {
+            start += buffered
+            return buffered
+        }
+        start = 0
+        end = 0
+        return try transport.receiveIfAvailable(into: UnsafeMutableRawBufferPointer(rebasing: storage[0..<min(count, Self.capacity)]))
+    }
+
+    func waitForMore() throws { try transport.waitForInput() }
+}

@@ -5,10 +5,12 @@ import NBDProtocol
 /// request (under `readLock`, through a shared read-ahead buffer), serve it in parallel, and
 /// write the whole reply with one `send` (under `writeLock`), so replies may complete out of
 /// order. A worker is started when a request finds every running worker busy, so one is always
-/// free to read the next request. On a plain socket the reader polls for input for a short,
-/// adaptive while before it blocks (see `ReceiveBuffer`). The locks never spin and never hand over to a waiter: on a
-/// busy core one thread goes on reading, serving and replying without a context switch while the
-/// client keeps requests coming.
+/// free to read the next request. A large write that the backend receives in place (straight
+/// into its memory, as it is read) is answered by the reader itself, which then reads on. On a
+/// plain socket the reader polls for input for a short, adaptive while before it blocks (see
+/// `ReceiveBuffer`). The locks never spin and never hand over to a waiter: on a busy core one
+/// thread goes on reading, serving and replying without a context switch while the client
+/// keeps requests coming.
 final class Transmission: Sendable {
     let server: ServerContext
     let transport: any Transport
@@ -44,7 +46,13 @@ final class Transmission: Sendable {
         let buffer = RequestBuffer()
         while true {
             readLock.lock()
-            let more = readRequest(into: buffer)
+            var more = readRequest(into: buffer)
+            // A write received in place is done: its reply goes now, and this thread reads on,
+            // instead of handing the read lock to another worker and waking it.
+            while more && buffer.receivedInPlace != nil {
+                guard serveRequest(buffer) else { readLock.unlock(); stop(); return }
+                more = readRequest(into: buffer)
+            }
             readLock.unlock()
             guard more else { return }
             // Someone must always be free to read the next request: a slow request (a long
@@ -129,7 +137,19 @@ final class Transmission: Sendable {
         }
         buffer.request = request
         buffer.invalid = validate(request)
-        if request.command == .write {
+        buffer.receivedInPlace = nil
+        if request.command == .write, buffer.invalid == nil, receivesInPlace(request) {
+            do {
+                try session.backend.receiveWrite(offset: request.offset, length: request.length, from: input)
+                buffer.receivedInPlace = .success(())
+            } catch let e as BackendError {
+                buffer.receivedInPlace = .failure(e)
+            } catch {
+                server.logger.error("\(label): client went away in the middle of a write payload")
+                closed.store(true, ordering: .relaxed)
+                return false
+            }
+        } else if request.command == .write {
             // The payload must be consumed to stay in step with the client; one too large to
             // buffer means the stream can't be trusted, so the connection ends instead.
             guard request.length <= NBDSize.maxRequest else {
@@ -204,6 +224,14 @@ final class Transmission: Sendable {
     /// `sendmsg`); longer ones are copied.
     static let lendMaximum: UInt32 = 4 << 20
 
+    /// Whether a valid write's payload goes straight into the backend's memory as it is read
+    /// (under `readLock`): large ones without FUA, on a socket, from a backend that can.
+    private func receivesInPlace(_ r: RequestHeader) -> Bool {
+        r.length >= Self.sendFileMinimum && !r.flags.contains(.fua)
+            && server.threadModel != .serializeAllRequests
+            && transport.receivesWithoutWaiting && session.backend.receivesWrites
+    }
+
     /// Serves one valid request against the backend.
     private func perform(_ r: RequestHeader, _ buffer: RequestBuffer) -> Outcome {
         let backend = session.backend
@@ -224,6 +252,7 @@ final class Transmission: Sendable {
                 try backend.pread(into: buffer.payload(count: Int(r.length)), offset: r.offset)
                 return .read(Int(r.length))
             case .write:
+                if let received = buffer.receivedInPlace { try received.get(); break }
                 let data = UnsafeRawBufferPointer(buffer.payload(count: Int(r.length)))
                 try backend.pwrite(data, offset: r.offset, fua: fua && session.fua == .native)
                 if fua && session.fua == .emulate { try backend.flush() }

@@ -38,6 +38,11 @@ public protocol Transport: AnyObject, Sendable {
     /// empty). Throws `TransportError.endOfFile` if the peer closed. Waits as `receiveSome`
     /// does unless `receivesWithoutWaiting`.
     func receiveIfAvailable(into buffer: UnsafeMutableRawBufferPointer) throws -> Int
+    /// As `receiveIfAvailable`, filling `buffers` (not empty, none empty) in order with one call.
+    func receiveIfAvailable(into buffers: UnsafeBufferPointer<UnsafeMutableRawBufferPointer>) throws -> Int
+    /// Waits until something can be received, the peer closed, or receives were shut down.
+    /// Returns at once unless `receivesWithoutWaiting`.
+    func waitForInput() throws
 }
 
 extension Transport {
@@ -57,6 +62,12 @@ extension Transport {
     public func receiveIfAvailable(into buffer: UnsafeMutableRawBufferPointer) throws -> Int {
         try receiveSome(into: buffer)
     }
+
+    public func receiveIfAvailable(into buffers: UnsafeBufferPointer<UnsafeMutableRawBufferPointer>) throws -> Int {
+        try receiveIfAvailable(into: buffers[0])
+    }
+
+    public func waitForInput() throws {}
 
     /// Sends a byte array (negotiation messages).
     public func send(_ bytes: [UInt8]) throws {
@@ -117,14 +128,42 @@ public final class PlainTransport: Transport, @unchecked Sendable {
 
     public func receiveIfAvailable(into buffer: UnsafeMutableRawBufferPointer) throws -> Int {
         while true {
-            let n = CNBDShim_recv_nowait(readFD, buffer.baseAddress!, buffer.count)
-            if n > 0 { return n }
-            if n == 0 { throw TransportError.endOfFile }
+            if let n = try Self.available(CNBDShim_recv_nowait(readFD, buffer.baseAddress!, buffer.count), "recv") {
+                return n
+            }
+        }
+    }
+
+    public func receiveIfAvailable(into buffers: UnsafeBufferPointer<UnsafeMutableRawBufferPointer>) throws -> Int {
+        try withUnsafeTemporaryAllocation(of: iovec.self, capacity: buffers.count) { vecs in
+            for (i, buffer) in buffers.enumerated() {
+                vecs[i] = iovec(iov_base: buffer.baseAddress, iov_len: buffer.count)
+            }
+            while true {
+                if let n = try Self.available(CNBDShim_recv_vectors_nowait(readFD, vecs.baseAddress!, Int32(vecs.count)), "recvmsg") {
+                    return n
+                }
+            }
+        }
+    }
+
+    /// What a receive that does not wait got: the bytes received, 0 if nothing had arrived, nil
+    /// to try again (interrupted).
+    private static func available(_ n: Int, _ call: String) throws -> Int? {
+        if n > 0 { return n }
+        if n == 0 { throw TransportError.endOfFile }
+        let e = CNBDShim_errno()
+        if e == EAGAIN || e == EWOULDBLOCK { return 0 }
+        if e == EINTR { return nil }
+        if e == ECONNRESET { throw TransportError.endOfFile }
+        throw TransportError.failed(SystemError(call, errno: e))
+    }
+
+    public func waitForInput() throws {
+        var entry = pollfd(fd: readFD, events: Int16(POLLIN), revents: 0)
+        while poll(&entry, 1, -1) < 0 {
             let e = CNBDShim_errno()
-            if e == EAGAIN || e == EWOULDBLOCK { return 0 }
-            if e == EINTR { continue }
-            if e == ECONNRESET { throw TransportError.endOfFile }
-            throw TransportError.failed(SystemError("recv", errno: e))
+            if e != EINTR { throw TransportError.failed(SystemError("poll", errno: e)) }
         }
     }
 

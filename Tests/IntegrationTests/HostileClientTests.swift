@@ -312,6 +312,44 @@ final class HostileClientTests: IntegrationTestCase {
         assertServerHealthy(s)
     }
 
+    /// A write of 64 KiB or more goes straight into the memory plugin's pages as it arrives, and
+    /// holds no lock while it waits for more: with a client stalled in the middle of such a
+    /// payload, another client still trims (freeing pages the stalled write was given) and
+    /// allocates pages. Once the payload is complete the write succeeds, as if the trim had come
+    /// after it. A client stalled mid-payload does not keep the server from stopping on SIGTERM.
+    func testStalledLargeWriteHoldsNoLock() throws {
+        let s = try startServer(["memory", "size=1M"])
+        let c = try RawClient(s.socket)
+        defer { c.close() }
+        try c.exportNameHandshake()
+        let data = (0..<(768 << 10)).map { UInt8(truncatingIfNeeded: $0 &* 13 &+ 5) }
+        XCTAssertTrue(c.send(Wire.request(command: 1, cookie: 9, offset: 0, length: UInt32(data.count)) + data[0..<100_000]))
+        usleep(200_000)
+        let other = Harness.nbdsh(s.uri, """
+        h.trim(256 << 10, 0)
+        h.pwrite(b'y' * 100000, 900 << 10)
+        assert h.pread(100000, 900 << 10) == b'y' * 100000
+        print('ok')
+        """, timeout: 10)
+        XCTAssertEqual(other.stdout, "ok\n", "another client was held up by the stalled write: \(other.stderr)")
+        XCTAssertTrue(c.send(Array(data[100_000...])))
+        XCTAssertEqual(c.readExactly(16), Wire.simpleReply(error: 0, cookie: 9))
+        XCTAssertTrue(c.send(Wire.request(command: 0, cookie: 10, offset: 0, length: 768 << 10)))
+        XCTAssertEqual(c.readExactly(16), Wire.simpleReply(error: 0, cookie: 10))
+        let back = try XCTUnwrap(c.readExactly(768 << 10))
+        XCTAssertEqual(Array(back[0..<(256 << 10)]), [UInt8](repeating: 0, count: 256 << 10), "the trim counts as after the write")
+        XCTAssertEqual(Array(back[(256 << 10)...]), Array(data[(256 << 10)...]))
+
+        let stalled = try RawClient(s.socket)
+        defer { stalled.close() }
+        try stalled.exportNameHandshake()
+        XCTAssertTrue(stalled.send(Wire.request(command: 1, cookie: 11, offset: 0, length: 1 << 19) + [UInt8](repeating: 1, count: 1000)))
+        usleep(100_000)
+        let start = Date()
+        XCTAssertEqual(s.stop(), 0)
+        XCTAssertLessThan(Date().timeIntervalSince(start), 8, "SIGTERM waited for the stalled payload")
+    }
+
     func testReadOutOfRangeGetsEINVAL() throws {
         let s = try startServer(["memory", "size=1M"])
         let c = try RawClient(s.socket)

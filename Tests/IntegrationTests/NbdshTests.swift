@@ -57,6 +57,54 @@ final class NbdshTests: IntegrationTestCase {
         XCTAssertLessThan(trimmed, filled - 60 * 1024, "trimmed pages should go back to the kernel")
     }
 
+    /// Writes of 64 KiB and more go straight into the memory plugin's pages as they are read:
+    /// odd offsets and lengths around the limit, pages partly present, the largest request
+    /// (32 MiB), a FUA write (which takes the usual path), 16 writes in flight at once with trims
+    /// of other pages between them, and a write past the end (ENOSPC, its payload consumed so
+    /// the next request is read in step) all leave the disk as a plain copy would.
+    func testLargeWritesIntoMemoryPages() throws {
+        let s = try startServer(["memory", "size=64M"])
+        let r = Harness.nbdsh(s.uri, """
+        import os, errno
+        size = 64 << 20
+        image = bytearray(size)
+        def w(offset, length, flags=0):
+            data = os.urandom(length)
+            h.pwrite(data, offset, flags)
+            image[offset:offset + length] = data
+        w(12345, 65535)
+        w(100000, 65536)
+        w((1 << 20) + 3, (1 << 20) + 5)
+        w(60 << 20, 1 << 20, nbd.CMD_FLAG_FUA)
+        w(61 << 20, 2 << 20)
+        h.trim(1 << 20, 2 << 20)
+        image[2 << 20:3 << 20] = bytes(1 << 20)
+        w((2 << 20) + 1000, 2 << 20)
+        w(5 << 20, 32 << 20)
+        buffers = []
+        for i in range(16):
+            data = os.urandom(1 << 20)
+            offset = (40 << 20) + i * (1 << 20) + i
+            buffers.append(nbd.Buffer.from_bytearray(bytearray(data)))
+            h.aio_pwrite(buffers[-1], offset)
+            image[offset:offset + len(data)] = data
+            h.aio_trim(65536, (61 << 20) + i * 131072)
+            image[(61 << 20) + i * 131072:(61 << 20) + i * 131072 + 65536] = bytes(65536)
+        while h.aio_in_flight() > 0:
+            h.poll(-1)
+        h.set_strict_mode(0)
+        try:
+            h.pwrite(b'z' * 65536, size - 1000)
+            assert False, 'a write past the end succeeded'
+        except nbd.Error as e:
+            assert e.errnum == errno.ENOSPC, e
+        for offset in range(0, size, 4 << 20):
+            assert h.pread(4 << 20, offset) == image[offset:offset + (4 << 20)], offset
+        print('ok')
+        """, timeout: 60)
+        XCTAssertEqual(r.stdout, "ok\n")
+    }
+
     /// Large reads from the memory plugin are sent straight from its pages: data, holes and
     /// page boundaries at odd offsets come out right, at the sizes around the limits of that
     /// path (64 KiB and 4 MiB); and while a client leaves 16 MiB of replies unread (so the

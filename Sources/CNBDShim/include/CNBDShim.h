@@ -28,6 +28,9 @@ int CNBDShim_eventfd(void);
 /* recv(fd, buf, len, MSG_DONTWAIT). */
 ssize_t CNBDShim_recv_nowait(int fd, void *buf, size_t len);
 
+/* recvmsg(fd, iov, iovcnt, MSG_DONTWAIT): fills the buffers in order with what has arrived. */
+ssize_t CNBDShim_recv_vectors_nowait(int fd, struct iovec *iov, int iovcnt);
+
 /* send(fd, buf, len, MSG_MORE | MSG_NOSIGNAL): more follows at once (TCP coalesces it). */
 ssize_t CNBDShim_send_more(int fd, const void *buf, size_t len);
 /* sendmsg of iovcnt iovecs that never blocks (MSG_DONTWAIT) and never raises SIGPIPE. */

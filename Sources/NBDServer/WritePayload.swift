@@ -1,0 +1,25 @@
+/// The payload of a write as it arrives from the client, for `BackendConnection.receiveWrite`.
+/// Only `waitForMore` waits, so a backend may hold a lock while it calls the others.
+public protocol WritePayload: AnyObject {
+    /// Fills `buffers` in order (none empty, together no longer than what is left of the
+    /// payload) with payload that has arrived, without waiting; returns how many bytes, 0 if none
+    /// has arrived.
+    func receiveAvailable(into buffers: UnsafeBufferPointer<UnsafeMutableRawBufferPointer>) throws -> Int
+    /// Drops up to `count` (> 0) bytes of payload that have arrived, without waiting; returns how
+    /// many, 0 if none have arrived.
+    func discardAvailable(upTo count: Int) throws -> Int
+    /// Waits until more payload has arrived or the connection ended. Call it holding no lock.
+    func waitForMore() throws
+}
+
+extension WritePayload {
+    /// Drops the next `count` bytes of payload, waiting for them as needed.
+    public func discard(_ count: Int) throws {
+        var done = 0
+        while done < count {
+            let n = try discardAvailable(upTo: count - done)
+            done += n
+            if n == 0 { try waitForMore() }
+        }
+    }
+}
