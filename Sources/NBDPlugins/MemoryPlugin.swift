@@ -60,6 +60,7 @@ final class MemoryConnection: BackendConnection {
         try storage.write(buffer, offset: offset)
     }
     var receivesWrites: Bool { true }
+    var servesWithoutBlocking: Bool { true }
     func receiveWrite(offset: UInt64, length: UInt32, from payload: any WritePayload) throws {
         try storage.receive(offset: offset, count: Int(length), from: payload)
     }

@@ -93,9 +93,11 @@ final class SparseArray: @unchecked Sendable {
 
     /// Stores `count` bytes at `offset` from `payload`, received straight into the pages: under
     /// the shared lock as much as has arrived, then, with no lock held, waiting for more. Missing
-    /// pages are allocated first. A page that a concurrent trim or zero frees meanwhile has the
-    /// rest of its bytes dropped, as if that request had come after this one. Consumes the whole
-    /// payload unless it throws a transport error; throws `BackendError` (no memory) after that.
+    /// pages are allocated first. The bytes land as they arrive, so requests for the same bytes
+    /// that run meanwhile may interleave with it (as NBD allows for requests in flight together);
+    /// a page that one of them frees has the rest of its bytes dropped, never stored elsewhere.
+    /// Consumes the whole payload unless it throws a transport error; throws `BackendError` (no
+    /// memory) after that.
     func receive(offset: UInt64, count: Int, from payload: any WritePayload) throws {
         var failure: BackendError?
         do { try allocate(offset: offset, count: count) } catch { failure = error }

@@ -19,6 +19,7 @@ final class WatchedConnection: PassthroughConnection, @unchecked Sendable {
         next.lendContents(offset: offset, length: length, piece: piece, send: send)
     }
     override var receivesWrites: Bool { next.receivesWrites }
+    override var servesWithoutBlocking: Bool { next.servesWithoutBlocking }
     override func receiveWrite(offset: UInt64, length: UInt32, from payload: any WritePayload) throws {
         try next.receiveWrite(offset: offset, length: length, from: payload)
     }

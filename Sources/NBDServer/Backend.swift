@@ -156,6 +156,9 @@ public protocol BackendConnection: AnyObject, Sendable {
     func pwrite(_ buffer: UnsafeRawBufferPointer, offset: UInt64, fua: Bool) throws
     /// True when `receiveWrite` can take a write's payload straight into the backend's memory.
     var receivesWrites: Bool { get }
+    /// True when no call waits for long (no disk, network or sleep: the data is in memory), so
+    /// the thread that reads a request may serve it at once and read on, one thread per client.
+    var servesWithoutBlocking: Bool { get }
     /// Stores a write of `length` bytes at `offset` (without FUA) whose payload has not been read
     /// yet, receiving it from `payload` straight into the backend's memory. Consumes exactly
     /// `length` bytes of `payload` whatever happens, unless `payload` throws (the connection is
@@ -195,6 +198,7 @@ extension BackendConnection {
         throw BackendError(.eperm, "write not supported")
     }
     public var receivesWrites: Bool { false }
+    public var servesWithoutBlocking: Bool { false }
     public func receiveWrite(offset: UInt64, length: UInt32, from payload: any WritePayload) throws {
         try payload.discard(Int(length))
         throw BackendError(.eperm, "write not supported")

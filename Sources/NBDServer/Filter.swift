@@ -30,6 +30,8 @@ open class PassthroughConnection: BackendConnection, @unchecked Sendable {
     }
     /// False: a filter sees every write unless it chooses to let the plugin receive it.
     open var receivesWrites: Bool { false }
+    /// False: a filter may wait (`delay`), so only one that never does may pass this through.
+    open var servesWithoutBlocking: Bool { false }
     open func receiveWrite(offset: UInt64, length: UInt32, from payload: any WritePayload) throws {
         try payload.discard(Int(length))
         throw BackendError(.eio, "this filter does not receive writes in place")

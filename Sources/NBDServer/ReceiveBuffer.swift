@@ -13,6 +13,9 @@ final class ReceiveBuffer {
     /// Shared by every connection of the server; nil when this transport can't be polled.
     private let allowance: PollingAllowance?
     private var idlePoll = IdlePoll()
+    /// Called when nothing has arrived, before the buffer polls or waits for input (so replies
+    /// gathered meanwhile go out first). Set only for a transport that `receivesWithoutWaiting`.
+    var beforeWaiting: (() throws -> Void)?
 
     init(_ transport: any Transport, polling allowance: PollingAllowance? = nil) {
         self.transport = transport
@@ -55,15 +58,18 @@ final class ReceiveBuffer {
     /// has, else what arrives while polling (if the allowance has room); only then does it block,
     /// timing the sleep to adapt the polling limit.
     private func receiveSome(into buffer: UnsafeMutableRawBufferPointer, mayPoll: Bool) throws -> Int {
-        guard let allowance, mayPoll else { return try transport.receiveSome(into: buffer) }
-        if idlePoll.limit > 0 {
-            var count = try transport.receiveIfAvailable(into: buffer)
+        let polls = allowance != nil && mayPoll
+        if (polls && idlePoll.limit > 0) || beforeWaiting != nil {
+            let count = try transport.receiveIfAvailable(into: buffer)
             if count > 0 { return count }
-            if allowance.begin() {
-                defer { allowance.end() }
-                if try idlePoll.poll({ count = try transport.receiveIfAvailable(into: buffer); return count > 0 }) {
-                    return count
-                }
+            try beforeWaiting?()
+        }
+        guard let allowance, polls else { return try transport.receiveSome(into: buffer) }
+        if idlePoll.limit > 0 && allowance.begin() {
+            defer { allowance.end() }
+            var count = 0
+            if try idlePoll.poll({ count = try transport.receiveIfAvailable(into: buffer); return count > 0 }) {
+                return count
             }
         }
         let sleptFrom = MonotonicClock.nanoseconds()
@@ -114,5 +120,8 @@ extension ReceiveBuffer: WritePayload {
         return try transport.receiveIfAvailable(into: UnsafeMutableRawBufferPointer(rebasing: storage[0..<min(count, Self.capacity)]))
     }
 
-    func waitForMore() throws { try transport.waitForInput() }
+    func waitForMore() throws {
+        try beforeWaiting?()
+        try transport.waitForInput()
+    }
 }

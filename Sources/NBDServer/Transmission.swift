@@ -21,6 +21,19 @@ final class Transmission: Sendable {
     private let writeLock = Lock()
     /// Read-ahead shared by the workers; used only under `readLock`.
     private nonisolated(unsafe) let input: ReceiveBuffer
+    /// Replies on their way out; used only under `writeLock`.
+    private nonisolated(unsafe) let replies: ReplyBatch
+    /// Whether the reader serves every request itself: the backend never waits for long, and
+    /// the socket can tell when no input has arrived (the moment to send gathered replies).
+    private let inline: Bool
+    /// Served inline: requests read since the input last ran dry, and how many times in a row
+    /// that was at most one. Used only under `readLock`.
+    private nonisolated(unsafe) var batchSize = 0
+    private nonisolated(unsafe) var loneRequests = 0
+    /// Served inline, the reader polls for input once the input has run dry after each of this
+    /// many requests in a row: a client at queue depth 1. With more in flight a batch of replies
+    /// is on its way while the client sends more, and polling would only burn the processor.
+    private static let loneRequestsToPoll = 1024
     private let closed = Atomic<Bool>(false)
     private let workers = Atomic<Int>(1)
     private let busy = Atomic<Int>(0)
@@ -33,6 +46,18 @@ final class Transmission: Sendable {
         self.label = label
         self.maxWorkers = server.threadModel >= .parallel ? server.threads : 1
         self.input = ReceiveBuffer(transport, polling: server.pollingAllowance)
+        self.inline = server.threadModel != .serializeAllRequests && transport.receivesWithoutWaiting
+            && session.backend.servesWithoutBlocking
+        self.replies = ReplyBatch(transport, batching: inline)
+        if inline {
+            // Gathered replies go out before the reader waits for the client's next requests.
+            input.beforeWaiting = { [unowned self] in
+                loneRequests = batchSize <= 1 ? loneRequests + 1 : 0
+                batchSize = 0
+                // A client that can't take its replies is gone: end quietly, as at end of file.
+                guard writeLock.withLock({ flushReplies() }) else { throw TransportError.endOfFile }
+            }
+        }
     }
 
     /// Serves requests until the client disconnects or the connection fails, then waits for
@@ -47,12 +72,15 @@ final class Transmission: Sendable {
         while true {
             readLock.lock()
             var more = readRequest(into: buffer)
-            // A write received in place is done: its reply goes now, and this thread reads on,
-            // instead of handing the read lock to another worker and waking it.
-            while more && buffer.receivedInPlace != nil {
+            // A request that is served inline, or a write received in place (which is done),
+            // is answered now, and this thread reads on, instead of handing the read lock to
+            // another worker and waking it.
+            while more && (inline || buffer.receivedInPlace != nil) {
+                batchSize += 1
                 guard serveRequest(buffer) else { readLock.unlock(); stop(); return }
                 more = readRequest(into: buffer)
             }
+            if inline { _ = writeLock.withLock { flushReplies() } }
             readLock.unlock()
             guard more else { return }
             // Someone must always be free to read the next request: a slow request (a long
@@ -112,7 +140,8 @@ final class Transmission: Sendable {
         // Poll for input only while at most one request is in flight: at queue depth 1 its reply
         // is on its way while the client prepares the next request; with more in flight the
         // workers have work for the processor, and input comes often enough without polling.
-        let mayPoll = busy.load(ordering: .relaxed) <= 1
+        // (Served inline: while the input has run dry after every one of the last few requests.)
+        let mayPoll = inline ? loneRequests >= Self.loneRequestsToPoll : busy.load(ordering: .relaxed) <= 1
         do {
             try input.read(into: headerBytes, mayPoll: mayPoll)
         } catch {
@@ -223,6 +252,17 @@ final class Transmission: Sendable {
     /// Reads at most this long are sent from the backend's memory (the pieces of one fit in one
     /// `sendmsg`); longer ones are copied.
     static let lendMaximum: UInt32 = 4 << 20
+
+    /// Sends the replies gathered so far. Must hold `writeLock`. Returns false if the client is gone.
+    private func flushReplies() -> Bool {
+        do {
+            try replies.flush()
+            return true
+        } catch {
+            server.logger.debug("\(label): could not send a reply: \(error)")
+            return false
+        }
+    }
 
     /// Whether a valid write's payload goes straight into the backend's memory as it is read
     /// (under `readLock`): large ones without FUA, on a socket, from a backend that can.
@@ -353,14 +393,15 @@ final class Transmission: Sendable {
             case .failure(let errno, let message):
                 if session.structuredReplies {
                     let chunk = Reply.structuredError(cookie: r.cookie, error: errno, message: message)
-                    try chunk.withUnsafeBytes { try transport.send($0, none) }
+                    try chunk.withUnsafeBytes { try replies.send($0, none) }
                 } else {
                     Reply.encodeSimpleHeader(into: header, error: errno.rawValue, cookie: r.cookie)
-                    try transport.send(UnsafeRawBufferPointer(rebasing: header[0..<NBDSize.simpleReplyHeader]), none)
+                    try replies.send(UnsafeRawBufferPointer(rebasing: header[0..<NBDSize.simpleReplyHeader]), none)
                 }
             case .read(let count):
-                try transport.send(encodeReadHeader(r, count: count, into: header), UnsafeRawBufferPointer(buffer.payload(count: count)))
+                try replies.send(encodeReadHeader(r, count: count, into: header), UnsafeRawBufferPointer(buffer.payload(count: count)))
             case .readFromFile(let file, let count):
+                try replies.flush()
                 let sent = try transport.sendFromFile(encodeReadHeader(r, count: count, into: header), file, count: count)
                 if sent < count {
                     // The kernel could not send it all (the file shrank, or it refused): the
@@ -375,14 +416,15 @@ final class Transmission: Sendable {
                     try transport.send(UnsafeRawBufferPointer(rest), none)
                 }
             case .readLent(let count):
+                try replies.flush()
                 return try sendLent(r, count: count, buffer)
             case .extents(let extents):
                 let chunk = Reply.blockStatus(cookie: r.cookie, contextID: session.allocationContextID ?? 0,
                                               extents: extents.map { (UInt32($0.length), $0.flags) })
-                try chunk.withUnsafeBytes { try transport.send($0, none) }
+                try chunk.withUnsafeBytes { try replies.send($0, none) }
             case .done:
                 Reply.encodeSimpleHeader(into: header, error: 0, cookie: r.cookie)
-                try transport.send(UnsafeRawBufferPointer(rebasing: header[0..<NBDSize.simpleReplyHeader]), none)
+                try replies.send(UnsafeRawBufferPointer(rebasing: header[0..<NBDSize.simpleReplyHeader]), none)
             }
             return true
         } catch {

@@ -41,7 +41,8 @@ public protocol Transport: AnyObject, Sendable {
     /// As `receiveIfAvailable`, filling `buffers` (not empty, none empty) in order with one call.
     func receiveIfAvailable(into buffers: UnsafeBufferPointer<UnsafeMutableRawBufferPointer>) throws -> Int
     /// Waits until something can be received, the peer closed, or receives were shut down.
-    /// Returns at once unless `receivesWithoutWaiting`.
+    /// A transport that `receivesWithoutWaiting` must provide it (the default returns at once,
+    /// which is right only where receiving waits anyway).
     func waitForInput() throws
 }
 

@@ -315,8 +315,9 @@ final class HostileClientTests: IntegrationTestCase {
     /// A write of 64 KiB or more goes straight into the memory plugin's pages as it arrives, and
     /// holds no lock while it waits for more: with a client stalled in the middle of such a
     /// payload, another client still trims (freeing pages the stalled write was given) and
-    /// allocates pages. Once the payload is complete the write succeeds, as if the trim had come
-    /// after it. A client stalled mid-payload does not keep the server from stopping on SIGTERM.
+    /// allocates pages. Once the payload is complete the write succeeds; the bytes for the pages
+    /// the trim freed are dropped (not stored in pages given to anyone else), the rest are
+    /// stored. A client stalled mid-payload does not keep the server from stopping on SIGTERM.
     func testStalledLargeWriteHoldsNoLock() throws {
         let s = try startServer(["memory", "size=1M"])
         let c = try RawClient(s.socket)
@@ -337,7 +338,7 @@ final class HostileClientTests: IntegrationTestCase {
         XCTAssertTrue(c.send(Wire.request(command: 0, cookie: 10, offset: 0, length: 768 << 10)))
         XCTAssertEqual(c.readExactly(16), Wire.simpleReply(error: 0, cookie: 10))
         let back = try XCTUnwrap(c.readExactly(768 << 10))
-        XCTAssertEqual(Array(back[0..<(256 << 10)]), [UInt8](repeating: 0, count: 256 << 10), "the trim counts as after the write")
+        XCTAssertEqual(Array(back[0..<(256 << 10)]), [UInt8](repeating: 0, count: 256 << 10), "bytes for freed pages are dropped")
         XCTAssertEqual(Array(back[(256 << 10)...]), Array(data[(256 << 10)...]))
 
         let stalled = try RawClient(s.socket)
