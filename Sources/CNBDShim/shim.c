@@ -9,7 +9,9 @@
 #include <unistd.h>
 #include <linux/falloc.h>
 #include <linux/fs.h>
+#include <linux/magic.h>
 #include <sys/ioctl.h>
+#include <sys/vfs.h>
 #include <sys/prctl.h>
 #include <sys/signalfd.h>
 #include <sys/eventfd.h>
@@ -132,6 +134,14 @@ int64_t CNBDShim_block_device_size(int fd)
   if (ioctl(fd, BLKGETSIZE64, &size) == -1)
     return -1;
   return (int64_t) size;
+}
+
+int CNBDShim_file_system_in_memory(int fd)
+{
+  struct statfs fs;
+  if (fstatfs(fd, &fs) == -1)
+    return -1;
+  return fs.f_type == TMPFS_MAGIC || fs.f_type == RAMFS_MAGIC;
 }
 
 int CNBDShim_errno(void) { return errno; }

@@ -121,6 +121,8 @@ final class FileConnection: BackendConnection {
     let isRegularOrBlockDevice: Bool
     private let readonly: Bool
     private let path: String
+    /// The file lives in memory (tmpfs or ramfs): no call waits for a disk.
+    private let inMemory: Bool
 
     init(path: String, readonly: Bool) throws {
         var fd = Glibc.open(path, (readonly ? O_RDONLY : O_RDWR) | O_CLOEXEC)
@@ -138,7 +140,11 @@ final class FileConnection: BackendConnection {
         self.readonly = opened
         self.isBlockDevice = st.st_mode & S_IFMT == S_IFBLK
         self.isRegularOrBlockDevice = st.st_mode & S_IFMT == S_IFBLK || st.st_mode & S_IFMT == S_IFREG
+        self.inMemory = st.st_mode & S_IFMT == S_IFREG && CNBDShim_file_system_in_memory(fd) == 1
     }
+
+    /// A regular file in tmpfs or ramfs (such as /dev/shm) never waits for a disk.
+    var servesWithoutBlocking: Bool { inMemory }
 
     func size() throws -> UInt64 {
         if isBlockDevice {

@@ -105,6 +105,48 @@ final class NbdshTests: IntegrationTestCase {
         XCTAssertEqual(r.stdout, "ok\n")
     }
 
+    /// A backend that never waits (the memory plugin, a file in tmpfs) is served by the
+    /// connection's own thread, with no worker started however many requests are in flight; a
+    /// file on a disk, or a filter in front, keeps the worker pool (a worker starts with the
+    /// first request).
+    func testBackendsThatNeverWaitAreServedByOneThread() throws {
+        let shmFile = "/dev/shm/nbdkit-test-\(getpid())-\(UInt32.random(in: 0...UInt32.max)).img"
+        let diskFile = dir.file("disk.img")
+        for path in [shmFile, diskFile] {
+            XCTAssertTrue(FileManager.default.createFile(atPath: path, contents: Data(count: 1 << 20)))
+        }
+        defer { try? FileManager.default.removeItem(atPath: shmFile) }
+        let cases: [(arguments: [String], inline: Bool)] = [
+            (["memory", "size=1M"], true),
+            (["file", shmFile], true),
+            (["file", diskFile], false),
+            (["--filter=noextents", "memory", "size=1M"], false),
+        ]
+        for (i, c) in cases.enumerated() {
+            let s = try startServer(c.arguments, socketName: "sock\(i)")
+            let r = Harness.nbdsh(s.uri, """
+            import os
+            def threads():
+                return len(os.listdir('/proc/\(s.pid)/task'))
+            before = threads()
+            buffers = [nbd.Buffer(4096) for _ in range(16)]
+            for n, b in enumerate(buffers):
+                h.aio_pread(b, n * 4096)
+            h.aio_pwrite(b'x' * 4096, 65536)
+            while h.aio_in_flight() > 0:
+                h.poll(-1)
+            assert h.pread(4096, 65536) == b'x' * 4096
+            print('workers started:', threads() - before)
+            """)
+            if c.inline {
+                XCTAssertEqual(r.stdout, "workers started: 0\n", "\(c.arguments): \(r.stderr)")
+            } else {
+                XCTAssertTrue(r.stdout.hasPrefix("workers started: ") && !r.stdout.hasPrefix("workers started: 0"),
+                              "\(c.arguments): \(r.stdout) \(r.stderr)")
+            }
+        }
+    }
+
     /// Large reads from the memory plugin are sent straight from its pages: data, holes and
     /// page boundaries at odd offsets come out right, at the sizes around the limits of that
     /// path (64 KiB and 4 MiB); and while a client leaves 16 MiB of replies unread (so the

@@ -66,6 +66,9 @@ int64_t CNBDShim_block_device_size(int fd);
 /* How many CPUs the calling thread may run on (its affinity mask), at least 1. */
 int CNBDShim_usable_cpus(void);
 
+/* 1 if fd's file system keeps its files in memory (tmpfs, ramfs), 0 if not, -1 on error. */
+int CNBDShim_file_system_in_memory(int fd);
+
 /* The current errno. */
 int CNBDShim_errno(void);
 
