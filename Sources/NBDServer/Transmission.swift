@@ -52,7 +52,9 @@ final class Transmission: Sendable {
         if inline {
             // Gathered replies go out before the reader waits for the client's next requests.
             input.beforeWaiting = { [unowned self] in
-                loneRequests = batchSize <= 1 ? loneRequests + 1 : 0
+                // (A wait in the middle of a payload, with nothing served since the last one,
+                // says nothing about how many requests the client keeps in flight.)
+                if batchSize > 0 { loneRequests = batchSize == 1 ? loneRequests + 1 : 0 }
                 batchSize = 0
                 // A client that can't take its replies is gone: end quietly, as at end of file.
                 guard writeLock.withLock({ flushReplies() }) else { throw TransportError.endOfFile }
