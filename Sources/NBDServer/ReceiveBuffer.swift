@@ -13,12 +13,15 @@ final class ReceiveBuffer {
     /// Shared by every connection of the server; nil when this transport can't be polled.
     private let allowance: PollingAllowance?
     private var idlePoll = IdlePoll()
-    /// Called when nothing has arrived, before the buffer polls or waits for input (so replies
-    /// gathered meanwhile go out first). Set only for a transport that `receivesWithoutWaiting`.
-    var beforeWaiting: (() throws -> Void)?
+    /// Called before each receive from the transport, and before waiting for more of a write's
+    /// payload, so that replies gathered meanwhile go out first: one send for the replies to
+    /// what one receive brought. Set only for a transport that `detectsIdleInput`.
+    var beforeReceiving: (() throws -> Void)?
 
     init(_ transport: any Transport, polling allowance: PollingAllowance? = nil) {
         self.transport = transport
+        // Never over TLS: a record that has begun to arrive is waited for whole, and a poller
+        // must not wait (it holds one of the server's few polling places).
         self.allowance = transport.receivesWithoutWaiting ? allowance : nil
     }
 
@@ -58,18 +61,16 @@ final class ReceiveBuffer {
     /// has, else what arrives while polling (if the allowance has room); only then does it block,
     /// timing the sleep to adapt the polling limit.
     private func receiveSome(into buffer: UnsafeMutableRawBufferPointer, mayPoll: Bool) throws -> Int {
-        let polls = allowance != nil && mayPoll
-        if (polls && idlePoll.limit > 0) || beforeWaiting != nil {
-            let count = try transport.receiveIfAvailable(into: buffer)
+        try beforeReceiving?()
+        guard let allowance, mayPoll else { return try transport.receiveSome(into: buffer) }
+        if idlePoll.limit > 0 {
+            var count = try transport.receiveIfAvailable(into: buffer)
             if count > 0 { return count }
-            try beforeWaiting?()
-        }
-        guard let allowance, polls else { return try transport.receiveSome(into: buffer) }
-        if idlePoll.limit > 0 && allowance.begin() {
-            defer { allowance.end() }
-            var count = 0
-            if try idlePoll.poll({ count = try transport.receiveIfAvailable(into: buffer); return count > 0 }) {
-                return count
+            if allowance.begin() {
+                defer { allowance.end() }
+                if try idlePoll.poll({ count = try transport.receiveIfAvailable(into: buffer); return count > 0 }) {
+                    return count
+                }
             }
         }
         let sleptFrom = MonotonicClock.nanoseconds()
@@ -121,7 +122,7 @@ extension ReceiveBuffer: WritePayload {
     }
 
     func waitForMore() throws {
-        try beforeWaiting?()
+        try beforeReceiving?()
         try transport.waitForInput()
     }
 }

@@ -24,15 +24,15 @@ final class Transmission: Sendable {
     /// Replies on their way out; used only under `writeLock`.
     private nonisolated(unsafe) let replies: ReplyBatch
     /// Whether the reader serves every request itself: the backend never waits for long, and
-    /// the socket can tell when no input has arrived (the moment to send gathered replies).
+    /// the transport can tell when no input has arrived (so that polling can stop).
     private let inline: Bool
-    /// Served inline: requests read since the input last ran dry, and how many times in a row
-    /// that was at most one. Used only under `readLock`.
+    /// Served inline: requests served since the last receive from the transport, and how many
+    /// receives in a row followed at most one. Used only under `readLock`.
     private nonisolated(unsafe) var batchSize = 0
     private nonisolated(unsafe) var loneRequests = 0
-    /// Served inline, the reader polls for input once the input has run dry after each of this
-    /// many requests in a row: a client at queue depth 1. With more in flight a batch of replies
-    /// is on its way while the client sends more, and polling would only burn the processor.
+    /// Served inline, the reader polls for input once this many receives in a row each brought
+    /// one request: a client at queue depth 1. With more in flight a batch of replies is on its
+    /// way while the client sends more, and polling would only burn the processor.
     private static let loneRequestsToPoll = 1024
     private let closed = Atomic<Bool>(false)
     private let workers = Atomic<Int>(1)
@@ -46,13 +46,14 @@ final class Transmission: Sendable {
         self.label = label
         self.maxWorkers = server.threadModel >= .parallel ? server.threads : 1
         self.input = ReceiveBuffer(transport, polling: server.pollingAllowance)
-        self.inline = server.threadModel != .serializeAllRequests && transport.receivesWithoutWaiting
+        self.inline = server.threadModel != .serializeAllRequests && transport.detectsIdleInput
             && session.backend.servesWithoutBlocking
         self.replies = ReplyBatch(transport, batching: inline)
         if inline {
-            // Gathered replies go out before the reader waits for the client's next requests.
-            input.beforeWaiting = { [unowned self] in
-                // (A wait in the middle of a payload, with nothing served since the last one,
+            // Gathered replies go out before each receive: one send answers what one receive
+            // brought, and nothing waits while the reader does.
+            input.beforeReceiving = { [unowned self] in
+                // (A receive in the middle of a payload, with nothing served since the last one,
                 // says nothing about how many requests the client keeps in flight.)
                 if batchSize > 0 { loneRequests = batchSize == 1 ? loneRequests + 1 : 0 }
                 batchSize = 0
@@ -142,7 +143,7 @@ final class Transmission: Sendable {
         // Poll for input only while at most one request is in flight: at queue depth 1 its reply
         // is on its way while the client prepares the next request; with more in flight the
         // workers have work for the processor, and input comes often enough without polling.
-        // (Served inline: while the input has run dry after every one of the last few requests.)
+        // (Served inline: while the last many receives each brought a single request.)
         let mayPoll = inline ? loneRequests >= Self.loneRequestsToPoll : busy.load(ordering: .relaxed) <= 1
         do {
             try input.read(into: headerBytes, mayPoll: mayPoll)
@@ -189,7 +190,9 @@ final class Transmission: Sendable {
                 return false
             }
             do {
-                try input.read(into: buffer.payload(count: Int(request.length)), mayPoll: mayPoll)
+                // Served inline, the rest of a payload the client is sending is worth polling
+                // for: nothing else would run meanwhile, and it comes within microseconds.
+                try input.read(into: buffer.payload(count: Int(request.length)), mayPoll: mayPoll || inline)
             } catch {
                 server.logger.error("\(label): client went away in the middle of a write payload")
                 closed.store(true, ordering: .relaxed)
