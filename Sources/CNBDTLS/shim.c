@@ -53,7 +53,6 @@ struct CNBDTLS_session {
   X(gnutls_psk_allocate_server_credentials) \
   X(gnutls_psk_free_server_credentials) \
   X(gnutls_psk_set_server_credentials_file) \
-  X(gnutls_record_check_pending) \
   X(gnutls_record_cork) \
   X(gnutls_record_recv) \
   X(gnutls_record_send) \
@@ -243,11 +242,6 @@ ssize_t CNBDTLS_recv(CNBDTLS_session *s, void *buf, size_t len)
     r = tls.gnutls_record_recv(s->session, buf, len);
   } while (r == GNUTLS_E_INTERRUPTED || r == GNUTLS_E_AGAIN);
   return r;
-}
-
-size_t CNBDTLS_pending(CNBDTLS_session *s)
-{
-  return tls.gnutls_record_check_pending(s->session);
 }
 
 ssize_t CNBDTLS_send(CNBDTLS_session *s, const void *buf, size_t len)

@@ -13,9 +13,9 @@ final class ReceiveBuffer {
     /// Shared by every connection of the server; nil when this transport can't be polled.
     private let allowance: PollingAllowance?
     private var idlePoll = IdlePoll()
-    /// Called before each receive from the transport, and before waiting for more of a write's
-    /// payload, so that replies gathered meanwhile go out first: one send for the replies to
-    /// what one receive brought. Set only for a transport that `detectsIdleInput`.
+    /// Called before each receive from the transport that may wait, and before waiting for more
+    /// of a write's payload, so that replies gathered meanwhile go out first: one send for the
+    /// replies to what one receive brought. (The receives of `WritePayload` never wait.)
     var beforeReceiving: (() throws -> Void)?
 
     init(_ transport: any Transport, polling allowance: PollingAllowance? = nil) {

@@ -1,6 +1,5 @@
 import Glibc
 import CNBDTLS
-import CNBDShim
 
 /// `--tls`: whether STARTTLS is refused, offered, or required before anything else.
 public enum TLSMode: String, Sendable {
@@ -132,19 +131,6 @@ final class TLSTransport: Transport, @unchecked Sendable {
             throw TransportError.endOfFile
         }
         throw TLSError(call: "gnutls_record_recv", code: n)
-    }
-
-    /// Whole records only: what GnuTLS has decrypted already, or, if the socket has input, at
-    /// least one record (waiting for the rest of one that has begun to arrive).
-    var detectsIdleInput: Bool { true }
-
-    func receiveIfAvailable(into buffer: UnsafeMutableRawBufferPointer) throws -> Int {
-        if CNBDTLS_pending(session) == 0 {
-            var entry = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
-            let r = poll(&entry, 1, 0)
-            if r == 0 || (r < 0 && CNBDShim_errno() == EINTR) { return 0 }
-        }
-        return try receiveSome(into: buffer)
     }
 
     /// A small payload shares its header's TLS record and socket write.

@@ -23,8 +23,8 @@ final class Transmission: Sendable {
     private nonisolated(unsafe) let input: ReceiveBuffer
     /// Replies on their way out; used only under `writeLock`.
     private nonisolated(unsafe) let replies: ReplyBatch
-    /// Whether the reader serves every request itself: the backend never waits for long, and
-    /// the transport can tell when no input has arrived (so that polling can stop).
+    /// Whether the reader serves every request itself: the backend never waits for long. Its
+    /// gathered replies go out before every receive, on any transport.
     private let inline: Bool
     /// Served inline: requests served since the last receive from the transport, and how many
     /// receives in a row followed at most one. Used only under `readLock`.
@@ -46,8 +46,7 @@ final class Transmission: Sendable {
         self.label = label
         self.maxWorkers = server.threadModel >= .parallel ? server.threads : 1
         self.input = ReceiveBuffer(transport, polling: server.pollingAllowance)
-        self.inline = server.threadModel != .serializeAllRequests && transport.detectsIdleInput
-            && session.backend.servesWithoutBlocking
+        self.inline = server.threadModel != .serializeAllRequests && session.backend.servesWithoutBlocking
         self.replies = ReplyBatch(transport, batching: inline)
         if inline {
             // Gathered replies go out before each receive: one send answers what one receive

@@ -33,10 +33,6 @@ public protocol Transport: AnyObject, Sendable {
     var upgradableSocket: Int32? { get }
     /// True when `receiveIfAvailable` never waits; false where it may (TLS, `-s`).
     var receivesWithoutWaiting: Bool { get }
-    /// True when `receiveIfAvailable` returns 0 at once if nothing has arrived, though it may
-    /// wait for the rest of something that has begun to arrive (a TLS record); false where it
-    /// always waits like `receiveSome` (`-s`). True wherever `receivesWithoutWaiting` is.
-    var detectsIdleInput: Bool { get }
     /// Receives whatever has arrived, without waiting: 0 if nothing has (`buffer` must not be
     /// empty). Throws `TransportError.endOfFile` if the peer closed. Waits as `receiveSome`
     /// does unless `receivesWithoutWaiting`.
@@ -51,8 +47,6 @@ public protocol Transport: AnyObject, Sendable {
 
 extension Transport {
     public var receivesWithoutWaiting: Bool { false }
-
-    public var detectsIdleInput: Bool { receivesWithoutWaiting }
 
     public var sendsFromFiles: Bool { false }
 

@@ -150,6 +150,33 @@ final class NbdshTests: IntegrationTestCase {
         }
     }
 
+    /// Served inline over `-s` (stdin and stdout), gathered replies still go out before each
+    /// read: pipelined writes and reads of 4 KiB to 1 MiB all come back right, then a lone
+    /// request at a time (no reply waits for more input).
+    func testSingleConnectionOnStdinIsServedInline() throws {
+        let r = Harness.run(["/usr/bin/nbdsh", "-c", """
+        import os
+        h.connect_command([\(Harness.pythonString(Harness.nbdkit)), '-s', 'memory', '8M'])
+        data = os.urandom(8 << 20)
+        for offset in range(0, 8 << 20, 1 << 20):
+            h.aio_pwrite(data[offset:offset + (1 << 20)], offset)
+        buffers = []
+        for n in range(48):
+            size = (4096, 20000, 1 << 20)[n % 3]
+            offset = (n * 150001) % ((8 << 20) - size)
+            buffers.append((offset, size, nbd.Buffer(size)))
+            h.aio_pread(buffers[-1][2], offset)
+        while h.aio_in_flight() > 0:
+            h.poll(-1)
+        for offset, size, b in buffers:
+            assert b.to_bytearray() == data[offset:offset + size], (offset, size)
+        for n in range(200):
+            assert h.pread(512, n * 4096) == data[n * 4096:n * 4096 + 512]
+        print('ok')
+        """], timeout: 60)
+        XCTAssertEqual(r.stdout, "ok\n", r.stderr)
+    }
+
     /// Large reads from the memory plugin are sent straight from its pages: data, holes and
     /// page boundaries at odd offsets come out right, at the sizes around the limits of that
     /// path (64 KiB and 4 MiB); and while a client leaves 16 MiB of replies unread (so the

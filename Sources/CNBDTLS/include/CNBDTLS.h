@@ -48,9 +48,6 @@ int CNBDTLS_handshake(CNBDTLS_session *s);
 ssize_t CNBDTLS_recv(CNBDTLS_session *s, void *buf, size_t len);
 ssize_t CNBDTLS_send(CNBDTLS_session *s, const void *buf, size_t len);
 
-/* Decrypted bytes that CNBDTLS_recv can return without reading the socket. */
-size_t CNBDTLS_pending(CNBDTLS_session *s);
-
 /* Sends header then payload whole. A payload of up to one record (16 KiB) goes out corked, in
  * the same record as its header and in one write to the socket. 0, or a negative GnuTLS error. */
 int CNBDTLS_send_message(CNBDTLS_session *s, const void *header, size_t header_len,
