@@ -87,6 +87,23 @@ enum Harness {
         return r
     }
 
+    /// Python for nbdsh: `count` reads of 4 KiB, 20000 bytes and 1 MiB in turn, all in flight at
+    /// once, at offsets spread with `stride` over `size` bytes, each checked against `data`.
+    static func pythonPipelinedReads(count: Int, stride: Int, size: Int) -> String {
+        """
+        buffers = []
+        for n in range(\(count)):
+            length = (4096, 20000, 1 << 20)[n % 3]
+            offset = (n * \(stride)) % (\(size) - length)
+            buffers.append((offset, length, nbd.Buffer(length)))
+            h.aio_pread(buffers[-1][2], offset)
+        while h.aio_in_flight() > 0:
+            h.poll(-1)
+        for offset, length, b in buffers:
+            assert b.to_bytearray() == data[offset:offset + length], (offset, length)
+        """
+    }
+
     /// `s` as a single-quoted Python string literal.
     static func pythonString(_ s: String) -> String { "'" + s.replacingOccurrences(of: "'", with: "\\'") + "'" }
 

@@ -160,16 +160,7 @@ final class NbdshTests: IntegrationTestCase {
         data = os.urandom(8 << 20)
         for offset in range(0, 8 << 20, 1 << 20):
             h.aio_pwrite(data[offset:offset + (1 << 20)], offset)
-        buffers = []
-        for n in range(48):
-            size = (4096, 20000, 1 << 20)[n % 3]
-            offset = (n * 150001) % ((8 << 20) - size)
-            buffers.append((offset, size, nbd.Buffer(size)))
-            h.aio_pread(buffers[-1][2], offset)
-        while h.aio_in_flight() > 0:
-            h.poll(-1)
-        for offset, size, b in buffers:
-            assert b.to_bytearray() == data[offset:offset + size], (offset, size)
+        \(Harness.pythonPipelinedReads(count: 48, stride: 150001, size: 8 << 20))
         for n in range(200):
             assert h.pread(512, n * 4096) == data[n * 4096:n * 4096 + 512]
         print('ok')

@@ -132,7 +132,7 @@ final class TLSTests: IntegrationTestCase {
 
     /// Over TLS the memory plugin is served inline too (GnuTLS's buffered records and a poll of
     /// the socket tell when no input waits): no worker thread starts for 64 requests in flight,
-    /// and every reply, gathered or not (4 KiB, 20 KiB, 1 MiB), comes back right.
+    /// and every reply, gathered or not (4 KiB, 20000 bytes, 1 MiB), comes back right.
     func testTLSConnectionToMemoryIsServedByOneThread() throws {
         let s = try startServer(["--tls=require", "--tls-psk=\(pskFile)", "memory", "4M"])
         let r = tlsNbdsh(pskURI(s), """
@@ -142,17 +142,7 @@ final class TLSTests: IntegrationTestCase {
         before = threads()
         data = os.urandom(4 << 20)
         h.pwrite(data, 0)
-        sizes = [4096, 20480, 1 << 20]
-        buffers = []
-        for n in range(64):
-            size = sizes[n % 3]
-            offset = (n * 40000) % ((4 << 20) - size)
-            buffers.append((offset, size, nbd.Buffer(size)))
-            h.aio_pread(buffers[-1][2], offset)
-        while h.aio_in_flight() > 0:
-            h.poll(-1)
-        for offset, size, b in buffers:
-            assert b.to_bytearray() == data[offset:offset + size], (offset, size)
+        \(Harness.pythonPipelinedReads(count: 64, stride: 40000, size: 4 << 20))
         print('workers started:', threads() - before)
         """)
         XCTAssertEqual(r.stdout, "workers started: 0\n", r.stderr)
