@@ -169,18 +169,7 @@ final class Transmission: Sendable {
         buffer.request = request
         buffer.invalid = validate(request)
         buffer.receivedInPlace = nil
-        if request.command == .write, buffer.invalid == nil, receivesInPlace(request) {
-            do {
-                try session.backend.receiveWrite(offset: request.offset, length: request.length, from: input)
-                buffer.receivedInPlace = .success(())
-            } catch let e as BackendError {
-                buffer.receivedInPlace = .failure(e)
-            } catch {
-                server.logger.error("\(label): client went away in the middle of a write payload")
-                closed.store(true, ordering: .relaxed)
-                return false
-            }
-        } else if request.command == .write {
+        if request.command == .write {
             // The payload must be consumed to stay in step with the client; one too large to
             // buffer means the stream can't be trusted, so the connection ends instead.
             guard request.length <= NBDSize.maxRequest else {
@@ -189,9 +178,18 @@ final class Transmission: Sendable {
                 return false
             }
             do {
-                // Served inline, the rest of a payload the client is sending is worth polling
-                // for: nothing else would run meanwhile, and it comes within microseconds.
-                try input.read(into: buffer.payload(count: Int(request.length)), mayPoll: mayPoll || inline)
+                if buffer.invalid == nil, receivesInPlace(request) {
+                    do {
+                        try session.backend.receiveWrite(offset: request.offset, length: request.length, from: input)
+                        buffer.receivedInPlace = .success(())
+                    } catch let e as BackendError {
+                        buffer.receivedInPlace = .failure(e)
+                    }
+                } else {
+                    // Served inline, the rest of a payload the client is sending is worth polling
+                    // for: nothing else would run meanwhile, and it comes within microseconds.
+                    try input.read(into: buffer.payload(count: Int(request.length)), mayPoll: mayPoll || inline)
+                }
             } catch {
                 server.logger.error("\(label): client went away in the middle of a write payload")
                 closed.store(true, ordering: .relaxed)
