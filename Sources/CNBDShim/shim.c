@@ -28,6 +28,34 @@ int CNBDShim_stream_socket(int domain) { return socket(domain, SOCK_STREAM | SOC
 
 int CNBDShim_pipe_cloexec(int fds[2]) { return pipe2(fds, O_CLOEXEC); }
 
+int CNBDShim_splice_pipe(int fds[2])
+{
+  if (pipe2(fds, O_CLOEXEC | O_NONBLOCK) == -1)
+    return -1;
+  (void) fcntl(fds[1], F_SETPIPE_SZ, 256 * 1024);
+  return 0;
+}
+
+ssize_t CNBDShim_splice_nowait(int fd, int pipe_fd, size_t len)
+{
+  return splice(fd, NULL, pipe_fd, NULL, len, SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
+}
+
+ssize_t CNBDShim_splice_to_file(int pipe_fd, int fd, int64_t offset, size_t len)
+{
+  loff_t position = offset;
+  return splice(pipe_fd, NULL, fd, &position, len, SPLICE_F_MOVE);
+}
+
+int CNBDShim_is_unix_socket(int fd)
+{
+  int domain;
+  socklen_t size = sizeof domain;
+  if (getsockopt(fd, SOL_SOCKET, SO_DOMAIN, &domain, &size) == -1)
+    return -1;
+  return domain == AF_UNIX;
+}
+
 int CNBDShim_eventfd(void) { return eventfd(0, EFD_CLOEXEC); }
 
 ssize_t CNBDShim_recv_nowait(int fd, void *buf, size_t len) { return recv(fd, buf, len, MSG_DONTWAIT); }

@@ -1,3 +1,6 @@
+import Glibc
+import CNBDShim
+
 /// A connection's read-ahead. Small reads (request headers, small write payloads) are served from
 /// one buffer that is refilled with whatever has arrived, so pipelined requests cost one system
 /// call per batch rather than one or two each. Large payloads go straight from the transport into
@@ -119,6 +122,24 @@ extension ReceiveBuffer: WritePayload {
         start = 0
         end = 0
         return try transport.receiveIfAvailable(into: UnsafeMutableRawBufferPointer(rebasing: storage[0..<min(count, Self.capacity)]))
+    }
+
+    func spliceAvailable(upTo count: Int, into pipe: Int32) throws -> Int {
+        guard start == end else {
+            // What the read-ahead holds goes first, copied. An empty pipe takes at least a page.
+            while true {
+                let n = write(pipe, storage.baseAddress! + start, min(end - start, count))
+                if n > 0 {
+                    start += n
+                    return n
+                }
+                let e = n < 0 ? CNBDShim_errno() : EAGAIN
+                if e != EINTR { throw TransportError.failed(SystemError("write to a pipe", errno: e)) }
+            }
+        }
+        start = 0
+        end = 0
+        return try transport.spliceIfAvailable(upTo: count, into: pipe)
     }
 
     func waitForMore() throws {

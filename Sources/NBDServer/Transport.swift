@@ -39,6 +39,11 @@ public protocol Transport: AnyObject, Sendable {
     func receiveIfAvailable(into buffer: UnsafeMutableRawBufferPointer) throws -> Int
     /// As `receiveIfAvailable`, filling `buffers` (not empty, none empty) in order with one call.
     func receiveIfAvailable(into buffers: UnsafeBufferPointer<UnsafeMutableRawBufferPointer>) throws -> Int
+    /// Moves up to `count` (> 0) bytes that have arrived into the pipe whose write end is `pipe`
+    /// (with room for them), without waiting, and returns how many: 0 if nothing has arrived.
+    /// Throws `TransportError.endOfFile` if the peer closed. Only a plaintext socket can; others
+    /// throw.
+    func spliceIfAvailable(upTo count: Int, into pipe: Int32) throws -> Int
     /// Waits until something can be received, the peer closed, or receives were shut down.
     /// A transport that `receivesWithoutWaiting` must provide it (the default returns at once,
     /// which is right only where receiving waits anyway).
@@ -68,6 +73,10 @@ extension Transport {
     }
 
     public func waitForInput() throws {}
+
+    public func spliceIfAvailable(upTo count: Int, into pipe: Int32) throws -> Int {
+        throw TransportError.failed(SystemError("splice", errno: EINVAL))
+    }
 
     /// Sends a byte array (negotiation messages).
     public func send(_ bytes: [UInt8]) throws {
@@ -99,10 +108,14 @@ public enum TransportError: Error, Sendable, CustomStringConvertible {
 public final class PlainTransport: Transport, @unchecked Sendable {
     private let readFD: Int32
     private let writeFD: Int32
+    /// A splice from `readFD` waits for input (a TCP socket, unlike a Unix one, ignores
+    /// SPLICE_F_NONBLOCK), so it must poll first.
+    private let spliceMayWait: Bool
 
     public init(readFD: Int32, writeFD: Int32) {
         self.readFD = readFD
         self.writeFD = writeFD
+        self.spliceMayWait = CNBDShim_is_unix_socket(readFD) != 1
     }
 
     public convenience init(socket: Int32) { self.init(readFD: socket, writeFD: socket) }
@@ -157,6 +170,16 @@ public final class PlainTransport: Transport, @unchecked Sendable {
         if e == EINTR { return nil }
         if e == ECONNRESET { throw TransportError.endOfFile }
         throw TransportError.failed(SystemError(call, errno: e))
+    }
+
+    public func spliceIfAvailable(upTo count: Int, into pipe: Int32) throws -> Int {
+        if spliceMayWait {
+            var entry = pollfd(fd: readFD, events: Int16(POLLIN), revents: 0)
+            if poll(&entry, 1, 0) == 0 { return 0 }
+        }
+        while true {
+            if let n = try Self.available(CNBDShim_splice_nowait(readFD, pipe, count), "splice") { return n }
+        }
     }
 
     public func waitForInput() throws {

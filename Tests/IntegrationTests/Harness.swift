@@ -104,6 +104,19 @@ enum Harness {
         """
     }
 
+    /// Python for nbdsh: waits for every request in flight, then checks that a 64 KiB write
+    /// running past the end of the `size`-byte export fails with ENOSPC (needs `errno`).
+    static let pythonDrainThenLargeWritePastTheEnd = """
+        while h.aio_in_flight() > 0:
+            h.poll(-1)
+        h.set_strict_mode(0)
+        try:
+            h.pwrite(b'z' * 65536, size - 1000)
+            assert False, 'a write past the end succeeded'
+        except nbd.Error as e:
+            assert e.errnum == errno.ENOSPC, e
+        """
+
     /// `s` as a single-quoted Python string literal.
     static func pythonString(_ s: String) -> String { "'" + s.replacingOccurrences(of: "'", with: "\\'") + "'" }
 

@@ -17,7 +17,7 @@ final class QemuAndCopyTests: IntegrationTestCase {
 
     func testQemuIOPatternsDiscardAndZero() throws {
         let s = try startServer(["memory", "size=4M"])
-        func io(_ cmd: String) -> Harness.Result {
+        @discardableResult func io(_ cmd: String) -> Harness.Result {
             let r = Harness.run(["qemu-io", "-f", "raw", "-c", cmd, s.uri])
             XCTAssertEqual(r.status, 0, "\(cmd): \(r.stdout) \(r.stderr)")
             XCTAssertFalse(r.stdout.contains("fail") || r.stderr.contains("fail"), "\(cmd): \(r.stdout) \(r.stderr)")

@@ -31,6 +31,21 @@ ssize_t CNBDShim_recv_nowait(int fd, void *buf, size_t len);
 /* recvmsg(fd, iov, iovcnt, MSG_DONTWAIT): fills the buffers in order with what has arrived. */
 ssize_t CNBDShim_recv_vectors_nowait(int fd, struct iovec *iov, int iovcnt);
 
+/* pipe2(fds, O_CLOEXEC | O_NONBLOCK) whose capacity is raised to 256 KiB where the limits allow
+ * (F_SETPIPE_SZ; best effort), for moving payloads with splice. */
+int CNBDShim_splice_pipe(int fds[2]);
+
+/* splice(fd, NULL, pipe_fd, NULL, len, SPLICE_F_MOVE | SPLICE_F_NONBLOCK): moves what
+ * has arrived on a socket into a pipe. It never waits on a Unix socket; on a blocking
+ * TCP socket it waits if nothing has arrived (poll first). */
+ssize_t CNBDShim_splice_nowait(int fd, int pipe_fd, size_t len);
+
+/* splice(pipe_fd, NULL, fd, &offset, len, SPLICE_F_MOVE): writes pipe contents to a file. */
+ssize_t CNBDShim_splice_to_file(int pipe_fd, int fd, int64_t offset, size_t len);
+
+/* 1 if fd is an AF_UNIX socket, 0 if not, -1 on error. */
+int CNBDShim_is_unix_socket(int fd);
+
 /* send(fd, buf, len, MSG_MORE | MSG_NOSIGNAL): more follows at once (TCP coalesces it). */
 ssize_t CNBDShim_send_more(int fd, const void *buf, size_t len);
 /* sendmsg of iovcnt iovecs that never blocks (MSG_DONTWAIT) and never raises SIGPIPE. */
