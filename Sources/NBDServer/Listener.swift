@@ -27,8 +27,14 @@ public struct Listeners: Sendable {
         self.unixPath = unixPath
     }
 
-    /// Binds and listens. Wraps getaddrinfo, socket, bind and listen.
-    public static func bind(_ address: ListenAddress) throws -> Listeners {
+    /// Binds and listens. Wraps getaddrinfo, socket, bind and listen. With `label`, the sockets
+    /// get that SELinux label (`--selinux-label`), or nothing is bound and it throws.
+    public static func bind(_ address: ListenAddress, label: String? = nil) throws -> Listeners {
+        if let label {
+            try SocketCreationContext.set(label)
+            defer { try? SocketCreationContext.set(nil) }
+            return try bind(address)
+        }
         switch address {
         case .unix(let path): return try bindUnix(path)
         case .tcp(let host, let port, let family): return try bindTCP(host: host, port: port, family: family)
@@ -151,5 +157,28 @@ func tuneAcceptedSocket(_ fd: Int32) {
         _ = setsockopt(fd, Int32(IPPROTO_TCP), TCP_NODELAY, &one, socklen_t(MemoryLayout<Int32>.size))
     default:
         break
+    }
+}
+
+/// The SELinux context of the sockets the calling thread creates, as libselinux's
+/// `setsockcreatecon_raw` sets it: through /proc/thread-self/attr/sockcreate.
+enum SocketCreationContext {
+    /// Sets `label`, or with nil goes back to the default. Throws where SELinux is off.
+    static func set(_ label: String?) throws {
+        let path = "/proc/thread-self/attr/sockcreate"
+        let fd = Glibc.open(path, O_WRONLY | O_CLOEXEC)
+        var written = -1
+        if fd >= 0 {
+            defer { _ = close(fd) }
+            if let label {
+                let bytes = Array(label.utf8) + [0]
+                written = bytes.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
+            } else {
+                written = write(fd, nil, 0)
+            }
+        }
+        guard written >= 0 else {
+            throw ConfigError("--selinux-label=\(label ?? ""): cannot set the label of new sockets: \(SystemError(path))")
+        }
     }
 }

@@ -47,6 +47,8 @@ struct Configuration {
     var exitWithParent = false
     /// `--swap`: lock the serving process into memory (the export is swap on this machine).
     var swap = false
+    /// `--selinux-label`: the SELinux label of the listening sockets.
+    var selinuxLabel: String? = nil
     var pidFile: String? = nil
     var tls = TLSMode.off
     var tlsCertificates: String? = nil

@@ -46,6 +46,7 @@ struct OptionParser {
         Spec(short: "r", long: ["readonly", "read-only"], arity: .flag) { c, _ in c.readonly = true },
         Spec(short: nil, long: ["run"], arity: .value) { c, v in c.run = v },
         Spec(short: "s", long: ["single", "stdin"], arity: .flag) { c, _ in c.single = true },
+        Spec(short: nil, long: ["selinux-label"], arity: .value) { c, v in c.selinuxLabel = v },
         Spec(short: nil, long: ["short-options"], arity: .flag) { c, _ in c.action = .shortOptions },
         Spec(short: nil, long: ["swap"], arity: .flag) { c, _ in c.swap = true },
         Spec(short: "t", long: ["threads"], arity: .value) { c, v in

@@ -51,11 +51,11 @@ struct Startup {
         case .unixTemporary:
             let dir = try makeTemporaryDirectory()
             temporaryDirectory = dir
-            listeners = try Listeners.bind(.unix(path: dir + "/socket"))
+            listeners = try Listeners.bind(.unix(path: dir + "/socket"), label: config.selinuxLabel)
         case .unix(let path):
-            listeners = try Listeners.bind(.unix(path: path))
+            listeners = try Listeners.bind(.unix(path: path), label: config.selinuxLabel)
         case .tcp(let host, let port, let family):
-            listeners = try Listeners.bind(.tcp(host: host, port: port, family: family))
+            listeners = try Listeners.bind(.tcp(host: host, port: port, family: family), label: config.selinuxLabel)
         }
 
         // --swap locks the process that serves: this one unless it forks into the background

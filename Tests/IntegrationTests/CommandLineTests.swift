@@ -120,6 +120,33 @@ final class CommandLineTests: IntegrationTestCase {
         XCTAssertFalse(FileManager.default.fileExists(atPath: marker))
     }
 
+    /// Where SELinux is off (this machine), setting the label of new sockets fails, so
+    /// `--selinux-label` with a listening socket is a start-up error, as in nbdkit: status 1, no
+    /// socket, no temporary directory, no command run. With `-s` there is no socket to label and
+    /// the option is ignored.
+    func testSELinuxLabelWithoutSELinuxIsAStartupError() throws {
+        try XCTSkipIf(FileManager.default.fileExists(atPath: "/sys/fs/selinux/enforce"), "SELinux is on here")
+        let label = "--selinux-label=system_u:object_r:svirt_socket_t:s0"
+        let marker = dir.file("ran")
+        let socket = dir.file("sock")
+        let temporary = dir.file("tmp")
+        try FileManager.default.createDirectory(atPath: temporary, withIntermediateDirectories: false)
+        for listen in [["-U", socket], ["-U", "-"], ["-i", "127.0.0.1", "-p", String(Harness.freePort())]] {
+            let r = Harness.run(["/usr/bin/env", "TMPDIR=\(temporary)", Harness.nbdkit, label] + listen
+                                + ["memory", "1M", "--run", "touch \(marker)"])
+            XCTAssertEqual(r.status, 1, "\(listen)")
+            XCTAssertTrue(r.stderr.hasPrefix("nbdkit: error: \(label): cannot set the label of new sockets: "), r.stderr)
+        }
+        XCTAssertFalse(FileManager.default.fileExists(atPath: marker))
+        XCTAssertFalse(FileManager.default.fileExists(atPath: socket))
+        XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: temporary), [])
+        let single = Harness.run(["/usr/bin/nbdsh", "-c", """
+        h.connect_command(['\(Harness.nbdkit)', '-s', '\(label)', 'memory', '1M'])
+        print(h.get_size())
+        """])
+        XCTAssertEqual(single.stdout, "1048576\n", single.stderr)
+    }
+
     func testSingleModeOnStdio() throws {
         // -s serves one client on stdin/stdout: nbdsh can drive it through a subprocess.
         let r = Harness.run(["/usr/bin/nbdsh", "-c", """
