@@ -68,6 +68,7 @@ enum Help {
         name=nbdkit
         plugins=\(Registry.plugins.map { $0.name }.joined(separator: ","))
         filters=\(Registry.filters.map { $0.name }.joined(separator: ","))
+        selinux=yes
         tls=yes
         version=\(version)
         version_major=1

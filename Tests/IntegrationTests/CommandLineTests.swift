@@ -55,6 +55,7 @@ final class CommandLineTests: IntegrationTestCase {
         XCTAssertTrue(version.stdout.hasPrefix("nbdkit 1."), version.stdout)
         let config = Harness.run([Harness.nbdkit, "--dump-config"])
         XCTAssertTrue(config.stdout.contains("version_major=1\n"), config.stdout)
+        XCTAssertTrue(config.stdout.contains("\nselinux=yes\ntls=yes\n"), config.stdout)
         XCTAssertTrue(config.stdout.contains("binary=\(Harness.nbdkit)"), config.stdout)
         let plugin = Harness.run([Harness.nbdkit, "memory", "--dump-plugin"])
         XCTAssertTrue(plugin.stdout.contains("name=memory\n"), plugin.stdout)
