@@ -182,9 +182,13 @@ final class FileConnection: BackendConnection, @unchecked Sendable {
     }
 
     /// A regular file can be sent from directly. Its reading starts here, in parallel with other
-    /// requests, since the send itself runs holding the connection's write lock.
+    /// requests, since the send itself runs holding the connection's write lock. A range past the
+    /// end of the file (it shrank while served) is read with `pread` instead, which fails with
+    /// EIO before the reply begins rather than after.
     func fileExtent(offset: UInt64, length: UInt32) -> FileExtent? {
         guard isRegularOrBlockDevice && !isBlockDevice else { return nil }
+        var st = stat()
+        guard fstat(fd, &st) == 0, offset + UInt64(length) <= UInt64(st.st_size) else { return nil }
         _ = posix_fadvise(fd, off_t(offset), off_t(length), POSIX_FADV_WILLNEED)
         return FileExtent(fd: fd, offset: offset)
     }
