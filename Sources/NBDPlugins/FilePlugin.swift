@@ -210,9 +210,12 @@ final class FileConnection: BackendConnection, @unchecked Sendable {
     var receivesWrites: Bool { inMemory }
 
     func receiveWrite(offset: UInt64, length: UInt32, from payload: any WritePayload) throws {
+        guard let pipe = openSplicePipe() else {
+            // No descriptor or pipe buffer to spare: through memory, as other writes go.
+            return try receiveWriteThroughBuffer(offset: offset, length: Int(length), from: payload)
+        }
         var taken = 0
         do {
-            let pipe = try openSplicePipe()
             while taken < Int(length) {
                 let n = try payload.spliceAvailable(upTo: Int(length) - taken, into: pipe.write)
                 if n == 0 {
@@ -233,12 +236,40 @@ final class FileConnection: BackendConnection, @unchecked Sendable {
         }
     }
 
-    private func openSplicePipe() throws -> (read: Int32, write: Int32) {
+    /// The connection's pipe, made now if need be; nil if it can't be (no descriptor free, or
+    /// the user's pipe buffers used up).
+    private func openSplicePipe() -> (read: Int32, write: Int32)? {
         if let splicePipe { return splicePipe }
         var fds: [Int32] = [-1, -1]
-        guard CNBDShim_splice_pipe(&fds) == 0 else { throw BackendError(SystemError("pipe2")) }
+        guard CNBDShim_splice_pipe(&fds) == 0 else { return nil }
         splicePipe = (fds[0], fds[1])
         return (fds[0], fds[1])
+    }
+
+    /// Takes the payload in pieces of up to 256 KiB into a temporary buffer and writes each.
+    private func receiveWriteThroughBuffer(offset: UInt64, length: Int, from payload: any WritePayload) throws {
+        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: min(length, 256 * 1024), alignment: 64)
+        defer { buffer.deallocate() }
+        var taken = 0
+        while taken < length {
+            let piece = UnsafeMutableRawBufferPointer(rebasing: buffer[..<min(buffer.count, length - taken)])
+            var filled = 0
+            while filled < piece.count {
+                let n = try withUnsafeTemporaryAllocation(of: UnsafeMutableRawBufferPointer.self, capacity: 1) { list in
+                    list[0] = UnsafeMutableRawBufferPointer(rebasing: piece[filled...])
+                    return try payload.receiveAvailable(into: UnsafeBufferPointer(list))
+                }
+                if n == 0 { try payload.waitForMore() }
+                filled += n
+            }
+            taken += filled
+            do {
+                try pwrite(UnsafeRawBufferPointer(piece), offset: offset + UInt64(taken - filled), fua: false)
+            } catch let error as BackendError {
+                try payload.discard(length - taken)
+                throw error
+            }
+        }
     }
 
     private func closeSplicePipe() {

@@ -267,9 +267,11 @@ final class Transmission: Sendable {
     }
 
     /// Whether a valid write's payload goes straight into the backend's memory as it is read
-    /// (under `readLock`): large ones without FUA, on a socket, from a backend that can.
+    /// (under `readLock`): large ones without FUA, on a socket, from a backend that can, and not
+    /// once shutdown has begun (the write would be stored and then refused with ESHUTDOWN).
     private func receivesInPlace(_ r: RequestHeader) -> Bool {
         r.length >= Self.sendFileMinimum && !r.flags.contains(.fua)
+            && !server.shuttingDown.load(ordering: .relaxed)
             && server.threadModel != .serializeAllRequests
             && transport.receivesWithoutWaiting && session.backend.receivesWrites
     }
