@@ -10,6 +10,7 @@
 #include <linux/falloc.h>
 #include <linux/fs.h>
 #include <linux/magic.h>
+#include <linux/vm_sockets.h>
 #include <sys/ioctl.h>
 #include <sys/vfs.h>
 #include <sys/prctl.h>
@@ -47,13 +48,28 @@ ssize_t CNBDShim_splice_to_file(int pipe_fd, int fd, int64_t offset, size_t len)
   return splice(pipe_fd, NULL, fd, &position, len, SPLICE_F_MOVE);
 }
 
-int CNBDShim_is_unix_socket(int fd)
+int CNBDShim_vsock_listen(unsigned int port)
+{
+  struct sockaddr_vm address = { .svm_family = AF_VSOCK, .svm_cid = VMADDR_CID_ANY, .svm_port = port };
+  int fd = socket(AF_VSOCK, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd == -1)
+    return -1;
+  if (bind(fd, (struct sockaddr *) &address, sizeof address) == -1 || listen(fd, SOMAXCONN) == -1) {
+    int saved = errno;
+    close(fd);
+    errno = saved;
+    return -1;
+  }
+  return fd;
+}
+
+int CNBDShim_socket_domain(int fd)
 {
   int domain;
   socklen_t size = sizeof domain;
   if (getsockopt(fd, SOL_SOCKET, SO_DOMAIN, &domain, &size) == -1)
     return -1;
-  return domain == AF_UNIX;
+  return domain;
 }
 
 int CNBDShim_eventfd(void) { return eventfd(0, EFD_CLOEXEC); }

@@ -210,8 +210,9 @@ final class FileConnection: BackendConnection, @unchecked Sendable {
     var receivesWrites: Bool { inMemory }
 
     func receiveWrite(offset: UInt64, length: UInt32, from payload: any WritePayload) throws {
-        guard let pipe = openSplicePipe() else {
-            // No descriptor or pipe buffer to spare: through memory, as other writes go.
+        guard payload.splices, let pipe = openSplicePipe() else {
+            // A socket that can't splice (vsock), or no descriptor or pipe buffer to spare:
+            // through memory, as other writes go.
             return try receiveWriteThroughBuffer(offset: offset, length: Int(length), from: payload)
         }
         var taken = 0

@@ -12,7 +12,7 @@ public struct CaptiveCommand: Sendable {
     /// variables, not exported, as nbdkit does) and then runs the command.
     public func script(listeners: Listeners, exportName: String, tls: Int?) -> String {
         let uri = NBDURI.make(unixPath: listeners.unixPath, port: listeners.port, exportName: exportName,
-                              tlsRequired: tls == 2)
+                              tlsRequired: tls == 2, vsock: listeners.isVSock)
         var s = ""
         s += "uri=\(NBDURI.shellQuote(uri))\n"
         s += "nbd=\(NBDURI.shellQuote(uri))\n"

@@ -12,19 +12,24 @@ public enum ListenAddress: Sendable, Equatable {
     case tcp(host: String?, port: String, family: AddressFamily)
     /// A Unix domain socket at `path`.
     case unix(path: String)
+    /// AF_VSOCK on `port`, any CID (`--vsock`): clients in virtual machines reach the host.
+    case vsock(port: UInt32)
 }
 
 /// Bound, listening sockets and what clients need to reach them.
 public struct Listeners: Sendable {
     public let sockets: [FileDescriptor]
-    /// The TCP port actually bound (resolves `-p 0`), or nil for a Unix socket.
+    /// The TCP port actually bound (resolves `-p 0`) or the vsock port, nil for a Unix socket.
     public let port: Int?
     public let unixPath: String?
+    /// The sockets are AF_VSOCK (`port` is a vsock port).
+    public let isVSock: Bool
 
-    public init(sockets: [FileDescriptor], port: Int?, unixPath: String?) {
+    public init(sockets: [FileDescriptor], port: Int?, unixPath: String?, isVSock: Bool = false) {
         self.sockets = sockets
         self.port = port
         self.unixPath = unixPath
+        self.isVSock = isVSock
     }
 
     /// Binds and listens. Wraps getaddrinfo, socket, bind and listen. With `label`, the sockets
@@ -38,6 +43,9 @@ public struct Listeners: Sendable {
         switch address {
         case .unix(let path): return try bindUnix(path)
         case .tcp(let host, let port, let family): return try bindTCP(host: host, port: port, family: family)
+        case .vsock(let port):
+            let fd = try syscall("vsock: port \(port)") { CNBDShim_vsock_listen(port) }
+            return Listeners(sockets: [FileDescriptor(fd)], port: Int(port), unixPath: nil, isVSock: true)
         }
     }
 

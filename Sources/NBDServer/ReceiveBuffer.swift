@@ -124,6 +124,8 @@ extension ReceiveBuffer: WritePayload {
         return try transport.receiveIfAvailable(into: UnsafeMutableRawBufferPointer(rebasing: storage[0..<min(count, Self.capacity)]))
     }
 
+    var splices: Bool { transport.splices }
+
     func spliceAvailable(upTo count: Int, into pipe: Int32) throws -> Int {
         guard start == end else {
             // What the read-ahead holds goes first, copied. An empty pipe takes at least a page.

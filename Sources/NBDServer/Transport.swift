@@ -39,10 +39,11 @@ public protocol Transport: AnyObject, Sendable {
     func receiveIfAvailable(into buffer: UnsafeMutableRawBufferPointer) throws -> Int
     /// As `receiveIfAvailable`, filling `buffers` (not empty, none empty) in order with one call.
     func receiveIfAvailable(into buffers: UnsafeBufferPointer<UnsafeMutableRawBufferPointer>) throws -> Int
+    /// True when `spliceIfAvailable` works: a plaintext Unix or TCP socket (not vsock).
+    var splices: Bool { get }
     /// Moves up to `count` (> 0) bytes that have arrived into the pipe whose write end is `pipe`
     /// (with room for them), without waiting, and returns how many: 0 if nothing has arrived.
-    /// Throws `TransportError.endOfFile` if the peer closed. Only a plaintext socket can; others
-    /// throw.
+    /// Throws `TransportError.endOfFile` if the peer closed. Only where `splices`; others throw.
     func spliceIfAvailable(upTo count: Int, into pipe: Int32) throws -> Int
     /// Waits until something can be received, the peer closed, or receives were shut down.
     /// A transport that `receivesWithoutWaiting` must provide it (the default returns at once,
@@ -73,6 +74,8 @@ extension Transport {
     }
 
     public func waitForInput() throws {}
+
+    public var splices: Bool { false }
 
     public func spliceIfAvailable(upTo count: Int, into pipe: Int32) throws -> Int {
         throw TransportError.failed(SystemError("splice", errno: EINVAL))
@@ -108,6 +111,7 @@ public enum TransportError: Error, Sendable, CustomStringConvertible {
 public final class PlainTransport: Transport, @unchecked Sendable {
     private let readFD: Int32
     private let writeFD: Int32
+    public let splices: Bool
     /// A splice from `readFD` waits for input (a TCP socket, unlike a Unix one, ignores
     /// SPLICE_F_NONBLOCK), so it must poll first.
     private let spliceMayWait: Bool
@@ -115,7 +119,9 @@ public final class PlainTransport: Transport, @unchecked Sendable {
     public init(readFD: Int32, writeFD: Int32) {
         self.readFD = readFD
         self.writeFD = writeFD
-        self.spliceMayWait = CNBDShim_is_unix_socket(readFD) != 1
+        let domain = readFD == writeFD ? CNBDShim_socket_domain(readFD) : -1
+        self.splices = domain == AF_UNIX || domain == AF_INET || domain == AF_INET6
+        self.spliceMayWait = domain != AF_UNIX
     }
 
     public convenience init(socket: Int32) { self.init(readFD: socket, writeFD: socket) }

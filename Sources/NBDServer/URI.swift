@@ -1,13 +1,16 @@
 /// Builds the NBD URI that `--run` hands to its command, in the exact form nbdkit 1.32 uses.
 public enum NBDURI {
     /// `nbd+unix://?socket=PATH`, `nbd+unix:///NAME?socket=PATH`, `nbd://localhost:PORT[/NAME]`,
-    /// with `nbds` schemes when TLS is required. Export names and paths are percent-encoded.
-    public static func make(unixPath: String?, port: Int?, exportName: String, tlsRequired: Bool) -> String {
+    /// `nbd+vsock://1:PORT[/NAME]` (CID 1: this machine), with `nbds` schemes when TLS is
+    /// required. Export names and paths are percent-encoded.
+    public static func make(unixPath: String?, port: Int?, exportName: String, tlsRequired: Bool,
+                            vsock: Bool = false) -> String {
         let scheme = tlsRequired ? "nbds" : "nbd"
         let name = exportName.isEmpty ? "" : "/" + quote(exportName, safe: "/")
         if let unixPath {
             return "\(scheme)+unix://\(name)?socket=\(quote(unixPath, safe: "/"))"
         }
+        if vsock { return "\(scheme)+vsock://1:\(port ?? 10809)\(name)" }
         return "\(scheme)://localhost:\(port ?? 10809)\(name)"
     }
 

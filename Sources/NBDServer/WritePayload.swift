@@ -8,10 +8,11 @@ public protocol WritePayload: AnyObject {
     /// Drops up to `count` (> 0) bytes of payload that have arrived, without waiting; returns how
     /// many, 0 if none have arrived.
     func discardAvailable(upTo count: Int) throws -> Int
+    /// True when `spliceAvailable` works (the payload comes from a Unix or TCP socket; not vsock).
+    var splices: Bool { get }
     /// Moves up to `count` (> 0, no more than what is left of the payload) bytes of payload that
     /// have arrived into the empty non-blocking pipe whose write end is `pipe`, without waiting;
-    /// returns how many, 0 if none has arrived. Payloads received in place come from a plaintext
-    /// socket, so this works wherever `receiveWrite` is called.
+    /// returns how many, 0 if none has arrived. Only where `splices`.
     func spliceAvailable(upTo count: Int, into pipe: Int32) throws -> Int
     /// Waits until more payload has arrived or the connection ended. Call it holding no lock.
     func waitForMore() throws

@@ -6,6 +6,8 @@ import NBDProtocol
 enum ListenMode: Equatable {
     case tcp(host: String?, port: String, family: AddressFamily)
     case unix(path: String)
+    /// `--vsock`: AF_VSOCK on the port of `-p` (10809 by default).
+    case vsock(port: UInt32)
     /// `-U -`: a socket in a private temporary directory, removed at exit.
     case unixTemporary
     /// `-s`: one client on stdin and stdout.
@@ -31,6 +33,7 @@ struct Configuration {
     var ipaddr: String? = nil
     var family = AddressFamily.any
     var unixSocket: String? = nil
+    var vsock = false
     var single = false
     var exportName = ""
     var readonly = false
@@ -65,6 +68,8 @@ struct Configuration {
         if socketActivated { return .activated }
         if single { return .single }
         if let unixSocket { return unixSocket == "-" ? .unixTemporary : .unix(path: unixSocket) }
+        // The option parser has checked that the port is a number.
+        if vsock { return .vsock(port: UInt32(port ?? "10809") ?? 10809) }
         return .tcp(host: ipaddr, port: port ?? "10809", family: family)
     }
 
@@ -111,8 +116,11 @@ struct Configuration {
 
     /// Cross-option checks nbdkit makes before starting.
     func validate() throws {
-        if socketActivated && (port != nil || ipaddr != nil || unixSocket != nil || run != nil || single) {
-            throw ConfigError("socket activation cannot be used with -p, -i, -U, --run or -s")
+        if socketActivated && (port != nil || ipaddr != nil || unixSocket != nil || run != nil || single || vsock) {
+            throw ConfigError("socket activation cannot be used with -p, -i, -U, --run, -s or --vsock")
+        }
+        if vsock && (unixSocket != nil || single) {
+            throw ConfigError("--vsock cannot be combined with -U or -s")
         }
         if single && (port != nil || unixSocket != nil || run != nil) {
             throw ConfigError("-s (--single) cannot be combined with -p, -U or --run")

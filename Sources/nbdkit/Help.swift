@@ -21,7 +21,7 @@ enum Help {
            [--tls-certificates=/path/to/certificates]
            [--tls-psk=/path/to/pskfile] [--tls-verify-peer]
            [-U|--unix SOCKET|-] [-u|--user USER]
-           [-v|--verbose]
+           [-v|--verbose] [--vsock]
            PLUGIN [[KEY=]VALUE [KEY=VALUE [...]]]
 
     nbdkit --dump-config

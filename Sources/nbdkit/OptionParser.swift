@@ -67,6 +67,7 @@ struct OptionParser {
         Spec(short: "U", long: ["unix"], arity: .value) { c, v in c.unixSocket = v },
         Spec(short: "u", long: ["user"], arity: .value) { c, v in c.user = v },
         Spec(short: "v", long: ["verbose"], arity: .flag) { c, _ in c.verbose = true },
+        Spec(short: nil, long: ["vsock"], arity: .flag) { c, _ in c.vsock = true },
         Spec(short: "V", long: ["version"], arity: .flag) { c, _ in c.action = .version },
     ]
 

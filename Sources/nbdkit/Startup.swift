@@ -56,6 +56,8 @@ struct Startup {
             listeners = try Listeners.bind(.unix(path: path), label: config.selinuxLabel)
         case .tcp(let host, let port, let family):
             listeners = try Listeners.bind(.tcp(host: host, port: port, family: family), label: config.selinuxLabel)
+        case .vsock(let port):
+            listeners = try Listeners.bind(.vsock(port: port), label: config.selinuxLabel)
         }
 
         // --swap locks the process that serves: this one unless it forks into the background

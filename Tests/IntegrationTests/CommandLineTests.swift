@@ -148,6 +148,28 @@ final class CommandLineTests: IntegrationTestCase {
         XCTAssertEqual(single.stdout, "1048576\n", single.stderr)
     }
 
+    /// `--vsock` listens on an AF_VSOCK port (while it runs, nothing else can bind that port,
+    /// and once it has exited the port is free again) and hands `--run` an nbd+vsock URI, as
+    /// nbdkit does; it refuses -U and -s. (No client connects: this machine has no vsock
+    /// loopback transport, so the data path over vsock is not tested.)
+    func testVSockListensAndHandsTheCommandItsURI() throws {
+        let port = Int.random(in: 20000...60000)
+        let bindPort = "import socket, sys; s = socket.socket(socket.AF_VSOCK, socket.SOCK_STREAM); s.bind((socket.VMADDR_CID_ANY, \(port)))"
+        let probe = "try:\n    exec(sys.argv[1])\n    print('free')\nexcept OSError as e:\n    print(e.strerror)"
+        let r = Harness.run([Harness.nbdkit, "--vsock", "-p", String(port), "-e", "a b", "memory", "1M", "--run",
+                             "echo \"$uri|$nbd|$port|$unixsocket\"; /usr/bin/python3 -c \"import sys\n\(probe)\" '\(bindPort)'"])
+        if r.stderr.contains("Address family not supported") { throw XCTSkip("no AF_VSOCK here: \(r.stderr)") }
+        XCTAssertEqual(r.status, 0, r.stderr)
+        XCTAssertEqual(r.stdout, "nbd+vsock://1:\(port)/a%20b|nbd+vsock://1:\(port)/a%20b|\(port)|\nAddress already in use\n")
+        let after = Harness.run(["/usr/bin/python3", "-c", "import sys\n" + probe, bindPort])
+        XCTAssertEqual(after.stdout, "free\n", after.stderr)
+        for other in [["-U", dir.file("sock")], ["-s"]] {
+            let refused = Harness.run([Harness.nbdkit, "--vsock"] + other + ["memory", "1M"])
+            XCTAssertEqual(refused.status, 1)
+            XCTAssertEqual(refused.stderr, "nbdkit: error: --vsock cannot be combined with -U or -s\n")
+        }
+    }
+
     func testSingleModeOnStdio() throws {
         // -s serves one client on stdin/stdout: nbdsh can drive it through a subprocess.
         let r = Harness.run(["/usr/bin/nbdsh", "-c", """

@@ -43,8 +43,12 @@ ssize_t CNBDShim_splice_nowait(int fd, int pipe_fd, size_t len);
 /* splice(pipe_fd, NULL, fd, &offset, len, SPLICE_F_MOVE): writes pipe contents to a file. */
 ssize_t CNBDShim_splice_to_file(int pipe_fd, int fd, int64_t offset, size_t len);
 
-/* 1 if fd is an AF_UNIX socket, 0 if not, -1 on error. */
-int CNBDShim_is_unix_socket(int fd);
+/* A listening AF_VSOCK stream socket (close-on-exec) bound to any CID and port;
+ * the descriptor, or -1 with errno set. */
+int CNBDShim_vsock_listen(unsigned int port);
+
+/* The address family of socket fd (AF_UNIX, AF_INET, ...), or -1 if it is not a socket. */
+int CNBDShim_socket_domain(int fd);
 
 /* send(fd, buf, len, MSG_MORE | MSG_NOSIGNAL): more follows at once (TCP coalesces it). */
 ssize_t CNBDShim_send_more(int fd, const void *buf, size_t len);
