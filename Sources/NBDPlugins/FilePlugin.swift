@@ -211,8 +211,8 @@ final class FileConnection: BackendConnection, @unchecked Sendable {
 
     func receiveWrite(offset: UInt64, length: UInt32, from payload: any WritePayload) throws {
         guard payload.splices, let pipe = openSplicePipe() else {
-            // A socket that can't splice (vsock), or no descriptor or pipe buffer to spare:
-            // through memory, as other writes go.
+            // A socket other than Unix or TCP (vsock), or no descriptor or pipe buffer to
+            // spare: through memory, as other writes go.
             return try receiveWriteThroughBuffer(offset: offset, length: Int(length), from: payload)
         }
         var taken = 0

@@ -39,7 +39,8 @@ public protocol Transport: AnyObject, Sendable {
     func receiveIfAvailable(into buffer: UnsafeMutableRawBufferPointer) throws -> Int
     /// As `receiveIfAvailable`, filling `buffers` (not empty, none empty) in order with one call.
     func receiveIfAvailable(into buffers: UnsafeBufferPointer<UnsafeMutableRawBufferPointer>) throws -> Int
-    /// True when `spliceIfAvailable` works: a plaintext Unix or TCP socket (not vsock).
+    /// True when `spliceIfAvailable` works: a plaintext Unix or TCP socket, whose splice is known
+    /// to move socket buffers without waiting (others, such as vsock, are read as usual).
     var splices: Bool { get }
     /// Moves up to `count` (> 0) bytes that have arrived into the pipe whose write end is `pipe`
     /// (with room for them), without waiting, and returns how many: 0 if nothing has arrived.

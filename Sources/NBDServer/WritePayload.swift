@@ -8,7 +8,7 @@ public protocol WritePayload: AnyObject {
     /// Drops up to `count` (> 0) bytes of payload that have arrived, without waiting; returns how
     /// many, 0 if none have arrived.
     func discardAvailable(upTo count: Int) throws -> Int
-    /// True when `spliceAvailable` works (the payload comes from a Unix or TCP socket; not vsock).
+    /// True when `spliceAvailable` works (the payload comes from a Unix or TCP socket).
     var splices: Bool { get }
     /// Moves up to `count` (> 0, no more than what is left of the payload) bytes of payload that
     /// have arrived into the empty non-blocking pipe whose write end is `pipe`, without waiting;
