@@ -1,0 +1,247 @@
+import Glibc
+import CNBDShim
+import NBDServer
+import NBDProtocol
+
+/// One connection's descriptor on the served file. (Unchecked: `splicePipe` is used only by
+/// `receiveWrite`, which runs on the thread that reads the connection's requests.)
+final class FileConnection: BackendConnection, @unchecked Sendable {
+    private let fd: Int32
+    private let isBlockDevice: Bool
+    /// What the descriptor refers to, checked after opening (the name may have changed since a stat).
+    let isRegularOrBlockDevice: Bool
+    private let readonly: Bool
+    private let path: String
+    /// The file lives in memory (tmpfs or ramfs): no call waits for a disk.
+    private let inMemory: Bool
+    /// The pipe that `receiveWrite` moves payloads through (read end, write end), made at the
+    /// first such write; empty between calls.
+    private var splicePipe: (read: Int32, write: Int32)?
+
+    init(path: String, readonly: Bool) throws {
+        var fd = Glibc.open(path, (readonly ? O_RDONLY : O_RDWR) | O_CLOEXEC)
+        var opened = readonly
+        if fd < 0 && !readonly {
+            // The export may still be served read-only, as nbdkit does.
+            fd = Glibc.open(path, O_RDONLY | O_CLOEXEC)
+            opened = true
+        }
+        guard fd >= 0 else { throw BackendError(SystemError("open: \(path)")) }
+        var st = stat()
+        fstat(fd, &st)
+        self.fd = fd
+        self.path = path
+        self.readonly = opened
+        self.isBlockDevice = st.st_mode & S_IFMT == S_IFBLK
+        self.isRegularOrBlockDevice = st.st_mode & S_IFMT == S_IFBLK || st.st_mode & S_IFMT == S_IFREG
+        self.inMemory = st.st_mode & S_IFMT == S_IFREG && CNBDShim_file_system_in_memory(fd) == 1
+    }
+
+    /// A regular file in tmpfs or ramfs (such as /dev/shm) never waits for a disk.
+    var servesWithoutBlocking: Bool { inMemory }
+
+    func size() throws -> UInt64 {
+        if isBlockDevice {
+            let n = CNBDShim_block_device_size(fd)
+            guard n >= 0 else { throw BackendError(SystemError("ioctl BLKGETSIZE64: \(path)")) }
+            return UInt64(n)
+        }
+        var st = stat()
+        do { try syscall("fstat: \(path)") { fstat(fd, &st) } } catch { throw BackendError(error) }
+        return UInt64(st.st_size)
+    }
+
+    func canWrite() throws -> Bool { !readonly }
+    func canFlush() throws -> Bool { true }
+    func canTrim() throws -> Bool { !isBlockDevice }
+    func canZero() throws -> Bool { true }
+    func canFUA() throws -> FUASupport { .native }
+    func canMultiConn() throws -> Bool { true }
+    func canExtents() throws -> Bool { !isBlockDevice }
+    func canCache() throws -> Bool { true }
+
+    func pread(into buffer: UnsafeMutableRawBufferPointer, offset: UInt64) throws {
+        var done = 0
+        while done < buffer.count {
+            let n = Glibc.pread(fd, buffer.baseAddress! + done, buffer.count - done, off_t(offset) + off_t(done))
+            if n > 0 { done += n; continue }
+            if n == 0 { throw BackendError(.eio, "pread: unexpected end of file: \(path)") }
+            if CNBDShim_errno() == EINTR { continue }
+            throw BackendError(SystemError("pread: \(path)"))
+        }
+    }
+
+    /// A regular file can be sent from directly. Its reading starts here, in parallel with other
+    /// requests, since the send itself runs holding the connection's write lock. A range past the
+    /// end of the file (it shrank while served) is read with `pread` instead, which fails with
+    /// EIO before the reply begins rather than after.
+    func fileExtent(offset: UInt64, length: UInt32) -> FileExtent? {
+        guard isRegularOrBlockDevice && !isBlockDevice else { return nil }
+        var st = stat()
+        guard fstat(fd, &st) == 0, offset + UInt64(length) <= UInt64(st.st_size) else { return nil }
+        _ = posix_fadvise(fd, off_t(offset), off_t(length), POSIX_FADV_WILLNEED)
+        return FileExtent(fd: fd, offset: offset)
+    }
+
+    func pwrite(_ buffer: UnsafeRawBufferPointer, offset: UInt64, fua: Bool) throws {
+        var done = 0
+        while done < buffer.count {
+            let n = Glibc.pwrite(fd, buffer.baseAddress! + done, buffer.count - done, off_t(offset) + off_t(done))
+            if n >= 0 { done += n; continue }
+            if CNBDShim_errno() == EINTR { continue }
+            throw BackendError(SystemError("pwrite: \(path)"))
+        }
+        if fua { try flush() }
+    }
+
+    /// Large writes to a file in memory are moved from the socket through a pipe into the file
+    /// (splice): the kernel copies the data once, into the page cache, where a buffer would
+    /// take two copies. (A file on a disk keeps the worker pool's parallel writes instead.)
+    var receivesWrites: Bool { inMemory }
+
+    func receiveWrite(offset: UInt64, length: UInt32, from payload: any WritePayload) throws {
+        guard payload.splices, let pipe = openSplicePipe() else {
+            // A socket other than Unix or TCP (vsock), or no descriptor or pipe buffer to
+            // spare: through memory, as other writes go.
+            return try receiveWriteThroughBuffer(offset: offset, length: Int(length), from: payload)
+        }
+        var taken = 0
+        do {
+            while taken < Int(length) {
+                let n = try payload.spliceAvailable(upTo: Int(length) - taken, into: pipe.write)
+                if n == 0 {
+                    try payload.waitForMore()
+                    continue
+                }
+                taken += n
+                try writeFromPipe(pipe.read, count: n, offset: offset + UInt64(taken - n))
+            }
+        } catch let error as BackendError {
+            // What the pipe still holds goes with it; the rest of the payload is read and dropped.
+            closeSplicePipe()
+            try payload.discard(Int(length) - taken)
+            throw error
+        } catch {
+            closeSplicePipe()
+            throw error
+        }
+    }
+
+    /// The connection's pipe, made now if need be; nil if it can't be (no descriptor free, or
+    /// the user's pipe buffers used up).
+    private func openSplicePipe() -> (read: Int32, write: Int32)? {
+        if let splicePipe { return splicePipe }
+        var fds: [Int32] = [-1, -1]
+        guard CNBDShim_splice_pipe(&fds) == 0 else { return nil }
+        splicePipe = (fds[0], fds[1])
+        return (fds[0], fds[1])
+    }
+
+    /// Takes the payload in pieces of up to 256 KiB into a temporary buffer and writes each.
+    private func receiveWriteThroughBuffer(offset: UInt64, length: Int, from payload: any WritePayload) throws {
+        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: min(length, 256 * 1024), alignment: 64)
+        defer { buffer.deallocate() }
+        var taken = 0
+        while taken < length {
+            let piece = UnsafeMutableRawBufferPointer(rebasing: buffer[..<min(buffer.count, length - taken)])
+            var filled = 0
+            while filled < piece.count {
+                let n = try withUnsafeTemporaryAllocation(of: UnsafeMutableRawBufferPointer.self, capacity: 1) { list in
+                    list[0] = UnsafeMutableRawBufferPointer(rebasing: piece[filled...])
+                    return try payload.receiveAvailable(into: UnsafeBufferPointer(list))
+                }
+                if n == 0 { try payload.waitForMore() }
+                filled += n
+            }
+            taken += filled
+            do {
+                try pwrite(UnsafeRawBufferPointer(piece), offset: offset + UInt64(taken - filled), fua: false)
+            } catch let error as BackendError {
+                try payload.discard(length - taken)
+                throw error
+            }
+        }
+    }
+
+    private func closeSplicePipe() {
+        guard let pipe = splicePipe else { return }
+        _ = Glibc.close(pipe.read)
+        _ = Glibc.close(pipe.write)
+        splicePipe = nil
+    }
+
+    /// Writes the `count` bytes the pipe holds to the file at `offset`.
+    private func writeFromPipe(_ pipe: Int32, count: Int, offset: UInt64) throws {
+        var done = 0
+        while done < count {
+            let n = CNBDShim_splice_to_file(pipe, fd, Int64(offset) + Int64(done), count - done)
+            if n > 0 { done += n; continue }
+            if n < 0 && CNBDShim_errno() == EINTR { continue }
+            throw BackendError(n == 0 ? SystemError("splice: \(path)", errno: EIO) : SystemError("splice: \(path)"))
+        }
+    }
+
+    func flush() throws {
+        do { try syscall("fdatasync: \(path)") { fdatasync(fd) } } catch { throw BackendError(error) }
+    }
+
+    func trim(offset: UInt64, length: UInt32, fua: Bool) throws {
+        // Trim is advisory: a filesystem that can't punch holes simply keeps the data.
+        if CNBDShim_punch_hole(fd, Int64(offset), Int64(length)) == -1 {
+            let e = CNBDShim_errno()
+            if e != EOPNOTSUPP && e != ENOSYS { throw BackendError(SystemError("fallocate: \(path)", errno: e)) }
+        }
+        if fua { try flush() }
+    }
+
+    func zero(offset: UInt64, length: UInt32, mayTrim: Bool, fua: Bool, fastZero: Bool) throws {
+        if mayTrim && !isBlockDevice && CNBDShim_punch_hole(fd, Int64(offset), Int64(length)) == 0 {
+            if fua { try flush() }
+            return
+        }
+        if CNBDShim_zero_range(fd, Int64(offset), Int64(length)) == 0 {
+            if fua { try flush() }
+            return
+        }
+        let e = CNBDShim_errno()
+        if e == EOPNOTSUPP || e == ENOSYS || e == ENODEV {
+            throw BackendError(.enotsup, "fallocate zero range is not supported on \(path)")
+        }
+        throw BackendError(SystemError("fallocate: \(path)", errno: e))
+    }
+
+    func extents(offset: UInt64, length: UInt32, reqOne: Bool) throws -> [Extent] {
+        let end = off_t(offset) + off_t(length)
+        var position = off_t(offset)
+        var result: [Extent] = []
+        while position < end {
+            let data = lseek(fd, position, 3 /* SEEK_DATA */)
+            if data == -1 {
+                // ENXIO: no data from here to the end of the file.
+                guard CNBDShim_errno() == ENXIO else { throw BackendError(SystemError("lseek: \(path)")) }
+                result.append(Extent(length: UInt64(end - position), flags: [.hole, .zero]))
+                break
+            }
+            if data > position {
+                result.append(Extent(length: UInt64(min(data, end) - position), flags: [.hole, .zero]))
+                position = min(data, end)
+                if reqOne || position >= end { break }
+            }
+            var hole = lseek(fd, position, 4 /* SEEK_HOLE */)
+            if hole == -1 { hole = end }
+            result.append(Extent(length: UInt64(min(hole, end) - position), flags: []))
+            position = min(hole, end)
+            if reqOne { break }
+        }
+        return result
+    }
+
+    func cache(offset: UInt64, length: UInt32) throws {
+        _ = posix_fadvise(fd, off_t(offset), off_t(length), POSIX_FADV_WILLNEED)
+    }
+
+    func close() {
+        closeSplicePipe()
+        _ = Glibc.close(fd)
+    }
+}
