@@ -53,7 +53,8 @@ struct Configuration {
     /// `--selinux-label`: the SELinux label of the listening sockets.
     var selinuxLabel: String? = nil
     var pidFile: String? = nil
-    var tls = TLSMode.off
+    /// `--tls`; nil when not given: then TLS is on if credentials load, as in nbdkit.
+    var tls: TLSMode? = nil
     var tlsCertificates: String? = nil
     var tlsPSK: String? = nil
     var tlsVerifyPeer = false
@@ -76,17 +77,31 @@ struct Configuration {
     /// Whether the server stays in the foreground (`-f`, `--run`, `--exit-with-parent`, `-s`).
     var staysInForeground: Bool { foreground || run != nil || exitWithParent || single || socketActivated }
 
-    /// The TLS settings, with credentials loaded now so that bad files are start-up errors.
-    /// As in nbdkit, `--tls-psk` takes precedence: given both, the certificates are not used.
-    func tlsSettings() throws -> TLSSettings {
-        guard tls != .off else { return .off }
+    /// The TLS settings, with credentials loaded now so that bad files are found at start-up.
+    /// As in nbdkit: `--tls-psk` takes precedence over certificates, and a PSK file that can't
+    /// be loaded is an error unless `--tls=off`. Certificates that can't be loaded are an error
+    /// under `--tls=require`, a warning (`warn`) with TLS off under `--tls=on`, and without
+    /// `--tls` simply leave TLS off (GnuTLS is not even loaded if their directory is missing).
+    /// Without `--tls`, credentials that load turn TLS on; oldstyle keeps it off.
+    func tlsSettings(warn: (String) -> Void) throws -> TLSSettings {
+        if tls == .off || (tls == nil && style == .oldstyle) { return .off }
         let credentials: TLSCredentials
         if let psk = tlsPSK {
             credentials = try TLSCredentials(pskFile: psk)
         } else {
-            credentials = try TLSCredentials(x509Directory: tlsCertificates ?? Configuration.defaultCertificateDirectory)
+            let directory = tlsCertificates ?? Configuration.defaultCertificateDirectory
+            if tls == nil && access(directory, F_OK) != 0 { return .off }
+            do {
+                credentials = try TLSCredentials(x509Directory: directory)
+            } catch {
+                if tls == .require { throw error }
+                if tls == .on {
+                    warn("--tls=on but could not load TLS certificates (\(error)); TLS is disabled and TLS connections will be rejected")
+                }
+                return .off
+            }
         }
-        return TLSSettings(mode: tls, credentials: credentials, verifyPeer: tlsVerifyPeer)
+        return TLSSettings(mode: tls ?? .on, credentials: credentials, verifyPeer: tlsVerifyPeer)
     }
 
     /// nbdkit's default: /etc/pki/nbdkit for root, $HOME/.pki/nbdkit for anyone else.
@@ -128,7 +143,7 @@ struct Configuration {
         if port != nil && unixSocket != nil {
             throw ConfigError("-p (--port) and -U (--unix) are mutually exclusive")
         }
-        if tls != .off && style == .oldstyle {
+        if let tls, tls != .off, style == .oldstyle {
             throw ConfigError("TLS cannot be used with the oldstyle protocol (-o)")
         }
         if threads < 1 { throw ConfigError("-t (--threads) must be at least 1") }

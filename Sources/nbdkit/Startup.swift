@@ -23,7 +23,7 @@ struct Startup {
             return 0
         }
 
-        let tls = try config.tlsSettings()
+        let tls = try config.tlsSettings(warn: logger.warning)
         let parentAtStart = getppid()
         let signals = try SignalSource()
         let control = try ServerControl()
@@ -67,7 +67,7 @@ struct Startup {
         if let command = config.run, let listeners {
             let script = CaptiveCommand(command: command).script(
                 listeners: listeners, exportName: config.exportName,
-                tls: config.tls == .off ? nil : (config.tls == .on ? 1 : 2))
+                tls: tls.mode == .off ? nil : (tls.mode == .on ? 1 : 2))
             captive = try CaptiveCommand.spawn(script: script)
         }
         // Until the server runs, any way out (a start-up error, --exit-with-parent finding the

@@ -456,12 +456,20 @@ final class TLSTests: IntegrationTestCase {
         XCTAssertTrue(on.stdout.hasPrefix("1 nbd+unix://?socket="), on.stdout)
     }
 
+    /// As in nbdkit: certificates that can't be loaded are an error under --tls=require and a
+    /// warning naming the file under --tls=on (the server then runs without TLS, `$tls` unset);
+    /// a PSK file that can't be loaded is an error either way, and so is oldstyle with TLS.
     func testBadTLSFilesAreStartupErrors() {
         let marker = dir.file("ran")
-        let missing = Harness.run([Harness.nbdkit, "-U", "-", "--tls=on", "--tls-certificates=\(dir.file("none"))",
+        let missing = Harness.run([Harness.nbdkit, "-U", "-", "--tls=require", "--tls-certificates=\(dir.file("none"))",
                                    "memory", "1M", "--run", "touch \(marker)"])
         XCTAssertEqual(missing.status, 1)
         XCTAssertTrue(missing.stderr.contains("nbdkit: error: TLS certificates: \(dir.file("none"))/ca-cert.pem"), missing.stderr)
+        let warned = Harness.run([Harness.nbdkit, "-U", "-", "--tls=on", "--tls-certificates=\(dir.file("none"))",
+                                  "memory", "1M", "--run", "echo \"[$tls]\"; nbdinfo --size \"$uri\""])
+        XCTAssertEqual(warned.status, 0, warned.stderr)
+        XCTAssertEqual(warned.stdout, "[]\n1048576\n")
+        XCTAssertTrue(warned.stderr.hasPrefix("nbdkit: warning: --tls=on but could not load TLS certificates (TLS certificates: \(dir.file("none"))/ca-cert.pem"), warned.stderr)
         let psk = Harness.run([Harness.nbdkit, "-U", "-", "--tls=on", "--tls-psk=\(dir.file("none.psk"))", "memory", "1M", "--run", "touch \(marker)"])
         XCTAssertEqual(psk.status, 1)
         XCTAssertTrue(psk.stderr.contains("none.psk"), psk.stderr)
@@ -469,6 +477,34 @@ final class TLSTests: IntegrationTestCase {
         XCTAssertEqual(old.status, 1)
         XCTAssertTrue(old.stderr.contains("oldstyle"), old.stderr)
         XCTAssertFalse(FileManager.default.fileExists(atPath: marker))
+    }
+
+    /// Without --tls, TLS is on (optional) when credentials load, as in nbdkit: with --tls-psk
+    /// (both a PSK and a plaintext client connect), and with certificates in the default
+    /// directory, $HOME/.pki/nbdkit for a user other than root (the server runs as nobody; needs
+    /// root to switch). Certificates that don't load then leave TLS off without a word.
+    func testTLSIsOnWithoutTheOptionWhenCredentialsLoad() throws {
+        let psk = Harness.run([Harness.nbdkit, "-U", "-", "--tls-psk=\(pskFile)", "memory", "1M", "--run",
+                               "echo \"[$tls]\"; nbdinfo --size \"nbds+unix://alice@/?socket=$unixsocket&tls-psk-file=\(pskFile)\"; nbdinfo --size \"$uri\""])
+        XCTAssertEqual(psk.stdout, "[1]\n1048576\n1048576\n", psk.stderr)
+        let none = Harness.run([Harness.nbdkit, "-U", "-", "--tls-certificates=\(dir.file("none"))", "memory", "1M", "--run", "echo \"[$tls]\""])
+        XCTAssertEqual(none.stdout, "[]\n", none.stderr)
+        XCTAssertEqual(none.stderr, "")
+        XCTAssertEqual(none.status, 0)
+
+        guard getuid() == 0 else { throw XCTSkip("running the server as another user needs root") }
+        let home = dir.file("home")
+        let r = Harness.run(["/bin/sh", "-c", """
+            set -e
+            mkdir -p "$1/.pki/nbdkit"
+            cp "$2/ca-cert.pem" "$2/server-cert.pem" "$2/server-key.pem" "$1/.pki/nbdkit/"
+            chown -R nobody "$1"
+            chmod 755 "$(dirname "$1")"
+            cd /
+            exec setpriv --reuid=nobody --regid=nogroup --clear-groups env HOME="$1" "$3" -U - memory 1M \\
+              --run 'echo "[$tls]"; nbdinfo --size "nbds+unix:///?socket=$unixsocket&tls-certificates=$HOME/.pki/nbdkit"'
+            """, "sh", home, certs, Harness.nbdkit])
+        XCTAssertEqual(r.stdout, "[1]\n1048576\n", r.stderr)
     }
 
     /// GnuTLS is loaded at run time, so a server whose libgnutls.so.30 can't be loaded says so
