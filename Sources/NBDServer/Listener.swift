@@ -87,6 +87,7 @@ public struct Listeners: Sendable {
         defer { freeaddrinfo(list) }
         var sockets: [FileDescriptor] = []
         var boundPort: Int? = nil
+        var addressInUse = false
         var cursor = list
         do {
             while let ai = cursor {
@@ -105,13 +106,24 @@ public struct Listeners: Sendable {
                 }
                 // With port 0, every address family shares the port the first bind chose.
                 if let boundPort, port == "0" { setPort(ai.pointee.ai_addr, boundPort) }
-                try syscall("bind") { Glibc.bind(fd, ai.pointee.ai_addr, ai.pointee.ai_addrlen) }
+                // As nbdkit: an address whose port is taken is skipped (the server listens on
+                // the others); only when every one is taken is that an error.
+                if Glibc.bind(fd, ai.pointee.ai_addr, ai.pointee.ai_addrlen) == -1 {
+                    let e = CNBDShim_errno()
+                    guard e == EADDRINUSE else { throw SystemError("bind", errno: e) }
+                    addressInUse = true
+                    sockets.removeLast().close()
+                    continue
+                }
                 try syscall("listen") { listen(fd, SOMAXCONN) }
                 if boundPort == nil { boundPort = localPort(fd) }
             }
         } catch {
             sockets.forEach { $0.close() }
             throw error
+        }
+        if sockets.isEmpty && addressInUse {
+            throw ConfigError("unable to bind to any sockets on port \(port): \(SystemError("bind", errno: EADDRINUSE))")
         }
         guard !sockets.isEmpty else { throw ConfigError("no addresses to listen on for \(host ?? "*"):\(port)") }
         return Listeners(sockets: sockets, port: boundPort, unixPath: nil)

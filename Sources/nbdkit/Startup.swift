@@ -19,6 +19,8 @@ struct Startup {
             throw ConfigError("cannot open plugin '\(pluginName)': no such built-in plugin (available: \(Registry.plugins.map { $0.name }.joined(separator: ", ")))")
         }
         if config.action == .dumpPlugin {
+            // As nbdkit, which loads the filters first: an unknown one is an error here too.
+            for name in config.filters where Registry.filter(named: name) == nil { throw Self.unknownFilter(name) }
             print(Help.dumpPlugin(factory), terminator: "")
             return 0
         }
@@ -149,13 +151,15 @@ struct Startup {
         var parameters = Parameters(pairs)
         var backend = try factory.make(&parameters, options: PluginOptions(readonly: config.readonly))
         for name in config.filters.reversed() {
-            guard let filter = Registry.filter(named: name) else {
-                throw ConfigError("cannot open filter '\(name)': no such built-in filter (available: \(Registry.filters.map { $0.name }.joined(separator: ", ")))")
-            }
+            guard let filter = Registry.filter(named: name) else { throw Self.unknownFilter(name) }
             backend = try filter.make(&parameters, next: backend, control: control)
         }
         try parameters.rejectUnknown()
         return backend
+    }
+
+    private static func unknownFilter(_ name: String) -> ConfigError {
+        ConfigError("cannot open filter '\(name)': no such built-in filter (available: \(Registry.filters.map { $0.name }.joined(separator: ", ")))")
     }
 
     private func makeTemporaryDirectory() throws -> String {

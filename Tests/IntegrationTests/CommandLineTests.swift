@@ -57,6 +57,7 @@ final class CommandLineTests: IntegrationTestCase {
         XCTAssertTrue(config.stdout.contains("version_major=1\n"), config.stdout)
         XCTAssertTrue(config.stdout.contains("\nselinux=yes\ntls=yes\n"), config.stdout)
         XCTAssertTrue(config.stdout.contains("binary=\(Harness.nbdkit)"), config.stdout)
+        XCTAssertEqual(Harness.run([Harness.nbdkit, "--filter=nosuch", "null", "--dump-plugin"]).status, 1)
         let plugin = Harness.run([Harness.nbdkit, "memory", "--dump-plugin"])
         XCTAssertTrue(plugin.stdout.contains("name=memory\n"), plugin.stdout)
         XCTAssertTrue(plugin.stdout.contains("thread_model=parallel\n"), plugin.stdout)
@@ -168,6 +169,33 @@ final class CommandLineTests: IntegrationTestCase {
             XCTAssertEqual(refused.status, 1)
             XCTAssertEqual(refused.stderr, "nbdkit: error: --vsock cannot be combined with -U or -s\n")
         }
+    }
+
+    /// As nbdkit: with the port taken on IPv4 only, the server listens on IPv6 and serves there;
+    /// with it taken on both, start-up fails (status 1) and the command is not run.
+    func testPortTakenOnOneAddressFamilyOnly() throws {
+        let r = Harness.run(["/usr/bin/python3", "-c", """
+        import socket, subprocess, sys
+        nbdkit, marker = sys.argv[1], sys.argv[2]
+        v4 = socket.socket(socket.AF_INET)
+        v4.bind(('0.0.0.0', 0))
+        v4.listen()
+        port = v4.getsockname()[1]
+        r = subprocess.run([nbdkit, '-p', str(port), 'memory', '1M', '--run',
+                            'echo "$port"; nbdinfo --size "nbd://[::1]:$port"'], capture_output=True, text=True, timeout=30)
+        print(r.returncode, r.stdout.split() == [str(port), '1048576'], r.stderr)
+        v6 = socket.socket(socket.AF_INET6)
+        v6.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        v6.bind(('::', port))
+        v6.listen()
+        r = subprocess.run([nbdkit, '-p', str(port), 'memory', '1M', '--run', 'touch ' + marker],
+                           capture_output=True, text=True, timeout=30)
+        print(r.returncode, r.stderr.strip())
+        """, Harness.nbdkit, dir.file("ran")])
+        let lines = r.stdout.split(separator: "\n").map(String.init)
+        XCTAssertEqual(lines.first, "0 True ", r.stdout + r.stderr)
+        XCTAssertTrue(lines.count > 1 && lines[1].hasPrefix("1 nbdkit: error: unable to bind to any sockets on port "), r.stdout)
+        XCTAssertFalse(FileManager.default.fileExists(atPath: dir.file("ran")))
     }
 
     func testSingleModeOnStdio() throws {
