@@ -20,14 +20,29 @@ public enum Daemon {
         }
     }
 
-    /// Writes this process's id to `path` (replacing any old file) with one write and a rename.
+    /// Writes this process's id to `path` (replacing any old file) with one write and a rename,
+    /// so a reader never sees it half written. Where the directory can't take a new file (after
+    /// `-u`, a pid file made beforehand in a directory only root may write to, as for nbdkit,
+    /// which opens it in place), the file is rewritten in place instead.
     public static func writePIDFile(_ path: String) throws(SystemError) {
         let temp = path + ".tmp\(getpid())"
-        let fd = try syscall("open: \(temp)") { open(temp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644) }
+        let fd = open(temp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
+        if fd == -1 && CNBDShim_errno() == EACCES {
+            try writePID(to: path)
+            return
+        }
+        guard fd >= 0 else { throw SystemError("open: \(temp)") }
+        _ = close(fd)
+        do { try writePID(to: temp) } catch { _ = unlink(temp); throw error }
+        try syscall("rename: \(path)") { rename(temp, path) }
+    }
+
+    /// Writes this process's id, and a newline, over the file at `path` with one write.
+    private static func writePID(to path: String) throws(SystemError) {
+        let fd = try syscall("open: \(path)") { open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644) }
+        defer { _ = close(fd) }
         var text = "\(getpid())\n"
         let n = text.withUTF8 { write(fd, $0.baseAddress, $0.count) }
-        _ = close(fd)
-        if n < 0 { _ = unlink(temp); throw SystemError("write: \(temp)") }
-        try syscall("rename: \(path)") { rename(temp, path) }
+        if n < 0 { throw SystemError("write: \(path)") }
     }
 }

@@ -284,6 +284,25 @@ final class LifecycleTests: IntegrationTestCase {
         XCTAssertFalse(FileManager.default.fileExists(atPath: privateDir), "\(privateDir) left behind")
     }
 
+    /// As root with -u: a pid file made beforehand for the new user, in a directory only root
+    /// may write to (as a service's start-up script does for nbdkit), is written in place with
+    /// the server's pid; a new file can't be made there.
+    func testPIDFileMadeBeforehandForTheNewUser() throws {
+        try XCTSkipUnless(getuid() == 0, "changing user needs root")
+        let run = dir.file("run")
+        let pidFile = run + "/nbdkit.pid"
+        try FileManager.default.createDirectory(atPath: run, withIntermediateDirectories: false)
+        XCTAssertEqual(chmod(dir.path, 0o755), 0)
+        XCTAssertTrue(FileManager.default.createFile(atPath: pidFile, contents: Data("stale\n".utf8)))
+        let nobody = getpwnam("nobody")!.pointee.pw_uid
+        XCTAssertEqual(chown(pidFile, nobody, gid_t(bitPattern: -1)), 0)
+        let s = try startServer(["-u", "nobody", "-g", "nogroup", "-P", pidFile, "memory", "1M"])
+        let deadline = Date().addingTimeInterval(10)
+        while String(decoding: contents(pidFile), as: UTF8.self) != "\(s.pid)\n" && Date() < deadline { usleep(20_000) }
+        XCTAssertEqual(String(decoding: contents(pidFile), as: UTF8.self), "\(s.pid)\n", s.stderr)
+        XCTAssertEqual(Harness.run(["nbdinfo", "--size", s.uri]).stdout, "1048576\n")
+    }
+
     /// `--swap` locks the memory of the process that serves (VmLck in /proc): a captive
     /// server's, and a background server's after it forked; without it nothing is locked.
     /// Without CAP_IPC_LOCK and with RLIMIT_MEMLOCK 0 it is a start-up error, and the --run
