@@ -120,7 +120,9 @@ final class Transmission: Sendable {
         let outcome: Outcome
         if let invalid = buffer.invalid {
             outcome = .failure(invalid, "invalid request")
-        } else if server.shuttingDown.load(ordering: .relaxed) {
+        } else if server.shuttingDown.load(ordering: .relaxed) && buffer.receivedInPlace == nil {
+            // (A write received in place before shutdown began is stored already: its real
+            // outcome is the answer.)
             outcome = .failure(.eshutdown, "server is shutting down")
         } else if server.threadModel == .serializeAllRequests {
             outcome = server.allRequestsLock.withLock { perform(request, buffer) }

@@ -79,27 +79,32 @@ struct Configuration {
 
     /// The TLS settings, with credentials loaded now so that bad files are found at start-up.
     /// As in nbdkit: `--tls-psk` takes precedence over certificates, and a PSK file that can't
-    /// be loaded is an error unless `--tls=off`. Certificates that can't be loaded are an error
+    /// be loaded is an error unless `--tls=off`. Certificates that are missing are an error
     /// under `--tls=require`, a warning (`warn`) with TLS off under `--tls=on`, and without
-    /// `--tls` simply leave TLS off (GnuTLS is not even loaded if their directory is missing).
-    /// Without `--tls`, credentials that load turn TLS on; oldstyle keeps it off.
+    /// `--tls` simply leave TLS off (GnuTLS is not even loaded then); certificates that are
+    /// there but don't load (a bad key) are an error whatever the mode. Without `--tls`,
+    /// credentials that load turn TLS on; oldstyle keeps it off.
     func tlsSettings(warn: (String) -> Void) throws -> TLSSettings {
-        if tls == .off || (tls == nil && style == .oldstyle) { return .off }
+        if tls == .off { return .off }
+        if tls == nil && style == .oldstyle {
+            if let psk = tlsPSK, access(psk, R_OK) != 0 { throw ConfigError("--tls-psk: \(SystemError(psk))") }
+            return .off
+        }
         let credentials: TLSCredentials
         if let psk = tlsPSK {
             credentials = try TLSCredentials(pskFile: psk)
         } else {
             let directory = tlsCertificates ?? Configuration.defaultCertificateDirectory
-            if tls == nil && access(directory, F_OK) != 0 { return .off }
-            do {
-                credentials = try TLSCredentials(x509Directory: directory)
-            } catch {
-                if tls == .require { throw error }
+            let missing = ["ca-cert.pem", "server-cert.pem", "server-key.pem"].lazy
+                .map { directory + "/" + $0 }.first { access($0, F_OK) != 0 }
+            if let missing, tls != .require {
                 if tls == .on {
-                    warn("--tls=on but could not load TLS certificates (\(error)); TLS is disabled and TLS connections will be rejected")
+                    _ = access(missing, F_OK)
+                    warn("--tls=on but could not load TLS certificates (\(SystemError(missing))); TLS is disabled and TLS connections will be rejected")
                 }
                 return .off
             }
+            credentials = try TLSCredentials(x509Directory: directory)
         }
         return TLSSettings(mode: tls ?? .on, credentials: credentials, verifyPeer: tlsVerifyPeer)
     }
@@ -116,6 +121,9 @@ struct Configuration {
         var resolved = self
         if let pidFile { resolved.pidFile = try Self.absolutePath(pidFile) }
         if let unixSocket, unixSocket != "-" { resolved.unixSocket = try Self.absolutePath(unixSocket) }
+        // GnuTLS reads the PSK file again at each handshake, after the move to /.
+        if let tlsPSK { resolved.tlsPSK = try Self.absolutePath(tlsPSK) }
+        if let tlsCertificates { resolved.tlsCertificates = try Self.absolutePath(tlsCertificates) }
         return resolved
     }
 

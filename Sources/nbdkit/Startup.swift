@@ -59,7 +59,8 @@ struct Startup {
         case .tcp(let host, let port, let family):
             listeners = try Listeners.bind(.tcp(host: host, port: port, family: family), label: config.selinuxLabel)
         case .vsock(let port):
-            listeners = try Listeners.bind(.vsock(port: port), label: config.selinuxLabel)
+            // As nbdkit: the label is for Unix and TCP sockets only.
+            listeners = try Listeners.bind(.vsock(port: port))
         }
 
         // --swap locks the process that serves: this one unless it forks into the background

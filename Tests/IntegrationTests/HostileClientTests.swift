@@ -351,6 +351,25 @@ final class HostileClientTests: IntegrationTestCase {
         XCTAssertLessThan(Date().timeIntervalSince(start), 8, "SIGTERM waited for the stalled payload")
     }
 
+    /// A large write whose payload was being received in place when SIGTERM arrived is stored,
+    /// and its reply says so (not ESHUTDOWN); the request after it gets ESHUTDOWN.
+    func testWriteReceivedInPlaceAcrossSigtermReportsItsOutcome() throws {
+        let s = try startServer(["-v", "memory", "size=1M"])
+        let c = try RawClient(s.socket)
+        defer { c.close() }
+        try c.exportNameHandshake()
+        let data = [UInt8](repeating: 7, count: 1 << 19)
+        XCTAssertTrue(c.send(Wire.request(command: 1, cookie: 31, offset: 0, length: UInt32(data.count)) + data[0..<1000]))
+        usleep(100_000)
+        kill(s.pid, SIGTERM)
+        let deadline = Date().addingTimeInterval(10)
+        while !s.stderr.contains("shutting down") && Date() < deadline { usleep(20_000) }
+        XCTAssertTrue(c.send(Array(data[1000...])))
+        XCTAssertEqual(c.readExactly(16), Wire.simpleReply(error: 0, cookie: 31))
+        XCTAssertTrue(c.send(Wire.request(command: 0, cookie: 32, offset: 0, length: 512)))
+        XCTAssertEqual(c.readExactly(16), Wire.simpleReply(error: 108, cookie: 32))
+    }
+
     func testReadOutOfRangeGetsEINVAL() throws {
         let s = try startServer(["memory", "size=1M"])
         let c = try RawClient(s.socket)

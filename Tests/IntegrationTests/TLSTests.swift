@@ -469,7 +469,19 @@ final class TLSTests: IntegrationTestCase {
                                   "memory", "1M", "--run", "echo \"[$tls]\"; nbdinfo --size \"$uri\""])
         XCTAssertEqual(warned.status, 0, warned.stderr)
         XCTAssertEqual(warned.stdout, "[]\n1048576\n")
-        XCTAssertTrue(warned.stderr.hasPrefix("nbdkit: warning: --tls=on but could not load TLS certificates (TLS certificates: \(dir.file("none"))/ca-cert.pem"), warned.stderr)
+        XCTAssertTrue(warned.stderr.hasPrefix("nbdkit: warning: --tls=on but could not load TLS certificates (\(dir.file("none"))/ca-cert.pem: No such file or directory)"), warned.stderr)
+        // Certificate files that are there but don't load (a bad key) are an error in every mode.
+        let broken = dir.file("broken")
+        let copy = Harness.run(["/bin/sh", "-c", "mkdir \"$1\" && cp \"$2/ca-cert.pem\" \"$2/server-cert.pem\" \"$1/\" && echo junk > \"$1/server-key.pem\"",
+                                "sh", broken, certs])
+        XCTAssertEqual(copy.status, 0, copy.stderr)
+        for mode in [[], ["--tls=on"]] {
+            let bad = Harness.run([Harness.nbdkit, "-U", "-"] + mode + ["--tls-certificates=\(broken)", "memory", "1M", "--run", "touch \(marker)"])
+            XCTAssertEqual(bad.status, 1, "\(mode): \(bad.stderr)")
+            XCTAssertTrue(bad.stderr.contains("nbdkit: error: TLS certificates: \(broken)/server-"), bad.stderr)
+        }
+        let oldPSK = Harness.run([Harness.nbdkit, "-U", "-", "-o", "--tls-psk=\(dir.file("none.psk"))", "memory", "1M", "--run", "touch \(marker)"])
+        XCTAssertEqual(oldPSK.status, 1, oldPSK.stderr)
         let psk = Harness.run([Harness.nbdkit, "-U", "-", "--tls=on", "--tls-psk=\(dir.file("none.psk"))", "memory", "1M", "--run", "touch \(marker)"])
         XCTAssertEqual(psk.status, 1)
         XCTAssertTrue(psk.stderr.contains("none.psk"), psk.stderr)
@@ -505,6 +517,28 @@ final class TLSTests: IntegrationTestCase {
               --run 'echo "[$tls]"; nbdinfo --size "nbds+unix:///?socket=$unixsocket&tls-certificates=$HOME/.pki/nbdkit"'
             """, "sh", home, certs, Harness.nbdkit])
         XCTAssertEqual(r.stdout, "[1]\n1048576\n", r.stderr)
+    }
+
+    /// A relative --tls-psk path still works once the server is in the background (in /):
+    /// GnuTLS reads the file again at each handshake, so it is made absolute first.
+    func testRelativePSKPathInTheBackground() throws {
+        let pid = dir.file("pid")
+        let socket = dir.file("bg.sock")
+        // Through Python, which passes no descriptors but 0-2 (Foundation's Process watches its
+        // child through an inherited socket that the daemon would keep).
+        let r = Harness.run(["/usr/bin/python3", "-c", "import subprocess, sys; sys.exit(subprocess.call(sys.argv[2:], cwd=sys.argv[1]))",
+                             Self.pki.path, Harness.nbdkit, "--tls=require", "--tls-psk=keys.psk", "-P", pid, "-U", socket, "memory", "1M"],
+                            timeout: 20)
+        XCTAssertEqual(r.status, 0, r.stderr)
+        defer {
+            if let text = try? String(contentsOfFile: pid, encoding: .utf8), let n = Int32(text.trimmingCharacters(in: .whitespacesAndNewlines)) {
+                kill(n, SIGTERM)
+            }
+        }
+        let deadline = Date().addingTimeInterval(10)
+        while !FileManager.default.fileExists(atPath: pid) && Date() < deadline { usleep(20_000) }
+        let info = Harness.run(["nbdinfo", "--size", "nbds+unix://alice@/?socket=\(socket)&tls-psk-file=\(pskFile)"])
+        XCTAssertEqual(info.stdout, "1048576\n", info.stderr)
     }
 
     /// GnuTLS is loaded at run time, so a server whose libgnutls.so.30 can't be loaded says so
