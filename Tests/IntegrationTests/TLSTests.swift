@@ -533,6 +533,9 @@ final class TLSTests: IntegrationTestCase {
         defer {
             if let text = try? String(contentsOfFile: pid, encoding: .utf8), let n = Int32(text.trimmingCharacters(in: .whitespacesAndNewlines)) {
                 kill(n, SIGTERM)
+                // Gone before the test directory is removed (its socket and pid file with it).
+                let deadline = Date().addingTimeInterval(10)
+                while kill(n, 0) == 0 && Date() < deadline { usleep(20_000) }
             }
         }
         let deadline = Date().addingTimeInterval(10)
