@@ -26,14 +26,14 @@ public enum Daemon {
     /// which opens it in place), the file is rewritten in place instead.
     public static func writePIDFile(_ path: String) throws(SystemError) {
         let temp = path + ".tmp\(getpid())"
-        let fd = open(temp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
-        if fd == -1 && CNBDShim_errno() == EACCES {
+        do {
+            try writePID(to: temp)
+        } catch {
+            _ = unlink(temp)
+            guard error.errno == EACCES else { throw error }
             try writePID(to: path)
             return
         }
-        guard fd >= 0 else { throw SystemError("open: \(temp)") }
-        _ = close(fd)
-        do { try writePID(to: temp) } catch { _ = unlink(temp); throw error }
         try syscall("rename: \(path)") { rename(temp, path) }
     }
 
