@@ -1,5 +1,4 @@
 import Glibc
-import CNBDShim
 
 /// Background mode and the pid file.
 public enum Daemon {
