@@ -16,7 +16,10 @@ struct OptionParser {
     static let specs: [Spec] = [
         Spec(short: "4", long: ["ipv4-only"], arity: .flag) { c, _ in c.family = .ipv4 },
         Spec(short: "6", long: ["ipv6-only"], arity: .flag) { c, _ in c.family = .ipv6 },
-        Spec(short: "D", long: ["debug"], arity: .value) { c, v in c.debugFlags.append(v) },
+        Spec(short: "D", long: ["debug"], arity: .value) { c, v in
+            guard isDebugFlag(v) else { throw ConfigError("-D (Debug Flag) must have the format NAME.FLAG=N") }
+            c.debugFlags.append(v)
+        },
         Spec(short: nil, long: ["dump-config"], arity: .flag) { c, _ in c.action = .dumpConfig },
         Spec(short: nil, long: ["dump-plugin"], arity: .flag) { c, _ in c.action = .dumpPlugin },
         Spec(short: "e", long: ["exportname", "export-name", "export"], arity: .value) { c, v in c.exportName = v },
@@ -139,6 +142,16 @@ struct OptionParser {
         return key.unicodeScalars.dropFirst().allSatisfy {
             $0.isASCII && ($0.properties.isAlphabetic || ("0"..."9").contains($0) || $0 == "." || $0 == "_" || $0 == "-")
         }
+    }
+
+    /// nbdkit's form of a debug flag, NAME.FLAG=N: a name before the first '.', a flag up to
+    /// the first '=' after it, and an integer (decimal, 0x hex or 0 octal, signed).
+    static func isDebugFlag(_ text: String) -> Bool {
+        guard let dot = text.firstIndex(of: "."), dot != text.startIndex,
+              let eq = text[dot...].firstIndex(of: "="), eq != text.index(after: dot) else { return false }
+        var number = Substring(text[text.index(after: eq)...])
+        if number.first == "-" || number.first == "+" { number = number.dropFirst() }
+        return parseUnsigned(String(number)) != nil
     }
 
     /// An unsigned 32-bit number as C's strtoul reads it with base 0 (decimal, 0x hex, 0 octal).

@@ -13,7 +13,10 @@ struct Startup {
     func run() throws -> Int32 {
         try config.validate()
         guard let pluginName = config.plugin else {
-            throw ConfigError("no plugins given on the command line.\nUse '\(CommandLine.arguments[0]) --help' or read the nbdkit(1) manual page for documentation.")
+            if config.action == .dumpPlugin {
+                throw ConfigError("use 'nbdkit plugin --dump-plugin' to find out about a plugin,\nor --dump-config to find out about the server")
+            }
+            throw ConfigError("no plugins given on the command line.\nUse 'nbdkit --help' or read the nbdkit(1) manual page for documentation.")
         }
         guard let factory = Registry.plugin(named: pluginName) else {
             throw ConfigError("cannot open plugin '\(pluginName)': no such built-in plugin (available: \(Registry.plugins.map { $0.name }.joined(separator: ", ")))")

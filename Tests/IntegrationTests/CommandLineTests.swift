@@ -16,6 +16,13 @@ final class CommandLineTests: IntegrationTestCase {
             (["-f", "memory", "size=1M", "9x=1"], "nbdkit: error: could not parse size string (9x=1)"),
             (["-f", "example1", "x"], "nbdkit: error:"),
             (["-f", "-U", dir.file("s"), "-p", "1", "memory", "1M"], "nbdkit: error:"),
+            (["-f"], "nbdkit: error: no plugins given on the command line.\nUse 'nbdkit --help' "),
+            (["--dump-plugin"], "nbdkit: error: use 'nbdkit plugin --dump-plugin'"),
+            (["-D", "file.zero", "-f", "memory", "1M"], "nbdkit: error: -D (Debug Flag) must have the format NAME.FLAG=N"),
+            (["-D", ".zero=1", "-f", "memory", "1M"], "nbdkit: error: -D (Debug Flag) must have the format NAME.FLAG=N"),
+            (["-D", "file.=1", "-f", "memory", "1M"], "nbdkit: error: -D (Debug Flag) must have the format NAME.FLAG=N"),
+            (["-D", "file.zero=x", "-f", "memory", "1M"], "nbdkit: error: -D (Debug Flag) must have the format NAME.FLAG=N"),
+            (["-Dfile=1.zero", "-f", "memory", "1M"], "nbdkit: error: -D (Debug Flag) must have the format NAME.FLAG=N"),
         ]
         for (args, message) in cases {
             let r = Harness.run([Harness.nbdkit] + args, timeout: 20)
@@ -113,6 +120,15 @@ final class CommandLineTests: IntegrationTestCase {
         XCTAssertEqual(killed.status, 137)
         XCTAssertTrue(killed.stderr.contains("killed by signal 9"), killed.stderr)
         XCTAssertEqual(Harness.run([Harness.nbdkit, "-U", "-", "null", "--run", "true"]).status, 0)
+    }
+
+    /// Debug flags in nbdkit's NAME.FLAG=N form are accepted (and have no effect here).
+    func testWellFormedDebugFlagsAreAccepted() {
+        let r = Harness.run([Harness.nbdkit, "-D", "nbdkit.backend.datapath=0", "-D", "file.zero=0x1",
+                             "--debug=a.b.c=-1", "-U", "-", "memory", "1M", "--run", "nbdinfo --size \"$uri\""])
+        XCTAssertEqual(r.status, 0, r.stderr)
+        XCTAssertEqual(r.stdout, "1048576\n")
+        XCTAssertEqual(r.stderr, "")
     }
 
     func testCommandNeverRunsWhenServerCannotStart() {
