@@ -198,7 +198,8 @@ void CNBDTLS_credentials_free(CNBDTLS_credentials *c)
   free(c);
 }
 
-CNBDTLS_session *CNBDTLS_session_new(CNBDTLS_credentials *c, int fd, int verify_peer, int *code)
+CNBDTLS_session *CNBDTLS_session_new(CNBDTLS_credentials *c, int read_fd, int write_fd, int verify_peer,
+                                     int *code)
 {
   CNBDTLS_session *s = calloc(1, sizeof *s);
   int r;
@@ -221,7 +222,7 @@ CNBDTLS_session *CNBDTLS_session_new(CNBDTLS_credentials *c, int fd, int verify_
     *code = r;
     return NULL;
   }
-  tls.gnutls_transport_set_int2(s->session, fd, fd);
+  tls.gnutls_transport_set_int2(s->session, read_fd, write_fd);
   tls.gnutls_handshake_set_timeout(s->session, GNUTLS_DEFAULT_HANDSHAKE_TIMEOUT);
   return s;
 }

@@ -139,12 +139,12 @@ struct Handshake {
 
             case .startTLS:
                 guard payload.isEmpty, !isTLS else { try reply(.errInvalid); continue }
-                guard server.tls.mode != .off, let socket = transport.upgradableSocket else {
+                guard server.tls.mode != .off, let descriptors = transport.upgradableDescriptors else {
                     try reply(.errPolicy)
                     continue
                 }
                 try reply(.ack)
-                let tls = try TLSTransport(fd: socket, settings: server.tls)
+                let tls = try TLSTransport(readFD: descriptors.read, writeFD: descriptors.write, settings: server.tls)
                 server.logger.debug("\(label): TLS established: \(tls.sessionDescription)")
                 self.transport = tls
                 isTLS = true

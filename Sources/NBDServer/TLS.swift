@@ -90,17 +90,21 @@ struct TLSError: Error, CustomStringConvertible {
     var description: String { "\(call): \(TLSCredentials.message(Int32(code)))" }
 }
 
-/// The transport after STARTTLS: GnuTLS records over the connection's socket. One thread may
-/// receive while another sends, which GnuTLS allows; the connection's locks ensure no more.
+/// The transport after STARTTLS: GnuTLS records over the connection's socket (or, under `-s`,
+/// standard input and output). One thread may receive while another sends, which GnuTLS
+/// allows; the connection's locks ensure no more.
 final class TLSTransport: Transport, @unchecked Sendable {
     private let session: OpaquePointer
-    private let fd: Int32
+    private let readFD: Int32
+    private let writeFD: Int32
 
-    /// Runs the server handshake on `fd`; throws if it fails (the caller ends the connection).
-    init(fd: Int32, settings: TLSSettings) throws {
+    /// Runs the server handshake, receiving on `readFD` and sending on `writeFD` (usually the
+    /// same socket); throws if it fails (the caller ends the connection).
+    init(readFD: Int32, writeFD: Int32, settings: TLSSettings) throws {
         guard let credentials = settings.credentials else { throw TLSError(call: "gnutls_init", code: -1) }
         var code: Int32 = 0
-        guard let session = CNBDTLS_session_new(credentials.raw, fd, settings.verifyPeer && !credentials.isPSK ? 1 : 0, &code) else {
+        let verifyPeer: Int32 = settings.verifyPeer && !credentials.isPSK ? 1 : 0
+        guard let session = CNBDTLS_session_new(credentials.raw, readFD, writeFD, verifyPeer, &code) else {
             throw TLSError(call: "gnutls_init", code: Int(code))
         }
         let r = CNBDTLS_handshake(session)
@@ -109,7 +113,8 @@ final class TLSTransport: Transport, @unchecked Sendable {
             throw TLSError(call: "gnutls_handshake", code: Int(r))
         }
         self.session = session
-        self.fd = fd
+        self.readFD = readFD
+        self.writeFD = writeFD
     }
 
     /// The negotiated protocol and cipher, for debug logs.
@@ -140,14 +145,18 @@ final class TLSTransport: Transport, @unchecked Sendable {
     }
 
 
-    func shutdownReceive() { _ = shutdown(fd, Int32(SHUT_RD)) }
+    func shutdownReceive() { _ = shutdown(readFD, Int32(SHUT_RD)) }
 
-    func disconnect() { _ = shutdown(fd, Int32(SHUT_RDWR)) }
+    func disconnect() {
+        _ = shutdown(readFD, Int32(SHUT_RDWR))
+        if writeFD != readFD { _ = shutdown(writeFD, Int32(SHUT_RDWR)) }
+    }
 
-    var upgradableSocket: Int32? { nil }
+    var upgradableDescriptors: (read: Int32, write: Int32)? { nil }
 
     func close() {
         CNBDTLS_session_free(session, 1)
-        _ = Glibc.close(fd)
+        _ = Glibc.close(readFD)
+        if writeFD != readFD { _ = Glibc.close(writeFD) }
     }
 }

@@ -29,8 +29,9 @@ public protocol Transport: AnyObject, Sendable {
     func disconnect()
     /// Closes the descriptors; called once, after every other call has returned.
     func close()
-    /// The socket to run a TLS handshake on after STARTTLS, or nil if this transport can't upgrade.
-    var upgradableSocket: Int32? { get }
+    /// The descriptors to run a TLS handshake on after STARTTLS (one socket both ways, or the
+    /// two of `-s`), or nil if this transport can't upgrade.
+    var upgradableDescriptors: (read: Int32, write: Int32)? { get }
     /// True when `receiveIfAvailable` never waits; false where it may (TLS, `-s`).
     var receivesWithoutWaiting: Bool { get }
     /// Receives whatever has arrived, without waiting: 0 if nothing has (`buffer` must not be
@@ -116,6 +117,8 @@ public final class PlainTransport: Transport, @unchecked Sendable {
     /// A splice from `readFD` waits for input (a TCP socket, unlike a Unix one, ignores
     /// SPLICE_F_NONBLOCK), so it must poll first.
     private let spliceMayWait: Bool
+    /// Both descriptors are sockets, which GnuTLS's receives and sends need (`-s` may be pipes).
+    private let upgradable: Bool
 
     public init(readFD: Int32, writeFD: Int32) {
         self.readFD = readFD
@@ -123,6 +126,7 @@ public final class PlainTransport: Transport, @unchecked Sendable {
         let domain = readFD == writeFD ? CNBDShim_socket_domain(readFD) : -1
         self.splices = domain == AF_UNIX || domain == AF_INET || domain == AF_INET6
         self.spliceMayWait = domain != AF_UNIX
+        self.upgradable = domain >= 0 || (CNBDShim_socket_domain(readFD) >= 0 && CNBDShim_socket_domain(writeFD) >= 0)
     }
 
     public convenience init(socket: Int32) { self.init(readFD: socket, writeFD: socket) }
@@ -304,7 +308,7 @@ public final class PlainTransport: Transport, @unchecked Sendable {
         if writeFD != readFD { _ = shutdown(writeFD, Int32(SHUT_RDWR)) }
     }
 
-    public var upgradableSocket: Int32? { readFD == writeFD ? readFD : nil }
+    public var upgradableDescriptors: (read: Int32, write: Int32)? { upgradable ? (readFD, writeFD) : nil }
 
     /// A socket (one descriptor both ways); not `-s`, whose stdin may be a pipe.
     public var receivesWithoutWaiting: Bool { readFD == writeFD }

@@ -444,6 +444,57 @@ final class TLSTests: IntegrationTestCase {
         assertStillServes(s)
     }
 
+    /// `-s` negotiates TLS when standard input and output are a socket: libnbd's
+    /// connect_command hands the server a socketpair as descriptors 0 and 1, so GnuTLS receives
+    /// on one and sends on the other. Over pipes (which GnuTLS cannot use) STARTTLS is refused
+    /// with a policy error before any handshake, and the server exits when the client leaves.
+    func testSingleModeNegotiatesTLSOverASocket() throws {
+        let py = Harness.pythonString
+        let psk = Harness.run(["/usr/bin/nbdsh", "-c", """
+        h.set_tls(2)
+        h.set_tls_username('alice')
+        h.set_tls_psk_file(\(py(pskFile)))
+        h.connect_command([\(py(Harness.nbdkit)), '-s', '--tls=require', '--tls-psk=' + \(py(pskFile)), 'memory', '1M'])
+        assert h.get_tls_negotiated()
+        h.pwrite(b'secret' * 1000, 4096)
+        assert h.pread(6000, 4096) == b'secret' * 1000
+        print(h.get_size())
+        """])
+        XCTAssertEqual(psk.status, 0, psk.stderr)
+        XCTAssertEqual(psk.stdout, "1048576\n")
+        let x509 = Harness.run(["/usr/bin/nbdsh", "-c", """
+        h.set_tls(2)
+        h.set_tls_certificates(\(py(certs)))
+        h.connect_command([\(py(Harness.nbdkit)), '-s', '--tls=require', '--tls-certificates=' + \(py(certs)), 'memory', '1M'])
+        assert h.get_tls_negotiated()
+        print(h.get_size())
+        """])
+        XCTAssertEqual(x509.status, 0, x509.stderr)
+        XCTAssertEqual(x509.stdout, "1048576\n")
+        let pipes = Harness.run(["/usr/bin/python3", "-c", """
+        import struct, subprocess, sys
+        p = subprocess.Popen([sys.argv[1], '-s', '--tls=require', '--tls-psk=' + sys.argv[2], 'memory', '1M'],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        def read(n):
+            data = b''
+            while len(data) < n:
+                chunk = p.stdout.read(n - len(data))
+                assert chunk, 'server closed early'
+                data += chunk
+            return data
+        def opt(code):
+            p.stdin.write(b'IHAVEOPT' + struct.pack('>II', code, 0)); p.stdin.flush()
+            magic, option, rtype, length = struct.unpack('>QIII', read(20))
+            read(length)
+            return rtype
+        read(18); p.stdin.write(struct.pack('>I', 3))
+        print(hex(opt(5)), hex(opt(3)), opt(2))       # STARTTLS, LIST, ABORT
+        p.stdin.close()
+        print(p.wait(timeout=10))
+        """, Harness.nbdkit, pskFile])
+        XCTAssertEqual(pipes.stdout, "0x80000002 0x80000005 1\n0\n", pipes.stderr)
+    }
+
     func testCaptiveRunWithTLS() {
         let r = Harness.run([Harness.nbdkit, "-U", "-", "--tls=require", "--tls-certificates=\(certs)", "memory", "1M",
                              "--run", "echo \"$tls $uri\"; nbdinfo --size \"$uri&tls-certificates=\(certs)\""])

@@ -36,9 +36,11 @@ CNBDTLS_credentials *CNBDTLS_credentials_psk(const char *file, const char *prior
 
 void CNBDTLS_credentials_free(CNBDTLS_credentials *creds);
 
-/* A server session on the connected socket fd. With verify_peer the client must present
+/* A server session receiving on the connected socket read_fd and sending on write_fd (the
+ * same socket, or two descriptors of one under -s). With verify_peer the client must present
  * a certificate signed by the CA (X.509 only). */
-CNBDTLS_session *CNBDTLS_session_new(CNBDTLS_credentials *creds, int fd, int verify_peer, int *code);
+CNBDTLS_session *CNBDTLS_session_new(CNBDTLS_credentials *creds, int read_fd, int write_fd, int verify_peer,
+                                     int *code);
 
 /* Runs the handshake to completion; returns 0 or a GnuTLS error code. */
 int CNBDTLS_handshake(CNBDTLS_session *s);
