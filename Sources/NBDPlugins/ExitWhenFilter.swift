@@ -60,6 +60,12 @@ final class ExitWhenFilter: PassthroughFilter, @unchecked Sendable {
 
     override var name: String { next.name }
 
+    /// An event that has already happened drains the server before it starts, as in nbdkit.
+    override func getReady() throws {
+        try next.getReady()
+        _ = check()
+    }
+
     /// The polling thread starts only now, after any fork into the background.
     override func afterFork() throws {
         try next.afterFork()

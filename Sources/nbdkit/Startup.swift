@@ -34,6 +34,9 @@ struct Startup {
         let control = try ServerControl()
         let backend = try buildChain(factory, control: control)
         try backend.getReady()
+        // As nbdkit: a filter that asked to exit while getting ready (exitwhen, whose event
+        // already happened) ends the run here, with status 0: no socket, no pid file, no --run.
+        if control.isDraining { return 0 }
 
         var temporaryDirectory: String? = nil
         var listeners: Listeners? = nil

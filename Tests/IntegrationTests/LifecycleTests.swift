@@ -207,6 +207,25 @@ final class LifecycleTests: IntegrationTestCase {
         XCTAssertFalse(FileManager.default.fileExists(atPath: s.socket))
     }
 
+    /// As nbdkit: an event that has already happened when the server gets ready ends the run at
+    /// once with status 0, before any socket, pid file or --run command.
+    func testExitWhenEventBeforeStartExitsAtOnce() {
+        let flag = dir.file("flag")
+        _ = FileManager.default.createFile(atPath: flag, contents: nil)
+        let marker = dir.file("ran")
+        let captive = Harness.run([Harness.nbdkit, "-U", "-", "--filter=exitwhen", "null", "exit-when-file-created=\(flag)",
+                                   "--run", "touch \(marker)"], timeout: 20)
+        XCTAssertEqual(captive.status, 0, captive.stderr)
+        XCTAssertEqual(captive.stderr, "")
+        XCTAssertFalse(FileManager.default.fileExists(atPath: marker), "the command ran")
+        let pidFile = dir.file("pid"), socket = dir.file("sock")
+        let foreground = Harness.run([Harness.nbdkit, "-f", "-P", pidFile, "-U", socket, "--filter=exitwhen", "null",
+                                      "exit-when-file-deleted=\(dir.file("absent"))"], timeout: 20)
+        XCTAssertEqual(foreground.status, 0, foreground.stderr)
+        XCTAssertFalse(FileManager.default.fileExists(atPath: pidFile))
+        XCTAssertFalse(FileManager.default.fileExists(atPath: socket))
+    }
+
     func testExitWhenFileCreated() throws {
         let f = dir.file("flag")
         try exitWhen(["exit-when-file-created=\(f)"]) { _ = FileManager.default.createFile(atPath: f, contents: nil) }
