@@ -69,7 +69,7 @@ struct Configuration {
         if socketActivated { return .activated }
         if single { return .single }
         if let unixSocket { return unixSocket == "-" ? .unixTemporary : .unix(path: unixSocket) }
-        // The option parser has checked that the port is a number.
+        // The option parser has checked that the port is a number, `validate` its range.
         if vsock { return .vsock(port: UInt32(port ?? "10809") ?? 10809) }
         return .tcp(host: ipaddr, port: port ?? "10809", family: family)
     }
@@ -147,6 +147,9 @@ struct Configuration {
         }
         if single && (port != nil || unixSocket != nil || run != nil) {
             throw ConfigError("-s (--single) cannot be combined with -p, -U or --run")
+        }
+        if let port, !vsock, UInt16(port) == nil {
+            throw ConfigError("cannot parse port number '\(port)'")
         }
         if port != nil && unixSocket != nil {
             throw ConfigError("-p (--port) and -U (--unix) are mutually exclusive")

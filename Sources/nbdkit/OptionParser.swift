@@ -43,7 +43,8 @@ struct OptionParser {
         Spec(short: "o", long: ["oldstyle", "old-style"], arity: .flag) { c, _ in c.style = .oldstyle },
         Spec(short: "P", long: ["pidfile", "pid-file"], arity: .value) { c, v in c.pidFile = v },
         Spec(short: "p", long: ["port"], arity: .value) { c, v in
-            guard let n = Int(v), (0...65535).contains(n) else { throw ConfigError("cannot parse port number '\(v)'") }
+            // 32 bits for --vsock; `validate` holds TCP ports to 16.
+            guard UInt32(v) != nil else { throw ConfigError("cannot parse port number '\(v)'") }
             c.port = v
         },
         Spec(short: "r", long: ["readonly", "read-only"], arity: .flag) { c, _ in c.readonly = true },

@@ -10,6 +10,8 @@ final class CommandLineTests: IntegrationTestCase {
             (["-f", "nosuchplugin"], "nbdkit: error: cannot open plugin 'nosuchplugin'"),
             (["--bogus"], "nbdkit: unrecognized option '--bogus'"),
             (["-f", "-p", "notaport", "memory", "1M"], "nbdkit: error: cannot parse port number 'notaport'"),
+            (["-f", "-p", "70000", "memory", "1M"], "nbdkit: error: cannot parse port number '70000'"),
+            (["-f", "--vsock", "-p", "4294967296", "memory", "1M"], "nbdkit: error: cannot parse port number '4294967296'"),
             (["-f", "file", dir.file("missing.img")], "nbdkit: error: realpath"),
             (["-f", "--filter=nosuch", "memory", "1M"], "nbdkit: error: cannot open filter 'nosuch'"),
             (["-f", "memory", "1M", "=x"], "nbdkit: error: could not parse size string (=x)"),
@@ -170,7 +172,8 @@ final class CommandLineTests: IntegrationTestCase {
     /// nbdkit does; it refuses -U and -s. (No client connects: this machine has no vsock
     /// loopback transport, so the data path over vsock is not tested.)
     func testVSockListensAndHandsTheCommandItsURI() throws {
-        let port = Int.random(in: 20000...60000)
+        // vsock ports are 32 bits: one above TCP's range.
+        let port = Int.random(in: 100_000...1_000_000)
         let bindPort = "import socket, sys; s = socket.socket(socket.AF_VSOCK, socket.SOCK_STREAM); s.bind((socket.VMADDR_CID_ANY, \(port)))"
         let probe = "try:\n    exec(sys.argv[1])\n    print('free')\nexcept OSError as e:\n    print(e.strerror)"
         let r = Harness.run([Harness.nbdkit, "--vsock", "-p", String(port), "-e", "a b", "memory", "1M", "--run",
