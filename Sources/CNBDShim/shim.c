@@ -12,6 +12,7 @@
 #include <linux/magic.h>
 #include <linux/vm_sockets.h>
 #include <sys/ioctl.h>
+#include <sys/mman.h>
 #include <sys/vfs.h>
 #include <sys/prctl.h>
 #include <sys/signalfd.h>
@@ -98,12 +99,6 @@ ssize_t CNBDShim_recv_vectors_nowait(int fd, struct iovec *iov, int iovcnt)
   return recvmsg(fd, &msg, MSG_DONTWAIT);
 }
 
-ssize_t CNBDShim_send_nowait(int fd, const struct iovec *iov, int iovcnt)
-{
-  struct msghdr msg = { .msg_iov = (struct iovec *) iov, .msg_iovlen = (size_t) iovcnt };
-  return sendmsg(fd, &msg, MSG_DONTWAIT | MSG_NOSIGNAL);
-}
-
 int CNBDShim_signalfd_for(const int *signals)
 {
   sigset_t mask;
@@ -186,6 +181,20 @@ int CNBDShim_file_system_in_memory(int fd)
   if (fstatfs(fd, &fs) == -1)
     return -1;
   return fs.f_type == TMPFS_MAGIC || fs.f_type == RAMFS_MAGIC;
+}
+
+int CNBDShim_memory_file(const char *name, int64_t size)
+{
+  int fd = memfd_create(name, MFD_CLOEXEC | MFD_ALLOW_SEALING);
+  if (fd == -1)
+    return -1;
+  if (ftruncate(fd, size) == -1 || fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW) == -1) {
+    int e = errno;
+    close(fd);
+    errno = e;
+    return -1;
+  }
+  return fd;
 }
 
 int CNBDShim_errno(void) { return errno; }

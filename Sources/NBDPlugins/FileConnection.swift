@@ -14,11 +14,14 @@ final class FileConnection: BackendConnection, @unchecked Sendable {
     private let path: String
     /// The file lives in memory (tmpfs or ramfs): no call waits for a disk.
     private let inMemory: Bool
+    /// The memory plugin's disk: see `init(descriptor:name:readonly:isMemoryDisk:)`.
+    private let isMemoryDisk: Bool
     /// The pipe that `receiveWrite` moves payloads through (read end, write end), made at the
     /// first such write; empty between calls.
     private var splicePipe: (read: Int32, write: Int32)?
 
-    init(path: String, readonly: Bool) throws {
+    /// `path` opened read-write, or read-only if asked or if that is all it allows.
+    convenience init(path: String, readonly: Bool) throws {
         var fd = Glibc.open(path, (readonly ? O_RDONLY : O_RDWR) | O_CLOEXEC)
         var opened = readonly
         if fd < 0 && !readonly {
@@ -27,14 +30,21 @@ final class FileConnection: BackendConnection, @unchecked Sendable {
             opened = true
         }
         guard fd >= 0 else { throw BackendError(SystemError("open: \(path)")) }
+        self.init(descriptor: fd, name: path, readonly: opened, isMemoryDisk: false)
+    }
+
+    /// Takes ownership of `fd`, named `name` in messages. A memory disk is a sealed memory file
+    /// (`CNBDShim_memory_file`): nothing to flush, holes are its zeros, its size never changes.
+    init(descriptor fd: Int32, name: String, readonly: Bool, isMemoryDisk: Bool) {
         var st = stat()
         fstat(fd, &st)
         self.fd = fd
-        self.path = path
-        self.readonly = opened
+        self.path = name
+        self.readonly = readonly
+        self.isMemoryDisk = isMemoryDisk
         self.isBlockDevice = st.st_mode & S_IFMT == S_IFBLK
         self.isRegularOrBlockDevice = st.st_mode & S_IFMT == S_IFBLK || st.st_mode & S_IFMT == S_IFREG
-        self.inMemory = st.st_mode & S_IFMT == S_IFREG && CNBDShim_file_system_in_memory(fd) == 1
+        self.inMemory = isMemoryDisk || st.st_mode & S_IFMT == S_IFREG && CNBDShim_file_system_in_memory(fd) == 1
     }
 
     /// A regular file in tmpfs or ramfs (such as /dev/shm) never waits for a disk.
@@ -55,6 +65,7 @@ final class FileConnection: BackendConnection, @unchecked Sendable {
     func canFlush() throws -> Bool { true }
     func canTrim() throws -> Bool { !isBlockDevice }
     func canZero() throws -> Bool { true }
+    func canFastZero() throws -> Bool { isMemoryDisk }
     func canFUA() throws -> FUASupport { .native }
     func canMultiConn() throws -> Bool { true }
     func canExtents() throws -> Bool { !isBlockDevice }
@@ -76,6 +87,7 @@ final class FileConnection: BackendConnection, @unchecked Sendable {
     /// end of the file (it shrank while served) is read with `pread` instead, which fails with
     /// EIO before the reply begins rather than after.
     func fileExtent(offset: UInt64, length: UInt32) -> FileExtent? {
+        if isMemoryDisk { return FileExtent(fd: fd, offset: offset) }
         guard isRegularOrBlockDevice && !isBlockDevice else { return nil }
         var st = stat()
         guard fstat(fd, &st) == 0, offset + UInt64(length) <= UInt64(st.st_size) else { return nil }
@@ -182,6 +194,7 @@ final class FileConnection: BackendConnection, @unchecked Sendable {
     }
 
     func flush() throws {
+        if isMemoryDisk { return }
         do { try syscall("fdatasync: \(path)") { fdatasync(fd) } } catch { throw BackendError(error) }
     }
 
@@ -195,6 +208,13 @@ final class FileConnection: BackendConnection, @unchecked Sendable {
     }
 
     func zero(offset: UInt64, length: UInt32, mayTrim: Bool, fua: Bool, fastZero: Bool) throws {
+        if isMemoryDisk {
+            // A hole is the cheapest zero there is, and gives the memory back.
+            guard CNBDShim_punch_hole(fd, Int64(offset), Int64(length)) == 0 else {
+                throw BackendError(SystemError("fallocate: \(path)"))
+            }
+            return
+        }
         if mayTrim && !isBlockDevice && CNBDShim_punch_hole(fd, Int64(offset), Int64(length)) == 0 {
             if fua { try flush() }
             return

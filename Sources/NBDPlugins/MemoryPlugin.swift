@@ -1,17 +1,25 @@
+import Glibc
+import CNBDShim
 import NBDServer
 
-/// `memory size=SIZE`: a sparse RAM disk that every connection shares. Memory grows with what is
-/// written, not with the size; trim and zero give memory back.
+/// `memory size=SIZE`: a sparse RAM disk that every connection shares, kept in an anonymous
+/// memory file (memfd). Memory grows with what is written, not with the size; trim and zero
+/// punch holes, which give memory back. Being a file, its contents go to a plaintext socket by
+/// `sendfile` and arrive from one by `splice`, as the file plugin's do from tmpfs.
 public final class MemoryPlugin: Backend {
     public static let name = "memory"
     public let name = "memory"
-    private let size: UInt64
-    private let storage = SparseArray()
+    /// The memory file; each connection works on a duplicate of it.
+    private let fd: Int32
 
-    init(size: UInt64) { self.size = size }
+    private init(fd: Int32) { self.fd = fd }
+
+    deinit { _ = close(fd) }
 
     public func open(_ request: OpenRequest) throws -> any BackendConnection {
-        MemoryConnection(size: size, storage: storage)
+        let copy = fcntl(fd, F_DUPFD_CLOEXEC, 0)
+        guard copy >= 0 else { throw BackendError(SystemError("memory: dup")) }
+        return FileConnection(descriptor: copy, name: "memory", readonly: request.readonly, isMemoryDisk: true)
     }
 }
 
@@ -24,55 +32,12 @@ extension MemoryPlugin: PluginFactory {
         guard let size = parameters.take("size") else {
             throw ConfigError("you must specify size=<SIZE> on the command line")
         }
-        return MemoryPlugin(size: try parseSize(size))
+        let bytes = try parseSize(size)
+        let fd = CNBDShim_memory_file("nbdkit-memory", Int64(bitPattern: bytes))
+        guard fd >= 0 else {
+            let error = SystemError("memfd_create")
+            throw ConfigError("memory: cannot make a memory file of \(bytes) bytes: \(error)")
+        }
+        return MemoryPlugin(fd: fd)
     }
-}
-
-final class MemoryConnection: BackendConnection {
-    private let length: UInt64
-    private let storage: SparseArray
-
-    init(size: UInt64, storage: SparseArray) {
-        self.length = size
-        self.storage = storage
-    }
-
-    func size() throws -> UInt64 { length }
-    func canWrite() throws -> Bool { true }
-    func canFlush() throws -> Bool { true }
-    func canTrim() throws -> Bool { true }
-    func canZero() throws -> Bool { true }
-    func canFastZero() throws -> Bool { true }
-    func canFUA() throws -> FUASupport { .native }
-    func canMultiConn() throws -> Bool { true }
-    func canExtents() throws -> Bool { true }
-    func canCache() throws -> Bool { true }
-
-    func pread(into buffer: UnsafeMutableRawBufferPointer, offset: UInt64) throws {
-        storage.read(into: buffer, offset: offset)
-    }
-    var lendsContents: Bool { true }
-    func lendContents(offset: UInt64, length: UInt32, piece: (UnsafeRawBufferPointer) -> Void, send: () -> Void) -> Bool {
-        storage.lend(offset: offset, count: Int(length), piece: piece, then: send)
-        return true
-    }
-    func pwrite(_ buffer: UnsafeRawBufferPointer, offset: UInt64, fua: Bool) throws {
-        try storage.write(buffer, offset: offset)
-    }
-    var receivesWrites: Bool { true }
-    var servesWithoutBlocking: Bool { true }
-    func receiveWrite(offset: UInt64, length: UInt32, from payload: any WritePayload) throws {
-        try storage.receive(offset: offset, count: Int(length), from: payload)
-    }
-    func flush() throws {}
-    func trim(offset: UInt64, length: UInt32, fua: Bool) throws {
-        storage.zero(offset: offset, count: Int(length))
-    }
-    func zero(offset: UInt64, length: UInt32, mayTrim: Bool, fua: Bool, fastZero: Bool) throws {
-        storage.zero(offset: offset, count: Int(length))
-    }
-    func extents(offset: UInt64, length: UInt32, reqOne: Bool) throws -> [Extent] {
-        storage.extents(offset: offset, count: Int(length), reqOne: reqOne)
-    }
-    func cache(offset: UInt64, length: UInt32) throws {}
 }

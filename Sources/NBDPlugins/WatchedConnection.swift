@@ -1,6 +1,6 @@
 import NBDServer
 
-/// The plugin's connection, passed through unchanged (reads sent from files or lent memory and
+/// The plugin's connection, passed through unchanged (reads sent from files and
 /// writes received in place included), that reports when it closes: for filters that only count clients.
 final class WatchedConnection: PassthroughConnection, @unchecked Sendable {
     private let closed: @Sendable () -> Void
@@ -12,11 +12,6 @@ final class WatchedConnection: PassthroughConnection, @unchecked Sendable {
 
     override func fileExtent(offset: UInt64, length: UInt32) -> FileExtent? {
         next.fileExtent(offset: offset, length: length)
-    }
-    override var lendsContents: Bool { next.lendsContents }
-    override func lendContents(offset: UInt64, length: UInt32, piece: (UnsafeRawBufferPointer) -> Void,
-                               send: () -> Void) -> Bool {
-        next.lendContents(offset: offset, length: length, piece: piece, send: send)
     }
     override var receivesWrites: Bool { next.receivesWrites }
     override var servesWithoutBlocking: Bool { next.servesWithoutBlocking }

@@ -144,14 +144,6 @@ public protocol BackendConnection: AnyObject, Sendable {
     /// The descriptor stays open until `close`. A filter that changes or watches the data must
     /// not pass this through (`PassthroughConnection` answers nil unless a subclass says otherwise).
     func fileExtent(offset: UInt64, length: UInt32) -> FileExtent?
-    /// True when `lendContents` can lend the bytes of a read (they sit in the backend's memory).
-    var lendsContents: Bool { get }
-    /// Lends the bytes of [offset, offset+length) for a reply sent straight from them: calls
-    /// `piece` with each part in order, then `send`, while the parts can be neither freed nor
-    /// moved, and returns true; returns false, calling neither, if it can't (the default).
-    /// `send` must not block, since the backend holds a lock meanwhile. A filter that changes or
-    /// watches the data must not pass this through (`PassthroughConnection` lends nothing).
-    func lendContents(offset: UInt64, length: UInt32, piece: (UnsafeRawBufferPointer) -> Void, send: () -> Void) -> Bool
     /// Writes `buffer` at `offset`; with `fua`, the data is persistent on return.
     func pwrite(_ buffer: UnsafeRawBufferPointer, offset: UInt64, fua: Bool) throws
     /// True when `receiveWrite` can take a write's payload straight into the backend's memory.
@@ -191,9 +183,6 @@ extension BackendConnection {
     public func canExtents() throws -> Bool { false }
     public func canCache() throws -> Bool { false }
     public func fileExtent(offset: UInt64, length: UInt32) -> FileExtent? { nil }
-    public var lendsContents: Bool { false }
-    public func lendContents(offset: UInt64, length: UInt32, piece: (UnsafeRawBufferPointer) -> Void,
-                             send: () -> Void) -> Bool { false }
     public func pwrite(_ buffer: UnsafeRawBufferPointer, offset: UInt64, fua: Bool) throws {
         throw BackendError(.eperm, "write not supported")
     }

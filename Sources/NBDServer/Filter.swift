@@ -21,10 +21,6 @@ open class PassthroughConnection: BackendConnection, @unchecked Sendable {
     }
     /// Nil: a filter sees every read unless it chooses to pass the file through.
     open func fileExtent(offset: UInt64, length: UInt32) -> FileExtent? { nil }
-    /// False: a filter sees every read unless it chooses to lend the plugin's memory.
-    open var lendsContents: Bool { false }
-    open func lendContents(offset: UInt64, length: UInt32, piece: (UnsafeRawBufferPointer) -> Void,
-                           send: () -> Void) -> Bool { false }
     open func pwrite(_ buffer: UnsafeRawBufferPointer, offset: UInt64, fua: Bool) throws {
         try next.pwrite(buffer, offset: offset, fua: fua)
     }

@@ -15,9 +15,6 @@ final class RequestBuffer {
     /// 28 bytes: a request header, or a reply header plus a structured read's offset.
     let header = UnsafeMutableRawBufferPointer.allocate(byteCount: 32, alignment: 8)
     private(set) var payload = UnsafeMutableRawBufferPointer(start: nil, count: 0)
-    /// The parts of backend memory a read's reply is being sent from (see `lendContents`);
-    /// emptied after each use, keeping its capacity.
-    var pieces: [UnsafeRawBufferPointer] = []
 
     /// The first `count` bytes of the payload area, growing it if needed (contents then undefined).
     func payload(count: Int) -> UnsafeMutableRawBufferPointer {

@@ -244,18 +244,13 @@ final class Transmission: Sendable {
         case read(Int)
         /// A read to send straight from a file (plaintext only).
         case readFromFile(FileExtent, Int)
-        /// A read to send straight from the backend's memory (plaintext only).
-        case readLent(Int)
         case extents([Extent])
         case failure(NBDErrno, String)
     }
 
-    /// Reads at least this long are sent from the file or the backend's memory when the backend
-    /// allows it: for shorter ones the copy saved is worth less than the work it adds.
+    /// Reads at least this long are sent from the file when the backend allows it: for shorter
+    /// ones the copy saved is worth less than the work it adds.
     static let sendFileMinimum: UInt32 = 64 * 1024
-    /// Reads at most this long are sent from the backend's memory (the pieces of one fit in one
-    /// `sendmsg`); longer ones are copied.
-    static let lendMaximum: UInt32 = 4 << 20
 
     /// Sends the replies gathered so far. Must hold `writeLock`. Returns false if the client is gone.
     private func flushReplies() -> Bool {
@@ -288,12 +283,6 @@ final class Transmission: Sendable {
                 if r.length >= Self.sendFileMinimum, transport.sendsFromFiles,
                    let file = backend.fileExtent(offset: r.offset, length: r.length) {
                     return .readFromFile(file, Int(r.length))
-                }
-                // Lent data is read while the reply is sent, outside `allRequestsLock`.
-                if r.length >= Self.sendFileMinimum, r.length <= Self.lendMaximum,
-                   server.threadModel != .serializeAllRequests,
-                   transport.sendsWithoutWaiting, backend.lendsContents {
-                    return .readLent(Int(r.length))
                 }
                 try backend.pread(into: buffer.payload(count: Int(r.length)), offset: r.offset)
                 return .read(Int(r.length))
@@ -421,9 +410,6 @@ final class Transmission: Sendable {
                     }
                     try transport.send(UnsafeRawBufferPointer(rest), none)
                 }
-            case .readLent(let count):
-                try replies.flush()
-                return try sendLent(r, count: count, buffer)
             case .extents(let extents):
                 let chunk = Reply.blockStatus(cookie: r.cookie, contextID: session.allocationContextID ?? 0,
                                               extents: extents.map { (UInt32($0.length), $0.flags) })
@@ -437,57 +423,6 @@ final class Transmission: Sendable {
             server.logger.debug("\(label): could not send a reply: \(error)")
             return false
         }
-    }
-}
-
-extension Transmission {
-    /// Sends a read's reply straight from the backend's memory, as much as the socket takes at
-    /// once; the rest is copied into `buffer` before the backend takes its memory back, and sent
-    /// from there, so the backend's lock is never held while the socket is full. Must hold
-    /// `writeLock`. Returns false if the connection must end.
-    fileprivate func sendLent(_ r: RequestHeader, count: Int, _ buffer: RequestBuffer) throws -> Bool {
-        let head = encodeReadHeader(r, count: count, into: buffer.header)
-        var sent = 0
-        var failure: (any Error)?
-        buffer.pieces.removeAll(keepingCapacity: true)
-        defer { buffer.pieces.removeAll(keepingCapacity: true) }
-        let lent = session.backend.lendContents(offset: r.offset, length: r.length, piece: { buffer.pieces.append($0) }, send: {
-            do {
-                sent = try transport.sendWithoutWaiting(head, buffer.pieces)
-            } catch {
-                failure = error
-                return
-            }
-            let dataSent = max(0, sent - head.count)
-            guard dataSent < count else { return }
-            let rest = buffer.payload(count: count)
-            var position = 0
-            for piece in buffer.pieces {
-                let end = position + piece.count
-                if end > dataSent {
-                    let skip = max(0, dataSent - position)
-                    (rest.baseAddress! + position + skip).copyMemory(from: piece.baseAddress! + skip, byteCount: piece.count - skip)
-                }
-                position = end
-            }
-        })
-        if let failure { throw failure }
-        guard lent else {
-            // The backend said it lends; if it didn't after all, read as usual.
-            do {
-                try session.backend.pread(into: buffer.payload(count: count), offset: r.offset)
-            } catch {
-                server.logger.error("\(label): NBD_CMD_READ offset=\(r.offset) count=\(count): \(error) while sending; closing the connection")
-                return false
-            }
-            try transport.send(head, UnsafeRawBufferPointer(buffer.payload(count: count)))
-            return true
-        }
-        if sent < head.count + count {
-            try transport.send(UnsafeRawBufferPointer(rebasing: head[min(sent, head.count)...]),
-                               UnsafeRawBufferPointer(rebasing: buffer.payload(count: count)[max(0, sent - head.count)...]))
-        }
-        return true
     }
 }
 

@@ -16,12 +16,6 @@ public protocol Transport: AnyObject, Sendable {
     /// out: fewer than `count` when the kernel could not send (more of) the file, and the caller
     /// sends the rest itself. Throws only when the connection failed.
     func sendFromFile(_ header: UnsafeRawBufferPointer, _ file: FileExtent, count: Int) throws -> Int
-    /// True when `sendWithoutWaiting` can send at all (a plaintext socket).
-    var sendsWithoutWaiting: Bool { get }
-    /// Sends as much of `header` and then `pieces` as the connection takes at once, without
-    /// waiting for room, and returns how many bytes went (0 if none could). Throws only when the
-    /// connection failed.
-    func sendWithoutWaiting(_ header: UnsafeRawBufferPointer, _ pieces: [UnsafeRawBufferPointer]) throws -> Int
     /// Stops further receives, waking a thread blocked in `receive`; sends still work.
     func shutdownReceive()
     /// Ends the connection both ways at once (a hard disconnect), waking threads blocked in
@@ -57,10 +51,6 @@ extension Transport {
     public var receivesWithoutWaiting: Bool { false }
 
     public var sendsFromFiles: Bool { false }
-
-    public var sendsWithoutWaiting: Bool { false }
-
-    public func sendWithoutWaiting(_ header: UnsafeRawBufferPointer, _ pieces: [UnsafeRawBufferPointer]) throws -> Int { 0 }
 
     public func sendFromFile(_ header: UnsafeRawBufferPointer, _ file: FileExtent, count: Int) throws -> Int {
         try send(header, UnsafeRawBufferPointer(start: nil, count: 0))
@@ -241,39 +231,6 @@ public final class PlainTransport: Transport, @unchecked Sendable {
 
     private static func skipEmpty(_ vecs: UnsafeMutableBufferPointer<iovec>, _ first: inout Int) {
         while first < vecs.count && vecs[first].iov_len == 0 { first += 1 }
-    }
-
-    /// The most iovecs one `sendmsg` takes (Linux's UIO_MAXIOV).
-    private static let maxVectors = 1024
-
-    public var sendsWithoutWaiting: Bool { readFD == writeFD }
-
-    public func sendWithoutWaiting(_ header: UnsafeRawBufferPointer, _ pieces: [UnsafeRawBufferPointer]) throws -> Int {
-        try withUnsafeTemporaryAllocation(of: iovec.self, capacity: pieces.count + 1) { vecs in
-            vecs[0] = iovec(iov_base: UnsafeMutableRawPointer(mutating: header.baseAddress), iov_len: header.count)
-            for (i, piece) in pieces.enumerated() {
-                vecs[i + 1] = iovec(iov_base: UnsafeMutableRawPointer(mutating: piece.baseAddress), iov_len: piece.count)
-            }
-            var first = 0
-            var sent = 0
-            Self.skipEmpty(vecs, &first)
-            while first < vecs.count {
-                let offeredAll = vecs.count - first <= Self.maxVectors
-                let n = CNBDShim_send_nowait(writeFD, vecs.baseAddress! + first, Int32(min(vecs.count - first, Self.maxVectors)))
-                if n < 0 {
-                    let e = CNBDShim_errno()
-                    if e == EINTR { continue }
-                    if e == EAGAIN || e == EWOULDBLOCK { break }
-                    throw TransportError.failed(SystemError("sendmsg", errno: e))
-                }
-                if n == 0 { break }
-                sent += n
-                Self.advance(vecs, &first, by: n)
-                // A short send of everything offered means the socket is full for now.
-                if offeredAll && first < vecs.count { break }
-            }
-            return sent
-        }
     }
 
     /// A socket (one descriptor both ways); not `-s`.

@@ -177,6 +177,24 @@ final class ServerProcess {
             }
             usleep(10_000)
         }
+        // The socket's file appears at bind(2), a moment before listen(2): until then a client
+        // would be refused.
+        while !Self.isListening(socket) {
+            guard process.isRunning, Date() < deadline else {
+                XCTFail("nbdkit did not listen on \(socket): \(stderr)", file: file, line: line)
+                throw CocoaError(.fileNoSuchFile)
+            }
+            usleep(5_000)
+        }
+    }
+
+    /// Whether a Unix socket bound to `path` listens (__SO_ACCEPTCON in /proc/net/unix).
+    static func isListening(_ path: String) -> Bool {
+        guard let table = try? String(contentsOfFile: "/proc/net/unix", encoding: .utf8) else { return false }
+        return table.split(separator: "\n").contains { line in
+            let fields = line.split(separator: " ", omittingEmptySubsequences: true)
+            return fields.count >= 8 && fields[7] == path && fields[3] == "00010000"
+        }
     }
 
     var pid: Int32 { process.processIdentifier }

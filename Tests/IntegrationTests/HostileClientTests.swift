@@ -312,12 +312,12 @@ final class HostileClientTests: IntegrationTestCase {
         assertServerHealthy(s)
     }
 
-    /// A write of 64 KiB or more goes straight into the memory plugin's pages as it arrives, and
+    /// A write of 64 KiB or more goes straight into the memory plugin's file as it arrives, and
     /// holds no lock while it waits for more: with a client stalled in the middle of such a
-    /// payload, another client still trims (freeing pages the stalled write was given) and
-    /// allocates pages. Once the payload is complete the write succeeds; the bytes for the pages
-    /// the trim freed are dropped (not stored in pages given to anyone else), the rest are
-    /// stored. A client stalled mid-payload does not keep the server from stopping on SIGTERM.
+    /// payload, another client still trims part of the range being written and writes elsewhere.
+    /// Once the payload is complete the write succeeds; what arrived after the trim is stored,
+    /// what arrived before it is stored or trimmed (the two requests overlap, so either is
+    /// allowed). A client stalled mid-payload does not keep the server from stopping on SIGTERM.
     func testStalledLargeWriteHoldsNoLock() throws {
         let s = try startServer(["memory", "size=1M"])
         let c = try RawClient(s.socket)
@@ -338,8 +338,9 @@ final class HostileClientTests: IntegrationTestCase {
         XCTAssertTrue(c.send(Wire.request(command: 0, cookie: 10, offset: 0, length: 768 << 10)))
         XCTAssertEqual(c.readExactly(16), Wire.simpleReply(error: 0, cookie: 10))
         let back = try XCTUnwrap(c.readExactly(768 << 10))
-        XCTAssertEqual(Array(back[0..<(256 << 10)]), [UInt8](repeating: 0, count: 256 << 10), "bytes for freed pages are dropped")
-        XCTAssertEqual(Array(back[(256 << 10)...]), Array(data[(256 << 10)...]))
+        XCTAssertTrue(zip(back[0..<100_000], data[0..<100_000]).allSatisfy { $0 == 0 || $0 == $1 },
+                      "bytes that arrived before the trim are stored or trimmed")
+        XCTAssertEqual(Array(back[100_000...]), Array(data[100_000...]), "bytes that arrived after the trim are stored")
 
         let stalled = try RawClient(s.socket)
         defer { stalled.close() }

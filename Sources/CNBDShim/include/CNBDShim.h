@@ -52,8 +52,6 @@ int CNBDShim_socket_domain(int fd);
 
 /* send(fd, buf, len, MSG_MORE | MSG_NOSIGNAL): more follows at once (TCP coalesces it). */
 ssize_t CNBDShim_send_more(int fd, const void *buf, size_t len);
-/* sendmsg of iovcnt iovecs that never blocks (MSG_DONTWAIT) and never raises SIGPIPE. */
-ssize_t CNBDShim_send_nowait(int fd, const struct iovec *iov, int iovcnt);
 
 /* signalfd(-1, mask, SFD_CLOEXEC) for the given signals (terminated by 0);
  * the signals are also blocked in the calling thread. */
@@ -74,6 +72,10 @@ int CNBDShim_wtermsig(int status);
  * group becomes the terminal's foreground group. Returns 0 and sets *pid, or an
  * errno value. */
 int CNBDShim_spawn_shell(const char *command, pid_t *pid, char *const envp[], int terminal_fd);
+
+/* An anonymous in-memory file (memfd_create, close-on-exec) of exactly size bytes, all of
+ * them holes, sealed so that its size never changes; the descriptor, or -1 with errno set. */
+int CNBDShim_memory_file(const char *name, int64_t size);
 
 /* fallocate with the named mode; return as fallocate(2). */
 int CNBDShim_punch_hole(int fd, int64_t offset, int64_t length);
