@@ -205,6 +205,8 @@ final class CommandLineTests: IntegrationTestCase {
         print(r.returncode, r.stdout.split() == [str(port), '1048576'], r.stderr)
         v6 = socket.socket(socket.AF_INET6)
         v6.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        # The first server's connection may linger in TIME_WAIT on this port.
+        v6.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         v6.bind(('::', port))
         v6.listen()
         r = subprocess.run([nbdkit, '-p', str(port), 'memory', '1M', '--run', 'touch ' + marker],
@@ -213,7 +215,7 @@ final class CommandLineTests: IntegrationTestCase {
         """, Harness.nbdkit, dir.file("ran")])
         let lines = r.stdout.split(separator: "\n").map(String.init)
         XCTAssertEqual(lines.first, "0 True ", r.stdout + r.stderr)
-        XCTAssertTrue(lines.count > 1 && lines[1].hasPrefix("1 nbdkit: error: unable to bind to any sockets on port "), r.stdout)
+        XCTAssertTrue(lines.count > 1 && lines[1].hasPrefix("1 nbdkit: error: unable to bind to any sockets on port "), r.stdout + r.stderr)
         XCTAssertFalse(FileManager.default.fileExists(atPath: dir.file("ran")))
     }
 
