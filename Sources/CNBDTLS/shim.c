@@ -2,11 +2,13 @@
 
 #include <dlfcn.h>
 #include <errno.h>
+#include <poll.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+#include <sys/socket.h>
 #include <gnutls/gnutls.h>
 #include <gnutls/x509.h>
 #if defined(__x86_64__) || defined(__i386__)
@@ -23,8 +25,21 @@ struct CNBDTLS_credentials {
   gnutls_priority_t priority;
 };
 
+/* The receive side reads ahead: GnuTLS asks for each record's 5-byte header and then its body,
+ * two system calls per record, so small records are served from one recv into `ahead` instead
+ * (many at a time when a client pipelines requests). Bodies too large for that go straight
+ * into GnuTLS's buffer. Only the receiving thread touches these fields. */
 struct CNBDTLS_session {
   gnutls_session_t session;
+  int read_fd;
+  /* Set while CNBDTLS_recv gathers further records: the pull function then reports EAGAIN
+   * instead of waiting for more. */
+  int no_wait;
+  /* A result met while gathering further records, returned by the next CNBDTLS_recv. */
+  int has_deferred;
+  ssize_t deferred;
+  size_t ahead_start, ahead_end;
+  char ahead[16 * 1024];
   char description[128];
 };
 
@@ -60,7 +75,11 @@ struct CNBDTLS_session {
   X(gnutls_session_get_desc) \
   X(gnutls_session_set_verify_cert) \
   X(gnutls_strerror) \
+  X(gnutls_transport_set_errno) \
   X(gnutls_transport_set_int2) \
+  X(gnutls_transport_set_ptr2) \
+  X(gnutls_transport_set_pull_function) \
+  X(gnutls_transport_set_pull_timeout_function) \
 
 static struct {
 #define CNBDTLS_POINTER(name) __typeof__(name) *name;
@@ -198,6 +217,42 @@ void CNBDTLS_credentials_free(CNBDTLS_credentials *c)
   free(c);
 }
 
+/* GnuTLS's pull function: what was read ahead, else one recv (of as much as has arrived, up to
+ * the size of `ahead`), without waiting while no_wait is set. */
+static ssize_t session_pull(gnutls_transport_ptr_t ptr, void *data, size_t len)
+{
+  CNBDTLS_session *s = ptr;
+  size_t have = s->ahead_end - s->ahead_start;
+  if (have == 0) {
+    int flags = s->no_wait ? MSG_DONTWAIT : 0;
+    void *into = len >= sizeof s->ahead / 2 ? data : s->ahead;
+    ssize_t r = recv(s->read_fd, into, into == data ? len : sizeof s->ahead, flags);
+    if (r < 0) {
+      tls.gnutls_transport_set_errno(s->session, errno);
+      return -1;
+    }
+    if (into == data || r == 0)
+      return r;
+    s->ahead_start = 0;
+    s->ahead_end = (size_t) r;
+    have = (size_t) r;
+  }
+  size_t n = have < len ? have : len;
+  memcpy(data, s->ahead + s->ahead_start, n);
+  s->ahead_start += n;
+  return (ssize_t) n;
+}
+
+/* GnuTLS's wait for input (handshake timeouts): 1 when something can be read, 0 on timeout. */
+static int session_pull_timeout(gnutls_transport_ptr_t ptr, unsigned int ms)
+{
+  CNBDTLS_session *s = ptr;
+  if (s->ahead_end > s->ahead_start)
+    return 1;
+  struct pollfd p = { .fd = s->read_fd, .events = POLLIN };
+  return poll(&p, 1, ms == GNUTLS_INDEFINITE_TIMEOUT ? -1 : (int) ms);
+}
+
 CNBDTLS_session *CNBDTLS_session_new(CNBDTLS_credentials *c, int read_fd, int write_fd, int verify_peer,
                                      int *code)
 {
@@ -222,7 +277,12 @@ CNBDTLS_session *CNBDTLS_session_new(CNBDTLS_credentials *c, int read_fd, int wr
     *code = r;
     return NULL;
   }
+  /* Sends go to write_fd through GnuTLS's own functions; receives through session_pull. */
   tls.gnutls_transport_set_int2(s->session, read_fd, write_fd);
+  tls.gnutls_transport_set_ptr2(s->session, s, (gnutls_transport_ptr_t) (long) write_fd);
+  tls.gnutls_transport_set_pull_function(s->session, session_pull);
+  tls.gnutls_transport_set_pull_timeout_function(s->session, session_pull_timeout);
+  s->read_fd = read_fd;
   tls.gnutls_handshake_set_timeout(s->session, GNUTLS_DEFAULT_HANDSHAKE_TIMEOUT);
   return s;
 }
@@ -239,10 +299,32 @@ int CNBDTLS_handshake(CNBDTLS_session *s)
 ssize_t CNBDTLS_recv(CNBDTLS_session *s, void *buf, size_t len)
 {
   ssize_t r;
+  if (s->has_deferred) {
+    s->has_deferred = 0;
+    return s->deferred;
+  }
   do {
     r = tls.gnutls_record_recv(s->session, buf, len);
   } while (r == GNUTLS_E_INTERRUPTED || r == GNUTLS_E_AGAIN);
-  return r;
+  if (r <= 0)
+    return r;
+  /* Then whatever further records have arrived whole, without waiting for more. */
+  size_t total = (size_t) r;
+  s->no_wait = 1;
+  while (total < len) {
+    r = tls.gnutls_record_recv(s->session, (char *) buf + total, len - total);
+    if (r > 0) {
+      total += (size_t) r;
+    } else {
+      if (r != GNUTLS_E_AGAIN && r != GNUTLS_E_INTERRUPTED) {
+        s->has_deferred = 1;
+        s->deferred = r;
+      }
+      break;
+    }
+  }
+  s->no_wait = 0;
+  return (ssize_t) total;
 }
 
 ssize_t CNBDTLS_send(CNBDTLS_session *s, const void *buf, size_t len)

@@ -444,6 +444,59 @@ final class TLSTests: IntegrationTestCase {
         assertStillServes(s)
     }
 
+    /// Records that arrive together are received together: 32 read requests sent as 32 TLS
+    /// records back to back, then a 100 KiB write spread over several records with a read of
+    /// the same bytes and NBD_CMD_DISC right behind it, all get their replies, in order and
+    /// right, and the server ends that session cleanly and goes on serving.
+    func testPipelinedRecordsAreAllAnswered() throws {
+        let s = try startServer(["--tls=require", "--tls-certificates=\(certs)", "memory", "1M"])
+        let r = Harness.run(["/usr/bin/python3", "-c", """
+        import os, socket, ssl, struct, sys
+        path, ca = sys.argv[1:]
+        raw = socket.socket(socket.AF_UNIX); raw.settimeout(10); raw.connect(path)
+        def recvall(sock, n):
+            b = b''
+            while len(b) < n:
+                c = sock.recv(n - len(b)); assert c, 'eof'; b += c
+            return b
+        def opt(sock, code, data=b''):
+            sock.sendall(b'IHAVEOPT' + struct.pack('>II', code, len(data)) + data)
+            while True:
+                magic, option, rtype, length = struct.unpack('>QIII', recvall(sock, 20))
+                payload = recvall(sock, length)
+                if rtype != 3: return rtype   # skip NBD_REP_INFO
+        def request(command, cookie, offset, length):
+            return struct.pack('>IHHQQI', 0x25609513, 0, command, cookie, offset, length)
+        def reply(cookie):
+            magic, error, handle = struct.unpack('>IIQ', recvall(tls, 16))
+            assert (magic, error, handle) == (0x67446698, 0, cookie), (hex(magic), error, handle)
+        recvall(raw, 18); raw.sendall(struct.pack('>I', 3))
+        assert opt(raw, 5) == 1                                       # STARTTLS: ACK
+        tls = ssl.create_default_context(cafile=ca).wrap_socket(raw, server_hostname='localhost')
+        assert opt(tls, 7, struct.pack('>IH', 0, 0)) == 1             # GO: simple replies
+        data = os.urandom(1 << 20)
+        tls.sendall(request(1, 1, 0, len(data)) + data)
+        reply(1)
+        for i in range(32):
+            tls.send(request(0, 100 + i, i * 4096 + i, 4096))        # one record each
+        for i in range(32):
+            reply(100 + i)
+            assert recvall(tls, 4096) == data[i * 4096 + i:(i + 1) * 4096 + i], i
+        new = os.urandom(100000)
+        tls.send(request(1, 200, 5000, len(new)))
+        for k in range(0, len(new), 30000):
+            tls.send(new[k:k + 30000])
+        tls.send(request(0, 201, 5000, len(new)))
+        tls.send(request(2, 202, 0, 0))                               # DISC
+        reply(200)
+        reply(201)
+        assert recvall(tls, len(new)) == new
+        print('ok')
+        """, s.socket, Self.pki.file("ca-cert.pem")])
+        XCTAssertEqual(r.stdout, "ok\n", r.stdout + r.stderr)
+        assertStillServes(s)
+    }
+
     /// `-s` negotiates TLS when standard input and output are a socket: libnbd's
     /// connect_command hands the server a socketpair as descriptors 0 and 1, so GnuTLS receives
     /// on one and sends on the other. Over pipes (which GnuTLS cannot use) STARTTLS is refused

@@ -46,7 +46,9 @@ CNBDTLS_session *CNBDTLS_session_new(CNBDTLS_credentials *creds, int read_fd, in
 int CNBDTLS_handshake(CNBDTLS_session *s);
 
 /* Record I/O: bytes moved, 0 at end of file, or a negative GnuTLS error code.
- * Interrupted and would-block results are retried inside. */
+ * Interrupted and would-block results are retried inside. CNBDTLS_recv waits for one record,
+ * then adds the records that have already arrived whole, as far as len allows; an error or end
+ * of file met among those is returned by the next call. */
 ssize_t CNBDTLS_recv(CNBDTLS_session *s, void *buf, size_t len);
 ssize_t CNBDTLS_send(CNBDTLS_session *s, const void *buf, size_t len);
 
