@@ -230,25 +230,38 @@ final class FileConnection: BackendConnection, @unchecked Sendable {
         throw BackendError(SystemError("fallocate: \(path)", errno: e))
     }
 
+    /// SEEK_DATA and SEEK_HOLE can't be trusted in the last pages below 2^63 (the kernel's page
+    /// arithmetic overflows there: wrong offsets, or ENXIO where data is): from here on,
+    /// everything is reported as data, which is always a safe answer.
+    static let seekLimit: off_t = (off_t.max / 4096 - 1) * 4096
+
     func extents(offset: UInt64, length: UInt32, reqOne: Bool) throws -> [Extent] {
         let end = off_t(offset) + off_t(length)
         var position = off_t(offset)
         var result: [Extent] = []
         while position < end {
-            let data = lseek(fd, position, 3 /* SEEK_DATA */)
+            guard position < Self.seekLimit else {
+                result.append(Extent(length: UInt64(end - position), flags: []))
+                break
+            }
+            let searchEnd = min(end, Self.seekLimit)
+            var data = lseek(fd, position, 3 /* SEEK_DATA */)
             if data == -1 {
                 // ENXIO: no data from here to the end of the file.
                 guard CNBDShim_errno() == ENXIO else { throw BackendError(SystemError("lseek: \(path)")) }
-                result.append(Extent(length: UInt64(end - position), flags: [.hole, .zero]))
-                break
+                data = searchEnd
+            } else if data < position {
+                data = position
             }
             if data > position {
-                result.append(Extent(length: UInt64(min(data, end) - position), flags: [.hole, .zero]))
-                position = min(data, end)
+                let holeEnd = min(data, searchEnd)
+                result.append(Extent(length: UInt64(holeEnd - position), flags: [.hole, .zero]))
+                position = holeEnd
                 if reqOne || position >= end { break }
+                continue
             }
             var hole = lseek(fd, position, 4 /* SEEK_HOLE */)
-            if hole == -1 { hole = end }
+            if hole == -1 || hole <= position { hole = end }
             result.append(Extent(length: UInt64(min(hole, end) - position), flags: []))
             position = min(hole, end)
             if reqOne { break }

@@ -35,8 +35,8 @@ extension MemoryPlugin: PluginFactory {
         let bytes = try parseSize(size)
         let fd = CNBDShim_memory_file("nbdkit-memory", Int64(bitPattern: bytes))
         guard fd >= 0 else {
-            let error = SystemError("memfd_create")
-            throw ConfigError("memory: cannot make a memory file of \(bytes) bytes: \(error)")
+            let reason = String(cString: strerror(CNBDShim_errno()))
+            throw ConfigError("memory: cannot make a memory file of \(bytes) bytes: \(reason)")
         }
         return MemoryPlugin(fd: fd)
     }

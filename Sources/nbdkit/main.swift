@@ -26,6 +26,9 @@ func main() -> Int32 {
     case .longOptions: OptionParser.longOptions.forEach { print($0) }; return 0
     case .serve, .dumpPlugin: break
     }
+    // A file-size limit (ulimit -f) makes writes past it fail with EFBIG, reported to the
+    // client, instead of killing the server. Commands it spawns get the default back.
+    signal(SIGXFSZ, SIG_IGN)
     do {
         return try Startup(config: config.withAbsolutePaths(), logger: logger).run()
     } catch {

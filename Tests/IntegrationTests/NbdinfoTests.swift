@@ -40,6 +40,23 @@ final class NbdinfoTests: IntegrationTestCase {
         XCTAssertEqual(r.stdout.trimmingCharacters(in: .whitespacesAndNewlines), String(UInt64(1) << 60))
     }
 
+    /// Under a file-size limit (`ulimit -f`) a memory disk larger than the limit can't be made:
+    /// a start-up error with the reason and status 1, not death by SIGXFSZ; the command never
+    /// runs. One within the limit serves, and the command it runs has the default SIGXFSZ back.
+    func testFileSizeLimit() throws {
+        let marker = dir.file("ran")
+        let big = Harness.run(["/bin/bash", "-c", "ulimit -f 1024; exec \"$0\" -U - memory 1G --run 'touch \(marker)'",
+                               Harness.nbdkit])
+        XCTAssertEqual(big.status, 1, big.stderr)
+        XCTAssertEqual(big.stderr, "nbdkit: error: memory: cannot make a memory file of 1073741824 bytes: File too large\n")
+        XCTAssertFalse(FileManager.default.fileExists(atPath: marker))
+        let small = Harness.run(["/bin/bash", "-c", "ulimit -f 1024; exec \"$0\" -U - memory 512K --run 'grep SigIgn /proc/self/status'",
+                                 Harness.nbdkit])
+        XCTAssertEqual(small.status, 0, small.stderr)
+        let ignored = UInt64(small.stdout.split(separator: "\t").last?.trimmingCharacters(in: .whitespacesAndNewlines) ?? "", radix: 16)
+        XCTAssertEqual(ignored.map { $0 >> (SIGXFSZ - 1) & 1 }, 0, "SIGXFSZ is still ignored in the command: \(small.stdout)")
+    }
+
     func testMapShowsHolesAndData() throws {
         let s = try startServer(["memory", "size=1M"])
         Harness.nbdsh(s.uri, "h.pwrite(b'x' * 65536, 131072)")

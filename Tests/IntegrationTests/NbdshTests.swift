@@ -54,6 +54,36 @@ final class NbdshTests: IntegrationTestCase {
         XCTAssertEqual(r.stdout, "ok\n", r.stderr)
     }
 
+    /// Block status at the very end of the largest disk (2^63-1 bytes), where the kernel's
+    /// SEEK_DATA and SEEK_HOLE answer wrongly: written bytes are never reported as a hole, a
+    /// hole well before them still is, and the server survives.
+    func testBlockStatusAtTheEndOfTheLargestDisk() throws {
+        let s = try startServer(["memory", "9223372036854775807"])
+        let r = Harness.run(["/usr/bin/nbdsh", "-c", """
+        h.add_meta_context('base:allocation')
+        h.connect_uri(\(Harness.pythonString(s.uri)))
+        size = h.get_size()
+        assert size == (1 << 63) - 1
+        def status(count, offset):
+            found = []
+            h.block_status(count, offset, lambda ctx, off, entries, err: found.extend(entries))
+            return found
+        h.pwrite(b'x' * 8192, size - 8192)
+        h.pwrite(b'y', size - 1)
+        for count in (1, 100, 8192, 20000):
+            entries = status(count, size - count)
+            assert entries[-1] & 1 == 0, (count, entries)               # the written end: not a hole
+            if count <= 8192:
+                assert all(flags & 1 == 0 for flags in entries[1::2]), (count, entries)
+        entries = status(1 << 20, size - (1 << 30))
+        assert entries[1] & 1 == 1, entries                               # far from the end: a hole
+        assert h.pread(1, size - 1) == b'y'
+        print('ok')
+        """])
+        XCTAssertEqual(r.stdout, "ok\n", r.stderr)
+        XCTAssertTrue(s.isRunning)
+    }
+
     /// Writes of 64 KiB and more are spliced into the memory plugin's file as they are read:
     /// odd offsets and lengths around the limit, pages partly present, the largest request
     /// (32 MiB), a FUA write (which takes the usual path), 16 writes in flight at once with trims
