@@ -93,12 +93,6 @@ ssize_t CNBDShim_send_more(int fd, const void *buf, size_t len)
   return send(fd, buf, len, MSG_MORE | MSG_NOSIGNAL);
 }
 
-ssize_t CNBDShim_recv_vectors_nowait(int fd, struct iovec *iov, int iovcnt)
-{
-  struct msghdr msg = { .msg_iov = iov, .msg_iovlen = (size_t) iovcnt };
-  return recvmsg(fd, &msg, MSG_DONTWAIT);
-}
-
 int CNBDShim_signalfd_for(const int *signals)
 {
   sigset_t mask;

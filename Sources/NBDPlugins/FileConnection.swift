@@ -158,10 +158,7 @@ final class FileConnection: BackendConnection, @unchecked Sendable {
             let piece = UnsafeMutableRawBufferPointer(rebasing: buffer[..<min(buffer.count, length - taken)])
             var filled = 0
             while filled < piece.count {
-                let n = try withUnsafeTemporaryAllocation(of: UnsafeMutableRawBufferPointer.self, capacity: 1) { list in
-                    list[0] = UnsafeMutableRawBufferPointer(rebasing: piece[filled...])
-                    return try payload.receiveAvailable(into: UnsafeBufferPointer(list))
-                }
+                let n = try payload.receiveAvailable(into: UnsafeMutableRawBufferPointer(rebasing: piece[filled...]))
                 if n == 0 { try payload.waitForMore() }
                 filled += n
             }

@@ -86,31 +86,18 @@ final class ReceiveBuffer {
 /// A write's payload received through the read-ahead: what is buffered first, then straight from
 /// the transport into the caller's memory, never past what the caller asks for.
 extension ReceiveBuffer: WritePayload {
-    func receiveAvailable(into buffers: UnsafeBufferPointer<UnsafeMutableRawBufferPointer>) throws -> Int {
-        var total = 0
-        var index = 0
-        var unfilled = buffers[0]
+    func receiveAvailable(into buffer: UnsafeMutableRawBufferPointer) throws -> Int {
         // What the read-ahead holds goes first.
-        while start < end {
-            let n = min(end - start, unfilled.count)
-            unfilled.baseAddress!.copyMemory(from: storage.baseAddress! + start, byteCount: n)
-            start += n
-            total += n
-            unfilled = UnsafeMutableRawBufferPointer(rebasing: unfilled[n...])
-            if unfilled.isEmpty {
-                index += 1
-                guard index < buffers.count else { return total }
-                unfilled = buffers[index]
-            }
+        let buffered = min(end - start, buffer.count)
+        if buffered > 0 {
+            buffer.baseAddress!.copyMemory(from: storage.baseAddress! + start, byteCount: buffered)
+            start += buffered
+            if buffered == buffer.count { return buffered }
         }
         start = 0
         end = 0
-        // Then one receive into the rest of this buffer and the ones after it.
-        return try withUnsafeTemporaryAllocation(of: UnsafeMutableRawBufferPointer.self, capacity: buffers.count - index) { list in
-            list[0] = unfilled
-            for i in 1..<list.count { list[i] = buffers[index + i] }
-            return try total + transport.receiveIfAvailable(into: UnsafeBufferPointer(list))
-        }
+        // Then one receive into the rest.
+        return try buffered + transport.receiveIfAvailable(into: UnsafeMutableRawBufferPointer(rebasing: buffer[buffered...]))
     }
 
     func discardAvailable(upTo count: Int) throws -> Int {

@@ -32,8 +32,6 @@ public protocol Transport: AnyObject, Sendable {
     /// empty). Throws `TransportError.endOfFile` if the peer closed. Waits as `receiveSome`
     /// does unless `receivesWithoutWaiting`.
     func receiveIfAvailable(into buffer: UnsafeMutableRawBufferPointer) throws -> Int
-    /// As `receiveIfAvailable`, filling `buffers` (not empty, none empty) in order with one call.
-    func receiveIfAvailable(into buffers: UnsafeBufferPointer<UnsafeMutableRawBufferPointer>) throws -> Int
     /// True when `spliceIfAvailable` works: a plaintext Unix or TCP socket, whose splice is known
     /// to move socket buffers without waiting (others, such as vsock, are read as usual).
     var splices: Bool { get }
@@ -59,10 +57,6 @@ extension Transport {
 
     public func receiveIfAvailable(into buffer: UnsafeMutableRawBufferPointer) throws -> Int {
         try receiveSome(into: buffer)
-    }
-
-    public func receiveIfAvailable(into buffers: UnsafeBufferPointer<UnsafeMutableRawBufferPointer>) throws -> Int {
-        try receiveIfAvailable(into: buffers[0])
     }
 
     public func waitForInput() throws {}
@@ -144,19 +138,6 @@ public final class PlainTransport: Transport, @unchecked Sendable {
         while true {
             if let n = try Self.available(CNBDShim_recv_nowait(readFD, buffer.baseAddress!, buffer.count), "recv") {
                 return n
-            }
-        }
-    }
-
-    public func receiveIfAvailable(into buffers: UnsafeBufferPointer<UnsafeMutableRawBufferPointer>) throws -> Int {
-        try withUnsafeTemporaryAllocation(of: iovec.self, capacity: buffers.count) { vecs in
-            for (i, buffer) in buffers.enumerated() {
-                vecs[i] = iovec(iov_base: buffer.baseAddress, iov_len: buffer.count)
-            }
-            while true {
-                if let n = try Self.available(CNBDShim_recv_vectors_nowait(readFD, vecs.baseAddress!, Int32(vecs.count)), "recvmsg") {
-                    return n
-                }
             }
         }
     }

@@ -1,10 +1,9 @@
 /// The payload of a write as it arrives from the client, for `BackendConnection.receiveWrite`.
 /// Only `waitForMore` waits, so a backend may hold a lock while it calls the others.
 public protocol WritePayload: AnyObject {
-    /// Fills `buffers` in order (none empty, together no longer than what is left of the
-    /// payload) with payload that has arrived, without waiting; returns how many bytes, 0 if none
-    /// has arrived.
-    func receiveAvailable(into buffers: UnsafeBufferPointer<UnsafeMutableRawBufferPointer>) throws -> Int
+    /// Fills the start of `buffer` (not empty, no longer than what is left of the payload) with
+    /// payload that has arrived, without waiting; returns how many bytes, 0 if none has arrived.
+    func receiveAvailable(into buffer: UnsafeMutableRawBufferPointer) throws -> Int
     /// Drops up to `count` (> 0) bytes of payload that have arrived, without waiting; returns how
     /// many, 0 if none have arrived.
     func discardAvailable(upTo count: Int) throws -> Int

@@ -4,7 +4,6 @@
 #include <stdint.h>
 #include <sys/types.h>
 #include <signal.h>
-#include <sys/uio.h>
 
 /* Thin wrappers for libc calls Swift cannot make directly (variadic functions,
  * macros, enum-typed flags). Each returns what the wrapped call returns and
@@ -27,9 +26,6 @@ int CNBDShim_eventfd(void);
 
 /* recv(fd, buf, len, MSG_DONTWAIT). */
 ssize_t CNBDShim_recv_nowait(int fd, void *buf, size_t len);
-
-/* recvmsg(fd, iov, iovcnt, MSG_DONTWAIT): fills the buffers in order with what has arrived. */
-ssize_t CNBDShim_recv_vectors_nowait(int fd, struct iovec *iov, int iovcnt);
 
 /* pipe2(fds, O_CLOEXEC | O_NONBLOCK) whose capacity is raised to 256 KiB where the limits allow
  * (F_SETPIPE_SZ; best effort), for moving payloads with splice. */
