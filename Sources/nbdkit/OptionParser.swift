@@ -82,9 +82,13 @@ struct OptionParser {
         var config = Configuration()
         var positional: [String] = []
         var i = 0
+        /// The next argument, as the value of option `name` ("--unix" or "U").
         func value(for name: String) throws -> String {
             i += 1
-            guard i < arguments.count else { throw UsageError(message: "option '\(name)' requires an argument") }
+            guard i < arguments.count else {
+                throw UsageError(message: name.hasPrefix("--") ? "option '\(name)' requires an argument"
+                                                               : "option requires an argument -- '\(name)'")
+            }
             return arguments[i]
         }
         while i < arguments.count {
@@ -168,7 +172,10 @@ struct OptionParser {
         if let exact = specs.first(where: { $0.long.contains(name) }) { return exact }
         let candidates = specs.filter { $0.long.contains { $0.hasPrefix(name) } }
         if candidates.count == 1, !name.isEmpty { return candidates[0] }
-        if candidates.count > 1 { throw UsageError(message: "option '\(arg)' is ambiguous") }
+        if candidates.count > 1 {
+            let possibilities = candidates.flatMap { $0.long.filter { $0.hasPrefix(name) } }.sorted()
+            throw UsageError(message: "option '\(arg)' is ambiguous; possibilities:" + possibilities.map { " '--\($0)'" }.joined())
+        }
         throw UsageError(message: "unrecognized option '\(arg)'")
     }
 

@@ -9,8 +9,9 @@ func main() -> Int32 {
     do {
         config = try OptionParser.parse(arguments)
     } catch let e as OptionParser.UsageError {
+        // As nbdkit after getopt's complaint: the synopsis on standard output, status 1.
         Logger().plain(e.message)
-        Logger().raw("Use 'nbdkit --help' or read the nbdkit(1) manual page for documentation.\n")
+        print(Help.usage, terminator: "")
         return 1
     } catch {
         Logger().error("\(error)")

@@ -8,7 +8,6 @@ final class CommandLineTests: IntegrationTestCase {
             (["-f", "memory", "size=abc"], "nbdkit: error: could not parse size string (abc)"),
             (["-f", "memory", "1G", "foo=bar"], "nbdkit: error: unknown parameter 'foo'"),
             (["-f", "nosuchplugin"], "nbdkit: error: cannot open plugin 'nosuchplugin'"),
-            (["--bogus"], "nbdkit: unrecognized option '--bogus'"),
             (["-f", "-p", "notaport", "memory", "1M"], "nbdkit: error: cannot parse port number 'notaport'"),
             (["-f", "-p", "70000", "memory", "1M"], "nbdkit: error: cannot parse port number '70000'"),
             (["-f", "--vsock", "-p", "4294967296", "memory", "1M"], "nbdkit: error: cannot parse port number '4294967296'"),
@@ -31,6 +30,29 @@ final class CommandLineTests: IntegrationTestCase {
             XCTAssertEqual(r.status, 1, "\(args): \(r.stderr)")
             XCTAssertTrue(r.stderr.hasPrefix(message), "\(args): \(r.stderr)")
             XCTAssertEqual(r.stdout, "", "\(args)")
+        }
+    }
+
+    /// As nbdkit: an option it can't parse (unknown, ambiguous, missing its argument, or given
+    /// one it doesn't take) is named on stderr, and the synopsis (`--help`) goes to stdout,
+    /// with status 1; the plugin is never loaded.
+    func testOptionErrorsPrintTheSynopsis() {
+        let help = Harness.run([Harness.nbdkit, "--help"]).stdout
+        XCTAssertTrue(help.hasPrefix("nbdkit [-4|--ipv4-only]"), help)
+        let cases: [([String], String)] = [
+            (["--bogus", "memory", "1M"], "nbdkit: unrecognized option '--bogus'\n"),
+            (["-Z", "memory", "1M"], "nbdkit: invalid option -- 'Z'\n"),
+            (["memory", "1M", "-p"], "nbdkit: option requires an argument -- 'p'\n"),
+            (["memory", "1M", "--unix"], "nbdkit: option '--unix' requires an argument\n"),
+            (["--readonly=yes", "memory", "1M"], "nbdkit: option '--readonly' doesn't allow an argument\n"),
+            (["--ex=x", "memory", "1M"],
+             "nbdkit: option '--ex=x' is ambiguous; possibilities: '--exit-with-parent' '--export' '--export-name' '--exportname'\n"),
+        ]
+        for (args, message) in cases {
+            let r = Harness.run([Harness.nbdkit] + args, timeout: 20)
+            XCTAssertEqual(r.status, 1, "\(args): \(r.stderr)")
+            XCTAssertTrue(r.stderr.hasPrefix(message), "\(args): \(r.stderr)")
+            XCTAssertEqual(r.stdout, help, "\(args)")
         }
     }
 
