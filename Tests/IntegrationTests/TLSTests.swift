@@ -400,12 +400,10 @@ final class TLSTests: IntegrationTestCase {
         XCTAssertEqual(readme.stdout, "This NBD server requires TLS authentication before it will serve useful data.\n", readme.stderr)
     }
 
-    /// Nothing negotiated in plaintext survives STARTTLS: structured replies and the meta
-    /// context set before it are gone, so a read gets a simple reply and block status EINVAL.
-    /// A second STARTTLS, inside TLS, is refused as invalid and the session carries on.
-    func testNegotiationBeforeSTARTTLSIsForgotten() throws {
-        let s = try startServer(["--tls=on", "--tls-certificates=\(certs)", "memory", "1M"])
-        let r = Harness.run(["/usr/bin/python3", "-c", """
+    /// Python for a hand-made client: `raw`, a Unix socket connected to argv[1] (argv[2] is the
+    /// CA certificate, `ca`); `recvall(sock, n)`; and `opt(sock, code, data)`, which sends an
+    /// option and returns the type of its final reply, skipping NBD_REP_INFO and META_CONTEXT.
+    static let rawClientPrelude = """
         import socket, ssl, struct, sys
         path, ca = sys.argv[1:]
         raw = socket.socket(socket.AF_UNIX); raw.settimeout(10); raw.connect(path)
@@ -419,7 +417,16 @@ final class TLSTests: IntegrationTestCase {
             while True:
                 magic, option, rtype, length = struct.unpack('>QIII', recvall(sock, 20))
                 payload = recvall(sock, length)
-                if rtype not in (3, 4): return rtype   # skip NBD_REP_INFO and META_CONTEXT entries
+                if rtype not in (3, 4): return rtype
+        """
+
+    /// Nothing negotiated in plaintext survives STARTTLS: structured replies and the meta
+    /// context set before it are gone, so a read gets a simple reply and block status EINVAL.
+    /// A second STARTTLS, inside TLS, is refused as invalid and the session carries on.
+    func testNegotiationBeforeSTARTTLSIsForgotten() throws {
+        let s = try startServer(["--tls=on", "--tls-certificates=\(certs)", "memory", "1M"])
+        let r = Harness.run(["/usr/bin/python3", "-c", """
+        \(Self.rawClientPrelude)
         recvall(raw, 18); raw.sendall(struct.pack('>I', 3))
         assert opt(raw, 8) == 1                                       # STRUCTURED_REPLY: ACK
         ctx = b'base:allocation'
@@ -451,20 +458,8 @@ final class TLSTests: IntegrationTestCase {
     func testPipelinedRecordsAreAllAnswered() throws {
         let s = try startServer(["--tls=require", "--tls-certificates=\(certs)", "memory", "1M"])
         let r = Harness.run(["/usr/bin/python3", "-c", """
-        import os, socket, ssl, struct, sys
-        path, ca = sys.argv[1:]
-        raw = socket.socket(socket.AF_UNIX); raw.settimeout(10); raw.connect(path)
-        def recvall(sock, n):
-            b = b''
-            while len(b) < n:
-                c = sock.recv(n - len(b)); assert c, 'eof'; b += c
-            return b
-        def opt(sock, code, data=b''):
-            sock.sendall(b'IHAVEOPT' + struct.pack('>II', code, len(data)) + data)
-            while True:
-                magic, option, rtype, length = struct.unpack('>QIII', recvall(sock, 20))
-                payload = recvall(sock, length)
-                if rtype != 3: return rtype   # skip NBD_REP_INFO
+        \(Self.rawClientPrelude)
+        import os
         def request(command, cookie, offset, length):
             return struct.pack('>IHHQQI', 0x25609513, 0, command, cookie, offset, length)
         def reply(cookie):
