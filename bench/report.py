@@ -38,6 +38,7 @@ METRICS = {
     "KiB_USS_per_conn": ("ΔUSS KiB/conn", False),
     "KiB_RSS_base": ("RSS KiB before", False),
     "connections": ("connections used", None),
+    "client_busy_pct": ("client core busy %", None),
 }
 PYRAND = "python3-libnbd aio loop (`nbdhelper.py randread`), RAND_N 4 KiB random reads, 32 in flight"
 WORKLOADS = [

@@ -271,8 +271,15 @@ record_error() {
     printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$ROUND" "$1" "$2" "$3" "$4" "$5" "$(echo "$6" | tr '\n\t' '  ' | cut -c1-800)" >>"$ERR"
 }
 
+# core_ticks CPU: "busy total" jiffies of one CPU from /proc/stat (busy: all but idle and iowait)
+core_ticks() {
+    # (guest time is already counted in user time, so only the first eight counters are summed)
+    awk -v c="cpu$1" '$1 == c {t = 0; for (i = 2; i <= 9; i++) t += $i; print t - $5 - $6, t}' /proc/stat
+}
+
 # run_client LABEL BACKEND WORKLOAD TIMEOUT CMD... : runs CMD on the client CPU with a time
-# limit; sets ELAPSED (s) and CPU (server CPU s) and CLIENT_OUT; returns 1 on failure.
+# limit; sets ELAPSED (s) and CPU (server CPU s) and CLIENT_OUT; records how busy the client's
+# core was (100% means the client, not the server, set the pace); returns 1 on failure.
 ELAPSED=0; CPU=0; CLIENT_OUT=""
 run_client() {
     local l=$1 backend=$2 wl=$3 tmo=$4; shift 4
@@ -280,9 +287,10 @@ run_client() {
     if ! server_alive "$l"; then
         record_error "$l" "$backend" "$wl" -1 "$*" "server not running (died earlier)"; return 1
     fi
-    c0=$(cpu_ticks "$pid"); t0=$EPOCHREALTIME
+    local k0 k1
+    c0=$(cpu_ticks "$pid"); k0=$(core_ticks $CLIENT_CPU); t0=$EPOCHREALTIME
     CLIENT_OUT=$(timeout "$tmo" taskset -c $CLIENT_CPU "$@" 2>"$errf") || rc=$?
-    t1=$EPOCHREALTIME
+    t1=$EPOCHREALTIME; k1=$(core_ticks $CLIENT_CPU)
     sleep 0.05
     c1=$(cpu_ticks "$pid")
     ELAPSED=$(awk -v a="$t0" -v b="$t1" 'BEGIN{printf "%.6f", b-a}')
@@ -294,6 +302,8 @@ run_client() {
         record_error "$l" "$backend" "$wl" "$rc" "$*" "$why"
         return 1
     fi
+    record "$l" "$backend" "$wl" client_busy_pct \
+        "$(echo "$k0 $k1" | awk '{d = $4 - $2; printf "%.0f", (d > 0 ? 100 * ($3 - $1) / d : 0)}')"
     return 0
 }
 
