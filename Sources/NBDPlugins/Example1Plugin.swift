@@ -46,6 +46,7 @@ extension Example1Plugin: PluginFactory {
     public static let magicConfigKey: String? = nil
     public static let configHelp = "(no parameters)"
     public static let threadModel = ThreadModel.parallel
+    public static let callbacks: Set<PluginCallback> = [.open, .getSize, .pread]
 
     public static func make(_ parameters: inout Parameters, options: PluginOptions) throws -> any Backend {
         Example1Plugin()

@@ -72,6 +72,13 @@ extension FilePlugin: PluginFactory {
     public static let magicConfigKey: String? = "file"
     public static let configHelp = "[file=]<FILENAME>  The filename to serve.\ndir=<DIRNAME>  A directory containing files to serve."
     public static let threadModel = ThreadModel.parallel
+    public static let callbacks: Set<PluginCallback> = [
+        .dumpPlugin, .config, .configComplete, .configHelp, .listExports, .open, .close, .getSize,
+        .canWrite, .canTrim, .canExtents, .canFUA, .canMultiConn, .canCache, .pread, .pwrite, .flush,
+        .trim, .zero, .extents, .cache,
+    ]
+    /// How trim and zero reach the file, named as nbdkit names them.
+    public static let dumpPluginFields = ["file_falloc_fl_punch_hole=yes", "file_falloc_fl_zero_range=yes"]
 
     public static func make(_ parameters: inout Parameters, options: PluginOptions) throws -> any Backend {
         let file = parameters.take("file")

@@ -27,6 +27,10 @@ extension MemoryPlugin: PluginFactory {
     public static let magicConfigKey: String? = "size"
     public static let configHelp = "size=<SIZE>  (required) Size of the backing disk"
     public static let threadModel = ThreadModel.parallel
+    public static let callbacks: Set<PluginCallback> = [
+        .config, .configComplete, .configHelp, .open, .getSize, .canFastZero, .canFUA, .canMultiConn,
+        .canCache, .pread, .pwrite, .flush, .trim, .zero, .extents,
+    ]
 
     public static func make(_ parameters: inout Parameters, options: PluginOptions) throws -> any Backend {
         guard let size = parameters.take("size") else {

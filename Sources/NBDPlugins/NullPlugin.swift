@@ -16,6 +16,10 @@ extension NullPlugin: PluginFactory {
     public static let magicConfigKey: String? = "size"
     public static let configHelp = "size=<SIZE>  Size of the disk (default 0)"
     public static let threadModel = ThreadModel.parallel
+    public static let callbacks: Set<PluginCallback> = [
+        .config, .configHelp, .open, .getSize, .canFastZero, .canFUA, .canMultiConn, .canCache,
+        .pread, .pwrite, .flush, .trim, .zero, .extents,
+    ]
 
     public static func make(_ parameters: inout Parameters, options: PluginOptions) throws -> any Backend {
         NullPlugin(size: try parameters.take("size").map(parseSize) ?? 0)

@@ -14,6 +14,9 @@ extension PatternPlugin: PluginFactory {
     public static let magicConfigKey: String? = "size"
     public static let configHelp = "size=<SIZE>  (required) Size of the disk"
     public static let threadModel = ThreadModel.parallel
+    public static let callbacks: Set<PluginCallback> = [
+        .config, .configHelp, .open, .getSize, .canMultiConn, .canCache, .pread,
+    ]
 
     public static func make(_ parameters: inout Parameters, options: PluginOptions) throws -> any Backend {
         guard let size = parameters.take("size") else {

@@ -8,9 +8,17 @@ public protocol PluginFactory: SendableMetatype {
     /// One line per parameter, for `--help` after the plugin name.
     static var configHelp: String { get }
     static var threadModel: ThreadModel { get }
+    /// The nbdkit callbacks whose behaviour this plugin provides (`has_NAME=1` in `--dump-plugin`).
+    static var callbacks: Set<PluginCallback> { get }
+    /// Facts about this plugin that `--dump-plugin` prints last, as `key=value` lines.
+    static var dumpPluginFields: [String] { get }
     /// Builds the plugin from its parameters, taking the keys it knows (the caller rejects the rest).
     /// Problems a user can fix (a missing file, a bad size) are thrown here, at startup.
     static func make(_ parameters: inout Parameters, options: PluginOptions) throws -> any Backend
+}
+
+extension PluginFactory {
+    public static var dumpPluginFields: [String] { [] }
 }
 
 /// Server settings a plugin may need while it is configured.

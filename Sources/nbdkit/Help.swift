@@ -79,8 +79,13 @@ enum Help {
 
     static func dumpPlugin(_ plugin: any PluginFactory.Type) -> String {
         var s = "name=\(plugin.name)\nversion=\(version)\napi_version=2\n"
-        s += "thread_model=\(plugin.threadModel)\n"
+        s += "max_thread_model=\(plugin.threadModel)\nthread_model=\(plugin.threadModel)\n"
+        s += "errno_is_preserved=1\n"
         if let key = plugin.magicConfigKey { s += "magic_config_key=\(key)\n" }
+        for callback in PluginCallback.allCases where plugin.callbacks.contains(callback) {
+            s += "has_\(callback.rawValue)=1\n"
+        }
+        for field in plugin.dumpPluginFields { s += field + "\n" }
         return s
     }
 }
