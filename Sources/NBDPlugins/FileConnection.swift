@@ -119,6 +119,13 @@ final class FileConnection: BackendConnection, @unchecked Sendable {
         }
         var taken = 0
         do {
+            // What arrived with the request goes to the file from memory: one copy, where
+            // through the pipe it would take two (into the pipe, then into the file).
+            let readAhead = payload.takeReadAhead(upTo: Int(length))
+            if !readAhead.isEmpty {
+                taken = readAhead.count
+                try pwrite(readAhead, offset: offset, fua: false)
+            }
             while taken < Int(length) {
                 let n = try payload.spliceAvailable(upTo: Int(length) - taken, into: pipe.write)
                 if n == 0 {

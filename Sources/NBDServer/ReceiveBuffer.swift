@@ -111,6 +111,12 @@ extension ReceiveBuffer: WritePayload {
         return try transport.receiveIfAvailable(into: UnsafeMutableRawBufferPointer(rebasing: storage[0..<min(count, Self.capacity)]))
     }
 
+    func takeReadAhead(upTo count: Int) -> UnsafeRawBufferPointer {
+        let taken = UnsafeRawBufferPointer(rebasing: storage[start..<start + min(end - start, count)])
+        start += taken.count
+        return taken
+    }
+
     var splices: Bool { transport.splices }
 
     func spliceAvailable(upTo count: Int, into pipe: Int32) throws -> Int {

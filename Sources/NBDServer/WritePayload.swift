@@ -7,6 +7,10 @@ public protocol WritePayload: AnyObject {
     /// Drops up to `count` (> 0) bytes of payload that have arrived, without waiting; returns how
     /// many, 0 if none have arrived.
     func discardAvailable(upTo count: Int) throws -> Int
+    /// Consumes and returns up to `count` (> 0) bytes of payload that were read ahead into memory
+    /// with the request, without receiving; empty if there are none. The bytes stay valid until
+    /// the next call on this payload.
+    func takeReadAhead(upTo count: Int) -> UnsafeRawBufferPointer
     /// True when `spliceAvailable` works (the payload comes from a Unix or TCP socket).
     var splices: Bool { get }
     /// Moves up to `count` (> 0, no more than what is left of the payload) bytes of payload that
