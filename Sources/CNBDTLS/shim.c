@@ -35,6 +35,10 @@ struct CNBDTLS_session {
   /* Set while CNBDTLS_recv gathers further records: the pull function then reports EAGAIN
    * instead of waiting for more. */
   int no_wait;
+  /* End of file (0) or an errno met by a pull while gathering, held back (the pull said EAGAIN)
+   * until a pull may wait: GnuTLS would end the session at once, and the replies to the records
+   * gathered before it could not be sent. -1: none. */
+  int held_pull_result;
   /* A result met while gathering further records, returned by the next CNBDTLS_recv. */
   int has_deferred;
   ssize_t deferred;
@@ -75,7 +79,6 @@ struct CNBDTLS_session {
   X(gnutls_session_get_desc) \
   X(gnutls_session_set_verify_cert) \
   X(gnutls_strerror) \
-  X(gnutls_transport_set_errno) \
   X(gnutls_transport_set_int2) \
   X(gnutls_transport_set_ptr2) \
   X(gnutls_transport_set_pull_function) \
@@ -218,20 +221,34 @@ void CNBDTLS_credentials_free(CNBDTLS_credentials *c)
 }
 
 /* GnuTLS's pull function: what was read ahead, else one recv (of as much as has arrived, up to
- * the size of `ahead`), without waiting while no_wait is set. */
+ * the size of `ahead`), without waiting while no_wait is set. Failures are reported in errno,
+ * which GnuTLS reads (the session's own error field is shared with the sending thread). */
 static ssize_t session_pull(gnutls_transport_ptr_t ptr, void *data, size_t len)
 {
   CNBDTLS_session *s = ptr;
   size_t have = s->ahead_end - s->ahead_start;
   if (have == 0) {
+    if (s->held_pull_result >= 0) {
+      if (s->no_wait) {
+        errno = EAGAIN;
+        return -1;
+      }
+      int held = s->held_pull_result;
+      s->held_pull_result = -1;
+      if (held == 0)
+        return 0;
+      errno = held;
+      return -1;
+    }
     int flags = s->no_wait ? MSG_DONTWAIT : 0;
     void *into = len >= sizeof s->ahead / 2 ? data : s->ahead;
     ssize_t r = recv(s->read_fd, into, into == data ? len : sizeof s->ahead, flags);
-    if (r < 0) {
-      tls.gnutls_transport_set_errno(s->session, errno);
+    if (s->no_wait && (r == 0 || (r < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR))) {
+      s->held_pull_result = r == 0 ? 0 : errno;
+      errno = EAGAIN;
       return -1;
     }
-    if (into == data || r == 0)
+    if (into == data || r <= 0)
       return r;
     s->ahead_start = 0;
     s->ahead_end = (size_t) r;
@@ -247,7 +264,7 @@ static ssize_t session_pull(gnutls_transport_ptr_t ptr, void *data, size_t len)
 static int session_pull_timeout(gnutls_transport_ptr_t ptr, unsigned int ms)
 {
   CNBDTLS_session *s = ptr;
-  if (s->ahead_end > s->ahead_start)
+  if (s->ahead_end > s->ahead_start || s->held_pull_result >= 0)
     return 1;
   struct pollfd p = { .fd = s->read_fd, .events = POLLIN };
   return poll(&p, 1, ms == GNUTLS_INDEFINITE_TIMEOUT ? -1 : (int) ms);
@@ -283,6 +300,7 @@ CNBDTLS_session *CNBDTLS_session_new(CNBDTLS_credentials *c, int read_fd, int wr
   tls.gnutls_transport_set_pull_function(s->session, session_pull);
   tls.gnutls_transport_set_pull_timeout_function(s->session, session_pull_timeout);
   s->read_fd = read_fd;
+  s->held_pull_result = -1;
   tls.gnutls_handshake_set_timeout(s->session, GNUTLS_DEFAULT_HANDSHAKE_TIMEOUT);
   return s;
 }
@@ -325,6 +343,11 @@ ssize_t CNBDTLS_recv(CNBDTLS_session *s, void *buf, size_t len)
   }
   s->no_wait = 0;
   return (ssize_t) total;
+}
+
+int CNBDTLS_unreported_error(CNBDTLS_session *s)
+{
+  return s->has_deferred && s->deferred < 0 ? (int) s->deferred : 0;
 }
 
 ssize_t CNBDTLS_send(CNBDTLS_session *s, const void *buf, size_t len)

@@ -160,6 +160,7 @@ public final class Server: Sendable {
         let transport = handshake.transport
         let transmission = Transmission(server: context, transport: transport, session: session, label: label)
         transmission.serve()
+        if let failure = transport.unreportedFailure { logger.error("\(label): \(failure)") }
         session.backend.close()
         logger.debug("\(label): connection closed")
         return transport

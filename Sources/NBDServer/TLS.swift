@@ -154,6 +154,11 @@ final class TLSTransport: Transport, @unchecked Sendable {
 
     var upgradableDescriptors: (read: Int32, write: Int32)? { nil }
 
+    var unreportedFailure: (any Error)? {
+        let code = CNBDTLS_unreported_error(session)
+        return code < 0 ? TLSError(call: "gnutls_record_recv", code: Int(code)) : nil
+    }
+
     func close() {
         CNBDTLS_session_free(session, 1)
         _ = Glibc.close(readFD)

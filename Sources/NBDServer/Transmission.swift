@@ -149,8 +149,10 @@ final class Transmission: Sendable {
         do {
             try input.read(into: headerBytes, mayPoll: mayPoll)
         } catch {
-            if case TransportError.failed(let e) = error, !closed.load(ordering: .relaxed) {
-                server.logger.error("\(label): \(e)")
+            // End of file is how a client may leave; anything else (a socket error, a TLS record
+            // that fails to decrypt) is logged.
+            if case TransportError.endOfFile = error {} else if !closed.load(ordering: .relaxed) {
+                server.logger.error("\(label): \(error)")
             }
             closed.store(true, ordering: .relaxed)
             return false

@@ -43,10 +43,16 @@ public protocol Transport: AnyObject, Sendable {
     /// A transport that `receivesWithoutWaiting` must provide it (the default returns at once,
     /// which is right only where receiving waits anyway).
     func waitForInput() throws
+    /// A failure met while reading ahead that no receive has reported yet: a TLS record that
+    /// failed to decrypt behind requests already received ends the session before their replies
+    /// go out. Asked once the connection is done, so that it is logged.
+    var unreportedFailure: (any Error)? { get }
 }
 
 extension Transport {
     public var receivesWithoutWaiting: Bool { false }
+
+    public var unreportedFailure: (any Error)? { nil }
 
     public var sendsFromFiles: Bool { false }
 

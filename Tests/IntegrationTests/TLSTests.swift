@@ -492,6 +492,78 @@ final class TLSTests: IntegrationTestCase {
         assertStillServes(s)
     }
 
+    /// Requests that arrive together with the client's end of file (a half-close without
+    /// close_notify) are all answered before the connection ends: the server is kept busy
+    /// sending a 1 MiB reply until the eight requests, one record each, and the end of file have
+    /// all arrived. A record that fails to decrypt ends its connection with a log line naming
+    /// the failure, whether it came alone or behind requests (whose replies then can't be sent:
+    /// GnuTLS ends the session at once), and the server goes on serving others.
+    func testRequestsArrivingWithTheEndOfFileAreAnswered() throws {
+        let s = try startServer(["--tls=require", "--tls-certificates=\(certs)", "memory", "1M"])
+        func client(badRecord: String) -> Harness.Result {
+            Harness.run(["/usr/bin/python3", "-c", """
+            \(Self.rawClientPrelude)
+            recvall(raw, 18); raw.sendall(struct.pack('>I', 3))
+            assert opt(raw, 5) == 1                                       # STARTTLS: ACK
+            inc, out = ssl.MemoryBIO(), ssl.MemoryBIO()
+            tls = ssl.create_default_context(cafile=ca).wrap_bio(inc, out, server_hostname='localhost')
+            def pump():
+                data = raw.recv(1 << 20)
+                inc.write(data)
+                return data
+            while True:
+                try: tls.do_handshake(); break
+                except ssl.SSLWantReadError: raw.sendall(out.read()); assert pump(), 'eof in handshake'
+            raw.sendall(out.read())
+            def tread(n):
+                b = b''
+                while len(b) < n:
+                    try:
+                        c = tls.read(n - len(b))
+                        if not c: return b
+                        b += c; continue
+                    except ssl.SSLWantReadError: pass
+                    except (ssl.SSLEOFError, ssl.SSLZeroReturnError): return b
+                    if not pump(): return b
+                return b
+            tls.write(b'IHAVEOPT' + struct.pack('>IIIH', 7, 6, 0, 0)); raw.sendall(out.read())
+            while True:                                                   # GO, simple replies
+                _, _, rtype, length = struct.unpack('>QIII', tread(20)); tread(length)
+                if rtype == 1: break
+            def read(cookie, length):
+                tls.write(struct.pack('>IHHQQI', 0x25609513, 0, 0, cookie, 0, length))
+                return out.read()
+            if '\(badRecord)' == 'alone':
+                raw.sendall(bytes([23, 3, 3, 0, 32]) + bytes(32)); print(len(tread(16))); sys.exit(0)
+            raw.sendall(read(99, 1 << 20))            # its reply fills the socket: the server waits
+            wire = b''.join(read(i, 4096) for i in range(8))
+            if '\(badRecord)' == 'behind':
+                tls.write(b'x' * 10); bad = bytearray(out.read()); bad[-1] ^= 1; wire += bytes(bad)
+            raw.sendall(wire)
+            raw.shutdown(socket.SHUT_WR)
+            got = tread(16 + (1 << 20) + 8 * (16 + 4096))
+            print((len(got) - 16 - (1 << 20)) // (16 + 4096))
+            """, s.socket, Self.pki.file("ca-cert.pem")])
+        }
+        let halfClosed = client(badRecord: "none")
+        XCTAssertEqual(halfClosed.stdout, "8\n", halfClosed.stderr)
+        for badRecord in ["alone", "behind"] {
+            let r = client(badRecord: badRecord)
+            XCTAssertEqual(r.status, 0, r.stderr)
+            XCTAssertTrue(["0\n", "8\n"].contains(r.stdout), r.stdout)
+        }
+        let failure = "gnutls_record_recv: Decryption has failed"
+        let deadline = Date().addingTimeInterval(10)
+        var log = ""
+        while Date() < deadline {
+            log = (try? String(contentsOfFile: s.stderrFile, encoding: .utf8)) ?? ""
+            if log.components(separatedBy: failure).count == 3 { break }
+            usleep(20_000)
+        }
+        XCTAssertEqual(log.components(separatedBy: failure).count, 3, log)
+        assertStillServes(s)
+    }
+
     /// `-s` negotiates TLS when standard input and output are a socket: libnbd's
     /// connect_command hands the server a socketpair as descriptors 0 and 1, so GnuTLS receives
     /// on one and sends on the other. Over pipes (which GnuTLS cannot use) STARTTLS is refused

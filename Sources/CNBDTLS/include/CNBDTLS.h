@@ -50,6 +50,10 @@ int CNBDTLS_handshake(CNBDTLS_session *s);
  * then adds the records that have already arrived whole, as far as len allows; an error or end
  * of file met among those is returned by the next call. */
 ssize_t CNBDTLS_recv(CNBDTLS_session *s, void *buf, size_t len);
+/* The error (a negative GnuTLS code) CNBDTLS_recv met among further records and has not
+ * returned yet, or 0. A fatal one ends the session at once, so the connection may end (its
+ * replies can't be sent) before a receive reports it. Call it from the receiving thread. */
+int CNBDTLS_unreported_error(CNBDTLS_session *s);
 ssize_t CNBDTLS_send(CNBDTLS_session *s, const void *buf, size_t len);
 
 /* Sends header then payload whole. A payload of up to one record (16 KiB) goes out corked, in
