@@ -35,9 +35,9 @@ struct CNBDTLS_session {
   /* Set while CNBDTLS_recv gathers further records: the pull function then reports EAGAIN
    * instead of waiting for more. */
   int no_wait;
-  /* End of file (0) or an errno met by a pull while gathering, held back (the pull said EAGAIN)
-   * until a pull may wait: GnuTLS would end the session at once, and the replies to the records
-   * gathered before it could not be sent. -1: none. */
+  /* End of file (0) or an errno met by a pull while gathering, held back (the pull said EAGAIN):
+   * GnuTLS would end the session at once, and the replies to the records gathered before it
+   * could not be sent. CNBDTLS_recv returns it once nothing is left before it. -1: none. */
   int held_pull_result;
   /* A result met while gathering further records, returned by the next CNBDTLS_recv. */
   int has_deferred;
@@ -72,6 +72,7 @@ struct CNBDTLS_session {
   X(gnutls_psk_allocate_server_credentials) \
   X(gnutls_psk_free_server_credentials) \
   X(gnutls_psk_set_server_credentials_file) \
+  X(gnutls_record_check_pending) \
   X(gnutls_record_cork) \
   X(gnutls_record_recv) \
   X(gnutls_record_send) \
@@ -321,6 +322,12 @@ ssize_t CNBDTLS_recv(CNBDTLS_session *s, void *buf, size_t len)
     s->has_deferred = 0;
     return s->deferred;
   }
+  /* An end of file or error held back while gathering, with nothing left before it, is
+   * returned here rather than given to GnuTLS, which would end the session: other threads may
+   * still be sending the replies to what came before it. (A record cut short by it is dropped.) */
+  if (s->held_pull_result >= 0 && s->ahead_start == s->ahead_end &&
+      tls.gnutls_record_check_pending(s->session) == 0)
+    return s->held_pull_result == 0 ? 0 : GNUTLS_E_PULL_ERROR;
   do {
     r = tls.gnutls_record_recv(s->session, buf, len);
   } while (r == GNUTLS_E_INTERRUPTED || r == GNUTLS_E_AGAIN);

@@ -129,7 +129,10 @@ final class Transmission: Sendable {
         } else {
             outcome = perform(request, buffer)
         }
-        if case .failure(let errno, let message) = outcome {
+        if case .failure(.eshutdown, _) = outcome {
+            // The server's own doing, and a client may send many more before it disconnects.
+            server.logger.debug("\(label): \(commandName(request.rawCommand)) refused: the server is shutting down")
+        } else if case .failure(let errno, let message) = outcome {
             server.logger.error("\(label): \(commandName(request.rawCommand)) offset=\(request.offset) count=\(request.length): \(errno.name): \(message)")
         }
         return writeLock.withLock { sendReply(request, outcome, buffer) }

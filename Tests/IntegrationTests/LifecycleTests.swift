@@ -52,6 +52,31 @@ final class LifecycleTests: IntegrationTestCase {
         XCTAssertFalse(FileManager.default.fileExists(atPath: (socket as NSString).deletingLastPathComponent))
     }
 
+    /// Requests refused with ESHUTDOWN are not errors in the server's log (as nbdkit): a client
+    /// may send many before it disconnects, and each would be a line.
+    func testRefusalsDuringShutdownDoNotFloodTheLog() throws {
+        let s = try startServer(["memory", "1M"])
+        let r = Harness.nbdsh(s.uri, """
+        import errno, os, signal, time
+        os.kill(\(s.pid), signal.SIGTERM)
+        deadline = time.monotonic() + 10
+        refused = 0
+        while refused < 100:
+            try:
+                h.pread(512, 0)
+                assert refused == 0, 'served after a refusal'
+                assert time.monotonic() < deadline, 'requests still served 10 s after SIGTERM'
+            except nbd.Error as e:
+                assert (e.errno if isinstance(e.errno, str) else errno.errorcode.get(e.errno)) == 'ESHUTDOWN', e
+                refused += 1
+        h.shutdown()
+        print(refused)
+        """, timeout: 30)
+        XCTAssertEqual(r.stdout, "100\n", r.stderr)
+        XCTAssertEqual(s.stop(), 0, s.stderr)
+        XCTAssertFalse(s.stderr.contains("ESHUTDOWN"), s.stderr)
+    }
+
     /// Graceful shutdown as doc/proto.md asks: once SIGTERM has arrived, a request from a client
     /// that is still connected gets the error ESHUTDOWN (not a dropped connection), the client can
     /// then disconnect cleanly with NBD_CMD_DISC, and the server exits 0 soon after.
