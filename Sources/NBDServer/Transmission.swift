@@ -153,8 +153,9 @@ final class Transmission: Sendable {
             try input.read(into: headerBytes, mayPoll: mayPoll)
         } catch {
             // End of file is how a client may leave; anything else (a socket error, a TLS record
-            // that fails to decrypt) is logged.
-            if case TransportError.endOfFile = error {} else if !closed.load(ordering: .relaxed) {
+            // that fails to decrypt) is logged, the TLS failure even once the connection is
+            // closing (it may be why: a reply could not be sent on the session it ended).
+            if case TransportError.endOfFile = error {} else if error is TLSError || !closed.load(ordering: .relaxed) {
                 server.logger.error("\(label): \(error)")
             }
             closed.store(true, ordering: .relaxed)
