@@ -109,9 +109,12 @@ struct Configuration {
         return TLSSettings(mode: tls ?? .on, credentials: credentials, verifyPeer: tlsVerifyPeer)
     }
 
+    /// Where root's certificates are looked for when TLS is on and no directory is given.
+    static let rootCertificateDirectory = "/etc/pki/nbdkit"
+
     /// nbdkit's default: /etc/pki/nbdkit for root, $HOME/.pki/nbdkit for anyone else.
     static var defaultCertificateDirectory: String {
-        if getuid() == 0 { return "/etc/pki/nbdkit" }
+        if getuid() == 0 { return rootCertificateDirectory }
         return (getenv("HOME").map { String(cString: $0) } ?? "") + "/.pki/nbdkit"
     }
 

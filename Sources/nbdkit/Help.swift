@@ -59,16 +59,23 @@ enum Help {
         return text
     }
 
+    /// nbdkit's keys, sorted as nbdkit sorts them, less those about where shared objects and
+    /// manual pages are installed (the plugins and filters are built in: `plugins=`, `filters=`).
     static func dumpConfig(binary: String) -> String {
-        """
+        let bindir = binary.split(separator: "/", omittingEmptySubsequences: false).dropLast().joined(separator: "/")
+        return """
         binary=\(binary)
+        bindir=\(bindir)
         exit_with_parent=yes
+        filters=\(Registry.filters.map { $0.name }.joined(separator: ","))
         host_cpu=x86_64
         host_os=linux-gnu
         name=nbdkit
         plugins=\(Registry.plugins.map { $0.name }.joined(separator: ","))
-        filters=\(Registry.filters.map { $0.name }.joined(separator: ","))
+        root_tls_certificates_dir=\(Configuration.rootCertificateDirectory)
+        sbindir=\(bindir)
         selinux=yes
+        sysconfdir=/etc
         tls=yes
         version=\(version)
         version_major=1

@@ -183,7 +183,8 @@ struct OptionParser {
         specs.compactMap { $0.short }.map { "-\($0)" }
     }
 
+    /// Every long option but the two that list options, as nbdkit prints them.
     static var longOptions: [String] {
-        specs.flatMap { $0.long }.map { "--\($0)" }.sorted()
+        specs.flatMap { $0.long }.filter { $0 != "long-options" && $0 != "short-options" }.map { "--\($0)" }.sorted()
     }
 }

@@ -117,13 +117,19 @@ final class CommandLineTests: IntegrationTestCase {
         XCTAssertTrue(version.stdout.hasPrefix("nbdkit 1."), version.stdout)
         let config = Harness.run([Harness.nbdkit, "--dump-config"])
         XCTAssertTrue(config.stdout.contains("version_major=1\n"), config.stdout)
-        XCTAssertTrue(config.stdout.contains("\nselinux=yes\ntls=yes\n"), config.stdout)
+        XCTAssertTrue(config.stdout.contains("\nselinux=yes\nsysconfdir=/etc\ntls=yes\n"), config.stdout)
+        XCTAssertTrue(config.stdout.contains("\nroot_tls_certificates_dir=/etc/pki/nbdkit\n"), config.stdout)
+        let binary = config.stdout.split(separator: "\n").first { $0.hasPrefix("binary=") }.map { String($0.dropFirst(7)) } ?? ""
+        XCTAssertTrue(config.stdout.contains("\nbindir=\((binary as NSString).deletingLastPathComponent)\n"), config.stdout)
+        let keys = config.stdout.split(separator: "\n").map { $0.split(separator: "=")[0] }
+        XCTAssertEqual(keys, keys.sorted(), "keys sorted as nbdkit sorts them")
         XCTAssertTrue(config.stdout.contains("binary=\(Harness.nbdkit)"), config.stdout)
         XCTAssertEqual(Harness.run([Harness.nbdkit, "--filter=nosuch", "null", "--dump-plugin"]).status, 1)
         let short = Harness.run([Harness.nbdkit, "--short-options"]).stdout.split(separator: "\n")
         XCTAssertTrue(short.contains("-U") && short.contains("-r") && short.contains("-e"), "\(short)")
         let long = Harness.run([Harness.nbdkit, "--long-options"]).stdout.split(separator: "\n")
         XCTAssertTrue(long.contains("--run") && long.contains("--exit-with-parent") && long.contains("--filter"), "\(long)")
+        XCTAssertFalse(long.contains("--long-options") || long.contains("--short-options"), "\(long)")
     }
 
     func testRunVariablesAndURIs() {
