@@ -35,9 +35,10 @@ struct CNBDTLS_session {
   /* Set while CNBDTLS_recv gathers further records: the pull function then reports EAGAIN
    * instead of waiting for more. */
   int no_wait;
-  /* End of file (0) or an errno met by a pull while gathering, held back (the pull said EAGAIN):
-   * GnuTLS would end the session at once, and the replies to the records gathered before it
-   * could not be sent. CNBDTLS_recv returns it once nothing is left before it. -1: none. */
+  /* End of file (0) or an errno met by a pull, held back (the pull says EAGAIN, now and from
+   * then on): given to GnuTLS, it would end the session at once, and replies to what came before
+   * it, which other threads may still be sending, could not go out. CNBDTLS_recv and
+   * CNBDTLS_handshake return it themselves. -1: none. */
   int held_pull_result;
   /* A result met while gathering further records, returned by the next CNBDTLS_recv. */
   int has_deferred;
@@ -230,26 +231,18 @@ static ssize_t session_pull(gnutls_transport_ptr_t ptr, void *data, size_t len)
   size_t have = s->ahead_end - s->ahead_start;
   if (have == 0) {
     if (s->held_pull_result >= 0) {
-      if (s->no_wait) {
-        errno = EAGAIN;
-        return -1;
-      }
-      int held = s->held_pull_result;
-      s->held_pull_result = -1;
-      if (held == 0)
-        return 0;
-      errno = held;
+      errno = EAGAIN;
       return -1;
     }
     int flags = s->no_wait ? MSG_DONTWAIT : 0;
     void *into = len >= sizeof s->ahead / 2 ? data : s->ahead;
     ssize_t r = recv(s->read_fd, into, into == data ? len : sizeof s->ahead, flags);
-    if (s->no_wait && (r == 0 || (r < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR))) {
+    if (r == 0 || (r < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)) {
       s->held_pull_result = r == 0 ? 0 : errno;
       errno = EAGAIN;
       return -1;
     }
-    if (into == data || r <= 0)
+    if (into == data || r < 0)
       return r;
     s->ahead_start = 0;
     s->ahead_end = (size_t) r;
@@ -311,8 +304,16 @@ int CNBDTLS_handshake(CNBDTLS_session *s)
   int r;
   do {
     r = tls.gnutls_handshake(s->session);
+    if (r == GNUTLS_E_AGAIN && s->held_pull_result >= 0)
+      return s->held_pull_result == 0 ? GNUTLS_E_PREMATURE_TERMINATION : GNUTLS_E_PULL_ERROR;
   } while (r < 0 && !tls.gnutls_error_is_fatal(r));
   return r < 0 ? r : 0;
+}
+
+/* What CNBDTLS_recv returns for a held end of file (0) or socket error. */
+static ssize_t held_result(CNBDTLS_session *s)
+{
+  return s->held_pull_result == 0 ? 0 : GNUTLS_E_PULL_ERROR;
 }
 
 ssize_t CNBDTLS_recv(CNBDTLS_session *s, void *buf, size_t len)
@@ -322,14 +323,14 @@ ssize_t CNBDTLS_recv(CNBDTLS_session *s, void *buf, size_t len)
     s->has_deferred = 0;
     return s->deferred;
   }
-  /* An end of file or error held back while gathering, with nothing left before it, is
-   * returned here rather than given to GnuTLS, which would end the session: other threads may
-   * still be sending the replies to what came before it. (A record cut short by it is dropped.) */
-  if (s->held_pull_result >= 0 && s->ahead_start == s->ahead_end &&
-      tls.gnutls_record_check_pending(s->session) == 0)
-    return s->held_pull_result == 0 ? 0 : GNUTLS_E_PULL_ERROR;
+  /* A held end of file or error with nothing left before it is returned here rather than given
+   * to GnuTLS. (A record it cut short is dropped.) */
+  if (s->held_pull_result >= 0 && tls.gnutls_record_check_pending(s->session) == 0)
+    return held_result(s);
   do {
     r = tls.gnutls_record_recv(s->session, buf, len);
+    if (r == GNUTLS_E_AGAIN && s->held_pull_result >= 0)
+      return held_result(s);
   } while (r == GNUTLS_E_INTERRUPTED || r == GNUTLS_E_AGAIN);
   if (r <= 0)
     return r;
