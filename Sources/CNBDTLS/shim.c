@@ -40,7 +40,8 @@ struct CNBDTLS_session {
    * it, which other threads may still be sending, could not go out. CNBDTLS_recv and
    * CNBDTLS_handshake return it themselves. -1: none. */
   int held_pull_result;
-  /* A result met while gathering further records, returned by the next CNBDTLS_recv. */
+  /* GnuTLS's own result (a record that fails to decrypt, close_notify) met while gathering
+   * further records, returned by the next CNBDTLS_recv. */
   int has_deferred;
   ssize_t deferred;
   size_t ahead_start, ahead_end;
