@@ -120,18 +120,8 @@ extension ReceiveBuffer: WritePayload {
     var splices: Bool { transport.splices }
 
     func spliceAvailable(upTo count: Int, into pipe: Int32) throws -> Int {
-        guard start == end else {
-            // What the read-ahead holds goes first, copied. An empty pipe takes at least a page.
-            while true {
-                let n = write(pipe, storage.baseAddress! + start, min(end - start, count))
-                if n > 0 {
-                    start += n
-                    return n
-                }
-                let e = n < 0 ? CNBDShim_errno() : EAGAIN
-                if e != EINTR { throw TransportError.failed(SystemError("write to a pipe", errno: e)) }
-            }
-        }
+        // Splicing past bytes still read ahead would store the payload out of order.
+        guard start == end else { throw TransportError.failed(SystemError("splice before the read-ahead was taken", errno: EINVAL)) }
         start = 0
         end = 0
         return try transport.spliceIfAvailable(upTo: count, into: pipe)

@@ -15,7 +15,8 @@ public protocol WritePayload: AnyObject {
     var splices: Bool { get }
     /// Moves up to `count` (> 0, no more than what is left of the payload) bytes of payload that
     /// have arrived into the empty non-blocking pipe whose write end is `pipe`, without waiting;
-    /// returns how many, 0 if none has arrived. Only where `splices`.
+    /// returns how many, 0 if none has arrived. Only where `splices`, and only once
+    /// `takeReadAhead` has taken what was read ahead (else it throws).
     func spliceAvailable(upTo count: Int, into pipe: Int32) throws -> Int
     /// Waits until more payload has arrived or the connection ended. Call it holding no lock.
     func waitForMore() throws
