@@ -19,6 +19,8 @@ final class FileConnection: BackendConnection, @unchecked Sendable {
     /// The pipe that `receiveWrite` moves payloads through (read end, write end), made at the
     /// first such write; empty between calls.
     private var splicePipe: (read: Int32, write: Int32)?
+    /// A memory disk's file mapped whole, when it could be: writes are received into it.
+    private let mapping: SharedMapping?
 
     /// `path` opened read-write, or read-only if asked or if that is all it allows.
     convenience init(path: String, readonly: Bool) throws {
@@ -34,11 +36,13 @@ final class FileConnection: BackendConnection, @unchecked Sendable {
     }
 
     /// Takes ownership of `fd`, named `name` in messages. A memory disk is a sealed memory file
-    /// (`CNBDShim_memory_file`): nothing to flush, holes are its zeros, its size never changes.
-    init(descriptor fd: Int32, name: String, readonly: Bool, isMemoryDisk: Bool) {
+    /// (`CNBDShim_memory_file`): nothing to flush, holes are its zeros, its size never changes,
+    /// so it may be written through a `mapping` of it.
+    init(descriptor fd: Int32, name: String, readonly: Bool, isMemoryDisk: Bool, mapping: SharedMapping? = nil) {
         var st = stat()
         fstat(fd, &st)
         self.fd = fd
+        self.mapping = mapping
         self.path = name
         self.readonly = readonly
         self.isMemoryDisk = isMemoryDisk
@@ -104,6 +108,11 @@ final class FileConnection: BackendConnection, @unchecked Sendable {
             throw BackendError(SystemError("pwrite: \(path)"))
         }
         if fua { try flush() }
+    }
+
+    /// The request was checked to lie within the disk, whose size never changes.
+    func storage(offset: UInt64, length: UInt32) -> UnsafeMutableRawBufferPointer? {
+        mapping?.range(offset: offset, length: length)
     }
 
     /// Large writes to a file in memory are moved from the socket through a pipe into the file

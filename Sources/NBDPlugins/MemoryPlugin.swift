@@ -5,21 +5,30 @@ import NBDServer
 /// `memory size=SIZE`: a sparse RAM disk that every connection shares, kept in an anonymous
 /// memory file (memfd). Memory grows with what is written, not with the size; trim and zero
 /// punch holes, which give memory back. Being a file, its contents go to a plaintext socket by
-/// `sendfile` and arrive from one by `splice`, as the file plugin's do from tmpfs.
+/// `sendfile`. Mapped into the process (up to `SharedMapping.largestSize`), it stores writes with
+/// no system call, large payloads received straight into it; unmapped, it takes them by `splice`
+/// from a plaintext socket, as the file plugin does in tmpfs.
 public final class MemoryPlugin: Backend {
     public static let name = "memory"
     public let name = "memory"
     /// The memory file; each connection works on a duplicate of it.
     private let fd: Int32
+    private let mapping: SharedMapping?
 
-    private init(fd: Int32) { self.fd = fd }
+    /// Maps the file unless it is read-only or the process's memory will be locked (which
+    /// would take memory for the whole disk).
+    private init(fd: Int32, size: UInt64, options: PluginOptions) {
+        self.fd = fd
+        mapping = options.readonly || options.locksMemory ? nil : SharedMapping(fd: fd, size: size)
+    }
 
     deinit { _ = close(fd) }
 
     public func open(_ request: OpenRequest) throws -> any BackendConnection {
         let copy = fcntl(fd, F_DUPFD_CLOEXEC, 0)
         guard copy >= 0 else { throw BackendError(SystemError("memory: dup")) }
-        return FileConnection(descriptor: copy, name: "memory", readonly: request.readonly, isMemoryDisk: true)
+        return FileConnection(descriptor: copy, name: "memory", readonly: request.readonly, isMemoryDisk: true,
+                              mapping: request.readonly ? nil : mapping)
     }
 }
 
@@ -42,6 +51,6 @@ extension MemoryPlugin: PluginFactory {
             let reason = String(cString: strerror(CNBDShim_errno()))
             throw ConfigError("memory: cannot make a memory file of \(bytes) bytes: \(reason)")
         }
-        return MemoryPlugin(fd: fd)
+        return MemoryPlugin(fd: fd, size: bytes, options: options)
     }
 }

@@ -25,7 +25,13 @@ extension PluginFactory {
 public struct PluginOptions: Sendable {
     /// `-r`: the plugin will only be asked to read.
     public var readonly: Bool
-    public init(readonly: Bool) { self.readonly = readonly }
+    /// `--swap`: every page the process maps will be locked into RAM (`mlockall`), so a plugin
+    /// must not map memory that should stay sparse or swappable.
+    public var locksMemory: Bool
+    public init(readonly: Bool, locksMemory: Bool = false) {
+        self.readonly = readonly
+        self.locksMemory = locksMemory
+    }
 }
 
 /// A filter the `nbdkit` command can name with `--filter`.

@@ -1,7 +1,8 @@
 import NBDServer
 
-/// The plugin's connection, passed through unchanged (reads sent from files and
-/// writes received in place included), that reports when it closes: for filters that only count clients.
+/// The plugin's connection, passed through unchanged (reads sent from files and writes
+/// received in place or into storage included), that reports when it closes: for filters that
+/// only count clients.
 final class WatchedConnection: PassthroughConnection, @unchecked Sendable {
     private let closed: @Sendable () -> Void
 
@@ -12,6 +13,9 @@ final class WatchedConnection: PassthroughConnection, @unchecked Sendable {
 
     override func fileExtent(offset: UInt64, length: UInt32) -> FileExtent? {
         next.fileExtent(offset: offset, length: length)
+    }
+    override func storage(offset: UInt64, length: UInt32) -> UnsafeMutableRawBufferPointer? {
+        next.storage(offset: offset, length: length)
     }
     override var receivesWrites: Bool { next.receivesWrites }
     override var servesWithoutBlocking: Bool { next.servesWithoutBlocking }

@@ -146,6 +146,13 @@ public protocol BackendConnection: AnyObject, Sendable {
     func fileExtent(offset: UInt64, length: UInt32) -> FileExtent?
     /// Writes `buffer` at `offset`; with `fua`, the data is persistent on return.
     func pwrite(_ buffer: UnsafeRawBufferPointer, offset: UInt64, fua: Bool) throws
+    /// The backend's own storage for [offset, offset+length), when it is memory this process
+    /// can write (a memory disk mapped whole): writes are stored there with no call, a large
+    /// one's payload received straight into it, and reads see them at once (FUA then calls
+    /// `flush`). Nil (the default): writes go through `pwrite` or `receiveWrite`. A filter that
+    /// changes or watches the data must not pass this through (`PassthroughConnection` answers
+    /// nil).
+    func storage(offset: UInt64, length: UInt32) -> UnsafeMutableRawBufferPointer?
     /// True when `receiveWrite` can take a write's payload straight into the backend's memory.
     var receivesWrites: Bool { get }
     /// True when no call waits for long (no disk, network or sleep: the data is in memory), so
@@ -186,6 +193,7 @@ extension BackendConnection {
     public func pwrite(_ buffer: UnsafeRawBufferPointer, offset: UInt64, fua: Bool) throws {
         throw BackendError(.eperm, "write not supported")
     }
+    public func storage(offset: UInt64, length: UInt32) -> UnsafeMutableRawBufferPointer? { nil }
     public var receivesWrites: Bool { false }
     public var servesWithoutBlocking: Bool { false }
     public func receiveWrite(offset: UInt64, length: UInt32, from payload: any WritePayload) throws {

@@ -24,6 +24,8 @@ open class PassthroughConnection: BackendConnection, @unchecked Sendable {
     open func pwrite(_ buffer: UnsafeRawBufferPointer, offset: UInt64, fua: Bool) throws {
         try next.pwrite(buffer, offset: offset, fua: fua)
     }
+    /// Nil: a filter sees every write unless it chooses to let the plugin receive it.
+    open func storage(offset: UInt64, length: UInt32) -> UnsafeMutableRawBufferPointer? { nil }
     /// False: a filter sees every write unless it chooses to let the plugin receive it.
     open var receivesWrites: Bool { false }
     /// False: a filter may wait (`delay`), so only one that never does may pass this through.

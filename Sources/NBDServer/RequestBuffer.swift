@@ -9,8 +9,8 @@ final class RequestBuffer {
     var request = RequestHeader(flags: [], rawCommand: 0, cookie: 0, offset: 0, length: 0)
     /// Why the request can't be served (it gets this error), or nil if it may be.
     var invalid: NBDErrno?
-    /// For a write whose payload went straight into the backend (`receiveWrite`) as it was read:
-    /// how that went. Nil for every other request.
+    /// For a write whose payload went straight into the backend (`storage` or `receiveWrite`) as
+    /// it was read: how that went. Nil for every other request.
     var receivedInPlace: Result<Void, BackendError>?
     /// 28 bytes: a request header, or a reply header plus a structured read's offset.
     let header = UnsafeMutableRawBufferPointer.allocate(byteCount: 32, alignment: 8)

@@ -186,7 +186,11 @@ final class Transmission: Sendable {
                 return false
             }
             do {
-                if buffer.invalid == nil, receivesInPlace(request) {
+                let inPlace = buffer.invalid == nil && receivesInPlace(request)
+                if inPlace, let storage = session.backend.storage(offset: request.offset, length: request.length) {
+                    try input.read(into: storage, mayPoll: mayPoll || inline)
+                    buffer.receivedInPlace = .success(())
+                } else if inPlace, transport.receivesWithoutWaiting, session.backend.receivesWrites {
                     do {
                         try session.backend.receiveWrite(offset: request.offset, length: request.length, from: input)
                         buffer.receivedInPlace = .success(())
@@ -198,8 +202,13 @@ final class Transmission: Sendable {
                     // for: nothing else would run meanwhile, and it comes within microseconds.
                     try input.read(into: buffer.payload(count: Int(request.length)), mayPoll: mayPoll || inline)
                 }
-            } catch {
+            } catch TransportError.endOfFile {
                 server.logger.error("\(label): client went away in the middle of a write payload")
+                closed.store(true, ordering: .relaxed)
+                return false
+            } catch {
+                // (EFAULT: no memory left for the pages of a backend's storage.)
+                server.logger.error("\(label): receiving a write payload: \(error); closing the connection")
                 closed.store(true, ordering: .relaxed)
                 return false
             }
@@ -269,14 +278,15 @@ final class Transmission: Sendable {
         }
     }
 
-    /// Whether a valid write's payload goes straight into the backend's memory as it is read
-    /// (under `readLock`): large ones without FUA, on a socket, from a backend that can, and not
-    /// once shutdown has begun (the write would be stored and then refused with ESHUTDOWN).
+    /// Whether a valid write's payload may go straight into the backend as it is read (under
+    /// `readLock`), where the backend offers: 64 KiB or more (a smaller one is received whole
+    /// first, so that a client that goes away in the middle of it leaves the disk as it was),
+    /// without FUA, not once shutdown has begun (the write would be stored and then refused
+    /// with ESHUTDOWN), and not while requests must be served one at a time.
     private func receivesInPlace(_ r: RequestHeader) -> Bool {
         r.length >= Self.sendFileMinimum && !r.flags.contains(.fua)
             && !server.shuttingDown.load(ordering: .relaxed)
             && server.threadModel != .serializeAllRequests
-            && transport.receivesWithoutWaiting && session.backend.receivesWrites
     }
 
     /// Serves one valid request against the backend.
@@ -295,8 +305,13 @@ final class Transmission: Sendable {
             case .write:
                 if let received = buffer.receivedInPlace { try received.get(); break }
                 let data = UnsafeRawBufferPointer(buffer.payload(count: Int(r.length)))
-                try backend.pwrite(data, offset: r.offset, fua: fua && session.fua == .native)
-                if fua && session.fua == .emulate { try backend.flush() }
+                if let storage = backend.storage(offset: r.offset, length: r.length) {
+                    storage.copyMemory(from: data)
+                    if fua { try backend.flush() }
+                } else {
+                    try backend.pwrite(data, offset: r.offset, fua: fua && session.fua == .native)
+                    if fua && session.fua == .emulate { try backend.flush() }
+                }
             case .flush:
                 try backend.flush()
             case .trim:

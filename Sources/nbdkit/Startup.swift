@@ -156,7 +156,7 @@ struct Startup {
             pairs[i].key = magic
         }
         var parameters = Parameters(pairs)
-        var backend = try factory.make(&parameters, options: PluginOptions(readonly: config.readonly))
+        var backend = try factory.make(&parameters, options: PluginOptions(readonly: config.readonly, locksMemory: config.swap))
         for name in config.filters.reversed() {
             guard let filter = Registry.filter(named: name) else { throw Self.unknownFilter(name) }
             backend = try filter.make(&parameters, next: backend, control: control)

@@ -348,18 +348,19 @@ final class LifecycleTests: IntegrationTestCase {
     }
 
     /// `--swap` locks the memory of the process that serves (VmLck in /proc): a captive
-    /// server's, and a background server's after it forked; without it nothing is locked.
-    /// Without CAP_IPC_LOCK and with RLIMIT_MEMLOCK 0 it is a start-up error, and the --run
-    /// command never starts.
+    /// server's, but not its 1 GiB memory disk (which is then not mapped), and a background
+    /// server's after it forked; without it nothing is locked. Without CAP_IPC_LOCK and with
+    /// RLIMIT_MEMLOCK 0 it is a start-up error, and the --run command never starts.
     func testSwapLocksTheServingProcessIntoMemory() throws {
         try XCTSkipUnless(getuid() == 0, "locking 17 MB of memory needs root (or a large RLIMIT_MEMLOCK)")
         func lockedKiB(_ status: String) -> Int? {
             status.split(separator: "\n").first { $0.hasPrefix("VmLck:") }
                 .flatMap { Int($0.split(whereSeparator: { $0 == " " || $0 == "\t" }).dropFirst().first ?? "") }
         }
-        let captive = Harness.run([Harness.nbdkit, "--swap", "-U", "-", "memory", "1M", "--run", "cat /proc/$PPID/status"])
+        let captive = Harness.run([Harness.nbdkit, "--swap", "-U", "-", "memory", "1G", "--run", "cat /proc/$PPID/status"])
         XCTAssertEqual(captive.status, 0, captive.stderr)
         XCTAssertGreaterThan(lockedKiB(captive.stdout) ?? 0, 1000, captive.stdout)
+        XCTAssertLessThan(lockedKiB(captive.stdout) ?? .max, 200_000, "the memory disk is locked: \(captive.stdout)")
         let plain = Harness.run([Harness.nbdkit, "-U", "-", "memory", "1M", "--run", "cat /proc/$PPID/status"])
         XCTAssertEqual(lockedKiB(plain.stdout), 0, plain.stdout)
 

@@ -84,45 +84,58 @@ final class NbdshTests: IntegrationTestCase {
         XCTAssertTrue(s.isRunning)
     }
 
-    /// Writes of 64 KiB and more are spliced into the memory plugin's file as they are read:
-    /// odd offsets and lengths around the limit, pages partly present, the largest request
-    /// (32 MiB), a FUA write (which takes the usual path), 16 writes in flight at once with trims
-    /// of other pages between them, and a write past the end (ENOSPC, its payload consumed so
-    /// the next request is read in step) all leave the disk as a plain copy would.
-    func testLargeWritesIntoMemory() throws {
-        let s = try startServer(["memory", "size=64M"])
-        let r = Harness.nbdsh(s.uri, """
-        import os, errno
-        size = 64 << 20
-        image = bytearray(size)
-        def w(offset, length, flags=0):
-            data = os.urandom(length)
-            h.pwrite(data, offset, flags)
-            image[offset:offset + length] = data
-        w(12345, 65535)
-        w(100000, 65536)
-        w((1 << 20) + 3, (1 << 20) + 5)
-        w(60 << 20, 1 << 20, nbd.CMD_FLAG_FUA)
-        w(61 << 20, 2 << 20)
-        h.trim(1 << 20, 2 << 20)
-        image[2 << 20:3 << 20] = bytes(1 << 20)
-        w((2 << 20) + 1000, 2 << 20)
-        w(5 << 20, 32 << 20)
-        buffers = []
-        for i in range(16):
-            data = os.urandom(1 << 20)
-            offset = (40 << 20) + i * (1 << 20) + i
-            buffers.append(nbd.Buffer.from_bytearray(bytearray(data)))
-            h.aio_pwrite(buffers[-1], offset)
-            image[offset:offset + len(data)] = data
-            h.aio_trim(65536, (61 << 20) + i * 131072)
-            image[(61 << 20) + i * 131072:(61 << 20) + i * 131072 + 65536] = bytes(65536)
-        \(Harness.pythonDrainThenLargeWritePastTheEnd)
-        for offset in range(0, size, 4 << 20):
-            assert h.pread(4 << 20, offset) == image[offset:offset + (4 << 20)], offset
-        print('ok')
-        """, timeout: 60)
-        XCTAssertEqual(r.stdout, "ok\n")
+    /// The memory plugin's disk is mapped into the server, which stores writes in it (payloads
+    /// of 64 KiB and more received straight into it); a disk larger than 1 TiB is not mapped,
+    /// and writes of 64 KiB and more are spliced into its file instead. On both: odd offsets and lengths, small writes
+    /// pipelined behind each other, pages partly present, the largest request (32 MiB), a FUA
+    /// write (which takes the usual path), 16 writes in flight at once with trims of other pages
+    /// between them, and a write past the end (ENOSPC, its payload consumed so the next request
+    /// is read in step) all leave the disk as a plain copy would.
+    func testWritesIntoMemory() throws {
+        for (size, mapped) in [("64M", true), ("2T", false)] {
+            let s = try startServer(["memory", "size=\(size)"], socketName: "sock-\(size)")
+            let r = Harness.nbdsh(s.uri, """
+            import os, errno
+            maps = open('/proc/\(s.pid)/maps').read()
+            assert ('/memfd:nbdkit-memory' in maps) == \(mapped ? "True" : "False"), maps
+            size = h.get_size()
+            image = bytearray(64 << 20)
+            def w(offset, length, flags=0):
+                data = os.urandom(length)
+                h.pwrite(data, offset, flags)
+                image[offset:offset + length] = data
+            w(12345, 65535)
+            w(100000, 65536)
+            w((1 << 20) + 3, (1 << 20) + 5)
+            w(60 << 20, 1 << 20, nbd.CMD_FLAG_FUA)
+            w(61 << 20, 2 << 20)
+            h.trim(1 << 20, 2 << 20)
+            image[2 << 20:3 << 20] = bytes(1 << 20)
+            w((2 << 20) + 1000, 2 << 20)
+            w(5 << 20, 32 << 20)
+            buffers = []
+            for i in range(64):
+                length, offset = (4096, 1, 513, 20000)[i % 4], (38 << 20) + i * 30001
+                buffers.append(nbd.Buffer.from_bytearray(bytearray(os.urandom(length))))
+                h.aio_pwrite(buffers[-1], offset)
+                image[offset:offset + length] = buffers[-1].to_bytearray()
+            for i in range(16):
+                data = os.urandom(1 << 20)
+                offset = (40 << 20) + i * (1 << 20) + i
+                buffers.append(nbd.Buffer.from_bytearray(bytearray(data)))
+                h.aio_pwrite(buffers[-1], offset)
+                image[offset:offset + len(data)] = data
+                h.aio_trim(65536, (61 << 20) + i * 131072)
+                image[(61 << 20) + i * 131072:(61 << 20) + i * 131072 + 65536] = bytes(65536)
+            \(Harness.pythonDrainThenLargeWritePastTheEnd)
+            for offset in range(0, len(image), 4 << 20):
+                assert h.pread(4 << 20, offset) == image[offset:offset + (4 << 20)], offset
+            print('ok')
+            """, timeout: 60)
+            XCTAssertEqual(r.stdout, "ok\n", "\(size): \(r.stderr)")
+            XCTAssertTrue(s.isRunning)
+            _ = s.stop()
+        }
     }
 
     /// A backend that never waits (the memory plugin, a file in tmpfs) is served by the
