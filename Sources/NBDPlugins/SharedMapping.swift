@@ -4,15 +4,15 @@ import Glibc
 /// pages, so what is stored through it is the file's contents at once (for `sendfile` too).
 /// Pages are taken only where it is written. Unmapped when the last reference goes.
 final class SharedMapping: @unchecked Sendable {
-    /// Larger files are not mapped (a process has 128 TiB of address space in all): their
-    /// writes go through the file.
+    /// Larger files are not mapped (a process has 128 TiB of address space in all).
     static let largestSize: UInt64 = 1 << 40
 
     let bytes: UnsafeMutableRawBufferPointer
 
-    /// Maps the `size` bytes of `fd`; nil if the file is too large or the mapping fails.
+    /// Maps the `size` bytes of `fd` where `mayMap(size:)` allows; nil otherwise or if the
+    /// mapping fails.
     init?(fd: Int32, size: UInt64) {
-        guard size > 0, size <= Self.largestSize else { return nil }
+        guard Self.mayMap(size: size) else { return nil }
         let start = mmap(nil, Int(size), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_NORESERVE, fd, 0)
         guard let start, start != UnsafeMutableRawPointer(bitPattern: -1) else { return nil }
         // Dumping it would read every page of a sparse disk, holes included.
@@ -25,5 +25,31 @@ final class SharedMapping: @unchecked Sendable {
     /// The bytes of [offset, offset+length), which the caller has checked lie in the file.
     func range(offset: UInt64, length: UInt32) -> UnsafeMutableRawBufferPointer {
         UnsafeMutableRawBufferPointer(rebasing: bytes[Int(offset)..<Int(offset) + Int(length)])
+    }
+
+    /// A file of `size` bytes is mapped only where that costs little more than writing to it:
+    /// - no larger than `largestSize` or than the machine's RAM: each 2 MiB of the mapping
+    ///   that is written to takes a 4 KiB page table until the mapping goes (a trim does not
+    ///   free it), at worst RAM/512 in all;
+    /// - not under strict overcommit (`vm.overcommit_memory` 2), where a page that can't be
+    ///   had faults with SIGBUS, which kills the server, where a write to the file fails alone
+    ///   (nor where the policy cannot be read);
+    /// - not under an address-space limit (`ulimit -v`), which the mapping would use up.
+    static func mayMap(size: UInt64) -> Bool {
+        let ram = UInt64(max(sysconf(Int32(_SC_PHYS_PAGES)), 0)) * UInt64(max(sysconf(Int32(_SC_PAGESIZE)), 0))
+        guard size > 0, size <= min(largestSize, ram) else { return false }
+        var limit = rlimit()
+        guard getrlimit(__rlimit_resource_t(RLIMIT_AS.rawValue), &limit) == 0, limit.rlim_cur == rlim_t.max else { return false }
+        return overcommitPolicy().map { $0 != 2 } ?? false
+    }
+
+    /// `vm.overcommit_memory` (0 heuristic, 1 always, 2 strict); nil if unreadable.
+    private static func overcommitPolicy() -> Int? {
+        let fd = open("/proc/sys/vm/overcommit_memory", O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { return nil }
+        defer { close(fd) }
+        var digit: UInt8 = 0
+        guard read(fd, &digit, 1) == 1, (UInt8(ascii: "0")...UInt8(ascii: "9")).contains(digit) else { return nil }
+        return Int(digit - UInt8(ascii: "0"))
     }
 }

@@ -60,6 +60,14 @@ final class ReceiveBuffer {
         start = rest.count
     }
 
+    /// The next `count` bytes, consumed, if the read-ahead holds them all; nil (and nothing
+    /// consumed) if not. They stay valid until the next call on this buffer.
+    func takeBuffered(count: Int) -> UnsafeRawBufferPointer? {
+        guard end - start >= count else { return nil }
+        defer { start += count }
+        return UnsafeRawBufferPointer(rebasing: storage[start..<start + count])
+    }
+
     /// Receives at least one byte into `buffer`. When `mayPoll`: what has arrived if anything
     /// has, else what arrives while polling (if the allowance has room); only then does it block,
     /// timing the sleep to adapt the polling limit.

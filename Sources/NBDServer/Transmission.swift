@@ -186,11 +186,12 @@ final class Transmission: Sendable {
                 return false
             }
             do {
-                let inPlace = buffer.invalid == nil && receivesInPlace(request)
-                if inPlace, let storage = session.backend.storage(offset: request.offset, length: request.length) {
-                    try input.read(into: storage, mayPoll: mayPoll || inline)
+                let storable = buffer.invalid == nil && storesAsRead(request)
+                if storable, let storage = session.backend.storage(offset: request.offset, length: request.length),
+                   try store(request, into: storage, mayPoll: mayPoll || inline) {
                     buffer.receivedInPlace = .success(())
-                } else if inPlace, transport.receivesWithoutWaiting, session.backend.receivesWrites {
+                } else if storable, request.length >= Self.sendFileMinimum, transport.receivesWithoutWaiting,
+                          session.backend.receivesWrites {
                     do {
                         try session.backend.receiveWrite(offset: request.offset, length: request.length, from: input)
                         buffer.receivedInPlace = .success(())
@@ -207,7 +208,7 @@ final class Transmission: Sendable {
                 closed.store(true, ordering: .relaxed)
                 return false
             } catch {
-                // (EFAULT: no memory left for the pages of a backend's storage.)
+                // (EFAULT: the kernel could not have a page of the backend's storage.)
                 server.logger.error("\(label): receiving a write payload: \(error); closing the connection")
                 closed.store(true, ordering: .relaxed)
                 return false
@@ -278,15 +279,27 @@ final class Transmission: Sendable {
         }
     }
 
-    /// Whether a valid write's payload may go straight into the backend as it is read (under
-    /// `readLock`), where the backend offers: 64 KiB or more (a smaller one is received whole
-    /// first, so that a client that goes away in the middle of it leaves the disk as it was),
-    /// without FUA, not once shutdown has begun (the write would be stored and then refused
-    /// with ESHUTDOWN), and not while requests must be served one at a time.
-    private func receivesInPlace(_ r: RequestHeader) -> Bool {
-        r.length >= Self.sendFileMinimum && !r.flags.contains(.fua)
-            && !server.shuttingDown.load(ordering: .relaxed)
+    /// Whether a valid write's payload may go into the backend as it is read (under `readLock`),
+    /// where the backend offers: without FUA, not once shutdown has begun (the write would be
+    /// stored and then refused with ESHUTDOWN), and not while requests must be served one at a
+    /// time.
+    private func storesAsRead(_ r: RequestHeader) -> Bool {
+        !r.flags.contains(.fua) && !server.shuttingDown.load(ordering: .relaxed)
             && server.threadModel != .serializeAllRequests
+    }
+
+    /// Stores a write's payload in the backend's `storage` as it is read: one of 64 KiB or more
+    /// is received straight into it; a smaller one only if it has arrived whole (else false, and
+    /// nothing is read), so that a client that goes away in the middle of it leaves the disk as
+    /// it was.
+    private func store(_ r: RequestHeader, into storage: UnsafeMutableRawBufferPointer, mayPoll: Bool) throws -> Bool {
+        if r.length >= Self.sendFileMinimum {
+            try input.read(into: storage, mayPoll: mayPoll)
+            return true
+        }
+        guard let payload = input.takeBuffered(count: storage.count) else { return false }
+        storage.copyMemory(from: payload)
+        return true
     }
 
     /// Serves one valid request against the backend.

@@ -12,20 +12,6 @@ final class FileReceiveTests: IntegrationTestCase {
         return path
     }
 
-    /// Python: `pipes()` counts the pipes the server holds open.
-    private static func pythonPipeCount(pid: Int32) -> String {
-        """
-        def pipes():
-            n = 0
-            for fd in os.listdir('/proc/\(pid)/fd'):
-                try:
-                    n += os.readlink('/proc/\(pid)/fd/' + fd).startswith('pipe:')
-                except FileNotFoundError:
-                    pass
-            return n
-        """
-    }
-
     /// Odd offsets and lengths from 64 KiB - 1 to 32 MiB, with FUA, pipelined among small writes
     /// and reads (so the read-ahead holds the start of a payload), past the end: the file ends
     /// up holding exactly what was written, and the connection holds the one pipe it moves
@@ -37,7 +23,7 @@ final class FileReceiveTests: IntegrationTestCase {
         let s = try startServer(["file", path])
         let r = Harness.nbdsh(s.uri, """
         import os, errno
-        \(Self.pythonPipeCount(pid: s.pid))
+        \(Harness.pythonPipeCount(pid: s.pid))
         size = \(size)
         image = bytearray(size)
         def w(offset, length, flags=0):
@@ -92,7 +78,7 @@ final class FileReceiveTests: IntegrationTestCase {
         let s = try startServer(["file", path])
         let r = Harness.nbdsh(s.uri, """
         import os, resource
-        \(Self.pythonPipeCount(pid: s.pid))
+        \(Harness.pythonPipeCount(pid: s.pid))
         pid = \(s.pid)
         image = bytearray(\(size))
         before = pipes()

@@ -117,6 +117,20 @@ enum Harness {
             assert e.errnum == errno.ENOSPC, e
         """
 
+    /// Python: `pipes()` counts the pipes the server holds open.
+    static func pythonPipeCount(pid: Int32) -> String {
+        """
+        def pipes():
+            n = 0
+            for fd in os.listdir('/proc/\(pid)/fd'):
+                try:
+                    n += os.readlink('/proc/\(pid)/fd/' + fd).startswith('pipe:')
+                except FileNotFoundError:
+                    pass
+            return n
+        """
+    }
+
     /// `s` as a single-quoted Python string literal.
     static func pythonString(_ s: String) -> String { "'" + s.replacingOccurrences(of: "'", with: "\\'") + "'" }
 

@@ -96,9 +96,11 @@ final class NbdshTests: IntegrationTestCase {
             let s = try startServer(["memory", "size=\(size)"], socketName: "sock-\(size)")
             let r = Harness.nbdsh(s.uri, """
             import os, errno
+            \(Harness.pythonPipeCount(pid: s.pid))
             maps = open('/proc/\(s.pid)/maps').read()
             assert ('/memfd:nbdkit-memory' in maps) == \(mapped ? "True" : "False"), maps
             size = h.get_size()
+            before = pipes()
             image = bytearray(64 << 20)
             def w(offset, length, flags=0):
                 data = os.urandom(length)
@@ -113,6 +115,7 @@ final class NbdshTests: IntegrationTestCase {
             image[2 << 20:3 << 20] = bytes(1 << 20)
             w((2 << 20) + 1000, 2 << 20)
             w(5 << 20, 32 << 20)
+            assert pipes() == before + \(mapped ? 0 : 2), (before, pipes())   # spliced through a pipe
             buffers = []
             for i in range(64):
                 length, offset = (4096, 1, 513, 20000)[i % 4], (38 << 20) + i * 30001
@@ -135,6 +138,25 @@ final class NbdshTests: IntegrationTestCase {
             XCTAssertEqual(r.stdout, "ok\n", "\(size): \(r.stderr)")
             XCTAssertTrue(s.isRunning)
             _ = s.stop()
+        }
+    }
+
+    /// The memory disk is not mapped where that would cost more than writing to its file:
+    /// under an address-space limit (`ulimit -v`, which the mapping would use up), nor when it
+    /// is larger than the machine's RAM (its page tables could grow to RAM/512). Writes then go
+    /// through the file, and land.
+    func testMemoryDiskIsNotMappedUnderAnAddressSpaceLimitOrBeyondRAM() throws {
+        let ram = Int64(sysconf(Int32(_SC_PHYS_PAGES))) * Int64(sysconf(Int32(_SC_PAGESIZE)))
+        let script = "grep -c memfd:nbdkit-memory /proc/$PPID/maps; /usr/bin/nbdsh -u \"$uri\" -c '"
+            + "h.pwrite(b\"x\" * 70000, 5); h.pwrite(b\"y\", 3); "
+            + "assert h.pread(70005, 0) == bytes(3) + b\"y\" + bytes(1) + b\"x\" * 70000; print(\"ok\")'"
+        // The last case, mapped, shows that the check sees a mapping.
+        for (limit, size) in [(String(8 << 30), Int64(64 << 20)), (nil, ram + (1 << 30)), (nil, Int64(64 << 20))] {
+            let command = (limit.map { ["prlimit", "--as=\($0)"] } ?? [])
+                + [Harness.nbdkit, "-U", "-", "memory", String(size), "--run", script]
+            let r = Harness.run(command, timeout: 30)
+            XCTAssertEqual(r.status, 0, r.stderr)
+            XCTAssertEqual(r.stdout, limit == nil && size < ram ? "1\nok\n" : "0\nok\n", "\(command): \(r.stderr)")
         }
     }
 
