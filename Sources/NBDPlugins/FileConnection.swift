@@ -19,7 +19,7 @@ final class FileConnection: BackendConnection, @unchecked Sendable {
     /// The pipe that `receiveWrite` moves payloads through (read end, write end), made at the
     /// first such write; empty between calls.
     private var splicePipe: (read: Int32, write: Int32)?
-    /// A memory disk's file mapped whole, when it could be: writes are received into it.
+    /// A memory disk's file mapped whole, when it may be: writes are stored through it.
     private let mapping: SharedMapping?
 
     /// `path` opened read-write, or read-only if asked or if that is all it allows.
