@@ -13,6 +13,7 @@ struct OptionParser {
         let apply: @Sendable (inout Configuration, String) throws -> Void
     }
 
+    /// In the order of nbdkit's own table, which `--long-options` prints.
     static let specs: [Spec] = [
         Spec(short: "4", long: ["ipv4-only"], arity: .flag) { c, _ in c.family = .ipv4 },
         Spec(short: "6", long: ["ipv6-only"], arity: .flag) { c, _ in c.family = .ipv6 },
@@ -22,13 +23,13 @@ struct OptionParser {
         },
         Spec(short: nil, long: ["dump-config"], arity: .flag) { c, _ in c.action = .dumpConfig },
         Spec(short: nil, long: ["dump-plugin"], arity: .flag) { c, _ in c.action = .dumpPlugin },
-        Spec(short: "e", long: ["exportname", "export-name", "export"], arity: .value) { c, v in c.exportName = v },
         Spec(short: nil, long: ["exit-with-parent"], arity: .flag) { c, _ in c.exitWithParent = true },
-        Spec(short: "f", long: ["foreground", "no-fork"], arity: .flag) { c, _ in c.foreground = true },
+        Spec(short: "e", long: ["export", "export-name", "exportname"], arity: .value) { c, v in c.exportName = v },
         Spec(short: nil, long: ["filter"], arity: .value) { c, v in c.filters.append(v) },
+        Spec(short: "f", long: ["foreground", "no-fork"], arity: .flag) { c, _ in c.foreground = true },
         Spec(short: "g", long: ["group"], arity: .value) { c, v in c.group = v },
         Spec(short: nil, long: ["help"], arity: .flag) { c, _ in c.action = .help },
-        Spec(short: "i", long: ["ipaddr", "ip-addr"], arity: .value) { c, v in c.ipaddr = v },
+        Spec(short: "i", long: ["ip-addr", "ipaddr"], arity: .value) { c, v in c.ipaddr = v },
         Spec(short: nil, long: ["log"], arity: .value) { c, v in
             guard let d = LogDestination(rawValue: v) else { throw ConfigError("--log must be \"stderr\", \"syslog\" or \"null\"") }
             c.log = d
@@ -38,20 +39,20 @@ struct OptionParser {
             guard let mask = parseUnsigned(v) else { throw ConfigError("--mask-handshake: could not parse number: \"\(v)\"") }
             c.handshakeMask = mask
         },
-        Spec(short: "n", long: ["newstyle", "new-style"], arity: .flag) { c, _ in c.style = .newstyle },
+        Spec(short: "n", long: ["new-style", "newstyle"], arity: .flag) { c, _ in c.style = .newstyle },
         Spec(short: nil, long: ["no-sr"], arity: .flag) { c, _ in c.noStructuredReplies = true },
-        Spec(short: "o", long: ["oldstyle", "old-style"], arity: .flag) { c, _ in c.style = .oldstyle },
-        Spec(short: "P", long: ["pidfile", "pid-file"], arity: .value) { c, v in c.pidFile = v },
+        Spec(short: "o", long: ["old-style", "oldstyle"], arity: .flag) { c, _ in c.style = .oldstyle },
+        Spec(short: "P", long: ["pid-file", "pidfile"], arity: .value) { c, v in c.pidFile = v },
         Spec(short: "p", long: ["port"], arity: .value) { c, v in
             // 32 bits for --vsock; `validate` holds TCP ports to 16.
             guard UInt32(v) != nil else { throw ConfigError("cannot parse port number '\(v)'") }
             c.port = v
         },
-        Spec(short: "r", long: ["readonly", "read-only"], arity: .flag) { c, _ in c.readonly = true },
+        Spec(short: "r", long: ["read-only", "readonly"], arity: .flag) { c, _ in c.readonly = true },
         Spec(short: nil, long: ["run"], arity: .value) { c, v in c.run = v },
-        Spec(short: "s", long: ["single", "stdin"], arity: .flag) { c, _ in c.single = true },
         Spec(short: nil, long: ["selinux-label"], arity: .value) { c, v in c.selinuxLabel = v },
         Spec(short: nil, long: ["short-options"], arity: .flag) { c, _ in c.action = .shortOptions },
+        Spec(short: "s", long: ["single", "stdin"], arity: .flag) { c, _ in c.single = true },
         Spec(short: nil, long: ["swap"], arity: .flag) { c, _ in c.swap = true },
         Spec(short: "t", long: ["threads"], arity: .value) { c, v in
             guard let n = Int(v), n >= 0 else { throw ConfigError("cannot parse number of threads '\(v)'") }
@@ -71,8 +72,8 @@ struct OptionParser {
         Spec(short: "U", long: ["unix"], arity: .value) { c, v in c.unixSocket = v },
         Spec(short: "u", long: ["user"], arity: .value) { c, v in c.user = v },
         Spec(short: "v", long: ["verbose"], arity: .flag) { c, _ in c.verbose = true },
-        Spec(short: nil, long: ["vsock"], arity: .flag) { c, _ in c.vsock = true },
         Spec(short: "V", long: ["version"], arity: .flag) { c, _ in c.action = .version },
+        Spec(short: nil, long: ["vsock"], arity: .flag) { c, _ in c.vsock = true },
     ]
 
     /// A command-line mistake, reported as getopt reports it.
@@ -179,12 +180,15 @@ struct OptionParser {
         throw UsageError(message: "unrecognized option '\(arg)'")
     }
 
+    /// In the order of nbdkit's getopt string: by letter, a lower-case one before its capital.
     static var shortOptions: [String] {
-        specs.compactMap { $0.short }.map { "-\($0)" }
+        specs.compactMap { $0.short }
+            .sorted { ($0.lowercased(), $0.isUppercase ? 1 : 0) < ($1.lowercased(), $1.isUppercase ? 1 : 0) }
+            .map { "-\($0)" }
     }
 
-    /// Every long option but the two that list options, as nbdkit prints them.
+    /// Every long option but the two that list options, in the order nbdkit prints them.
     static var longOptions: [String] {
-        specs.flatMap { $0.long }.filter { $0 != "long-options" && $0 != "short-options" }.map { "--\($0)" }.sorted()
+        specs.flatMap { $0.long }.filter { $0 != "long-options" && $0 != "short-options" }.map { "--\($0)" }
     }
 }
