@@ -69,7 +69,7 @@ struct Configuration {
         if socketActivated { return .activated }
         if single { return .single }
         if let unixSocket { return unixSocket == "-" ? .unixTemporary : .unix(path: unixSocket) }
-        // The option parser has checked that the port is a number, `validate` its range.
+        // `validate` has checked the port.
         if vsock { return .vsock(port: UInt32(port ?? "10809") ?? 10809) }
         return .tcp(host: ipaddr, port: port ?? "10809", family: family)
     }
@@ -151,7 +151,9 @@ struct Configuration {
         if single && (port != nil || unixSocket != nil || run != nil) {
             throw ConfigError("-s (--single) cannot be combined with -p, -U or --run")
         }
-        if let port, !vsock, UInt16(port) == nil {
+        // A vsock port is a 32-bit number; a TCP port a 16-bit one or a service name, which
+        // getaddrinfo looks up (`-p nbd`).
+        if let port, vsock ? UInt32(port) == nil : port.allSatisfy { $0.isASCII && $0.isNumber } && UInt16(port) == nil {
             throw ConfigError("cannot parse port number '\(port)'")
         }
         if port != nil && unixSocket != nil {

@@ -43,11 +43,8 @@ struct OptionParser {
         Spec(short: nil, long: ["no-sr"], arity: .flag) { c, _ in c.noStructuredReplies = true },
         Spec(short: "o", long: ["old-style", "oldstyle"], arity: .flag) { c, _ in c.style = .oldstyle },
         Spec(short: "P", long: ["pid-file", "pidfile"], arity: .value) { c, v in c.pidFile = v },
-        Spec(short: "p", long: ["port"], arity: .value) { c, v in
-            // 32 bits for --vsock; `validate` holds TCP ports to 16.
-            guard UInt32(v) != nil else { throw ConfigError("cannot parse port number '\(v)'") }
-            c.port = v
-        },
+        // A number, or for TCP a service name (`validate` checks which).
+        Spec(short: "p", long: ["port"], arity: .value) { c, v in c.port = v },
         Spec(short: "r", long: ["read-only", "readonly"], arity: .flag) { c, _ in c.readonly = true },
         Spec(short: nil, long: ["run"], arity: .value) { c, v in c.run = v },
         Spec(short: nil, long: ["selinux-label"], arity: .value) { c, v in c.selinuxLabel = v },

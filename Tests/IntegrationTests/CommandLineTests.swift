@@ -8,7 +8,9 @@ final class CommandLineTests: IntegrationTestCase {
             (["-f", "memory", "size=abc"], "nbdkit: error: could not parse size string (abc)"),
             (["-f", "memory", "1G", "foo=bar"], "nbdkit: error: unknown parameter 'foo'"),
             (["-f", "nosuchplugin"], "nbdkit: error: cannot open plugin 'nosuchplugin'"),
-            (["-f", "-p", "notaport", "memory", "1M"], "nbdkit: error: cannot parse port number 'notaport'"),
+            (["-f", "-p", "notaport", "memory", "1M"], "nbdkit: error: getaddrinfo: *: notaport: Servname not supported"),
+            (["-f", "-p", "", "memory", "1M"], "nbdkit: error: cannot parse port number ''"),
+            (["-f", "--vsock", "-p", "nbd", "memory", "1M"], "nbdkit: error: cannot parse port number 'nbd'"),
             (["-f", "-p", "70000", "memory", "1M"], "nbdkit: error: cannot parse port number '70000'"),
             (["-f", "--vsock", "-p", "4294967296", "memory", "1M"], "nbdkit: error: cannot parse port number '4294967296'"),
             (["-f", "file", dir.file("missing.img")], "nbdkit: error: realpath"),
@@ -177,6 +179,18 @@ final class CommandLineTests: IntegrationTestCase {
                              "echo \"$uri|$port\"; nbdinfo --size \"$uri\""])
         XCTAssertEqual(r.status, 0, r.stderr)
         XCTAssertEqual(r.stdout, "nbd://localhost:\(port)|\(port)\n1048576\n")
+    }
+
+    /// `-p` takes a service name, which getaddrinfo looks up in /etc/services: `$port` and
+    /// `$uri` then carry the number bound.
+    func testPortByServiceName() throws {
+        let services = (try? String(contentsOfFile: "/etc/services", encoding: .utf8)) ?? ""
+        try XCTSkipUnless(services.split(separator: "\n").contains { $0.hasPrefix("nbd\t") && $0.contains("10809/tcp") },
+                          "/etc/services has no nbd entry (make deps installs Debian's netbase)")
+        let r = Harness.run([Harness.nbdkit, "-i", "127.0.0.1", "-p", "nbd", "memory", "1M", "--run",
+                             "echo \"$uri|$port\"; nbdinfo --size \"$uri\""])
+        XCTAssertEqual(r.status, 0, r.stderr)
+        XCTAssertEqual(r.stdout, "nbd://localhost:10809|10809\n1048576\n")
     }
 
     func testRunExitStatuses() {
