@@ -149,9 +149,9 @@ public protocol BackendConnection: AnyObject, Sendable {
     /// The backend's own storage for [offset, offset+length), when it is memory this process
     /// can write (a memory disk mapped whole): writes are stored there with no call, a large
     /// one's payload received straight into it, and reads see them at once (FUA then calls
-    /// `flush`). Nil (the default): writes go through `pwrite` or `receiveWrite`. A filter that
-    /// changes or watches the data must not pass this through (`PassthroughConnection` answers
-    /// nil).
+    /// `flush`). Nil (the default, or where the backend would rather take this write another
+    /// way): writes go through `pwrite` or `receiveWrite`. A filter that changes or watches the
+    /// data must not pass this through (`PassthroughConnection` answers nil).
     func storage(offset: UInt64, length: UInt32) -> UnsafeMutableRawBufferPointer?
     /// True when `receiveWrite` can take a write's payload straight into the backend's memory.
     var receivesWrites: Bool { get }

@@ -85,8 +85,9 @@ final class NbdshTests: IntegrationTestCase {
     }
 
     /// The memory plugin's disk is mapped into the server, which stores writes in it (payloads
-    /// of 64 KiB and more received straight into it); a disk larger than 1 TiB is not mapped,
-    /// and writes of 64 KiB and more are spliced into its file instead. On both: odd offsets and lengths, small writes
+    /// of 64 KiB and more received straight into it where its pages hold data already, else
+    /// spliced into its file, seen by the pages the server maps); a disk larger than 1 TiB is
+    /// not mapped, and writes of 64 KiB and more are always spliced. On both: odd offsets and lengths, small writes
     /// pipelined behind each other, pages partly present, the largest request (32 MiB), a FUA
     /// write (which takes the usual path), 16 writes in flight at once with trims of other pages
     /// between them, and a write past the end (ENOSPC, its payload consumed so the next request
@@ -101,11 +102,20 @@ final class NbdshTests: IntegrationTestCase {
             assert ('/memfd:nbdkit-memory' in maps) == \(mapped ? "True" : "False"), maps
             size = h.get_size()
             before = pipes()
+            def mapped_kib():
+                line = [l for l in open('/proc/\(s.pid)/status') if l.startswith('RssShmem:')][0]
+                return int(line.split()[1])
+            mapped0 = mapped_kib()
             image = bytearray(64 << 20)
             def w(offset, length, flags=0):
                 data = os.urandom(length)
                 h.pwrite(data, offset, flags)
                 image[offset:offset + length] = data
+            w(48 << 20, 1 << 20)    # into pages never written: to the file, through a pipe
+            assert pipes() == before + 2, (before, pipes())
+            assert mapped_kib() - mapped0 < 512, mapped_kib() - mapped0
+            w(48 << 20, 1 << 20)    # the same pages, allocated now: through the mapping if any
+            assert (mapped_kib() - mapped0 >= 1024) == \(mapped ? "True" : "False"), mapped_kib() - mapped0
             w(12345, 65535)
             w(100000, 65536)
             w((1 << 20) + 3, (1 << 20) + 5)
@@ -115,7 +125,6 @@ final class NbdshTests: IntegrationTestCase {
             image[2 << 20:3 << 20] = bytes(1 << 20)
             w((2 << 20) + 1000, 2 << 20)
             w(5 << 20, 32 << 20)
-            assert pipes() == before + \(mapped ? 0 : 2), (before, pipes())   # spliced through a pipe
             buffers = []
             for i in range(64):
                 length, offset = (4096, 1, 513, 20000)[i % 4], (38 << 20) + i * 30001
