@@ -82,7 +82,7 @@ public struct Listeners: Sendable {
         var list: UnsafeMutablePointer<addrinfo>? = nil
         let r = getaddrinfo(host, port, &hints, &list)
         guard r == 0 else {
-            throw ConfigError("getaddrinfo: \(host ?? "*"): \(port): \(String(cString: gai_strerror(r)))")
+            throw ConfigError("getaddrinfo: \(host ?? "<any>"): \(port): \(String(cString: gai_strerror(r)))")
         }
         defer { freeaddrinfo(list) }
         var sockets: [FileDescriptor] = []

@@ -17,8 +17,27 @@ enum ListenMode: Equatable {
 }
 
 /// What the command line asks for.
+/// What the command does. As in nbdkit, `--dump-config`, `--short-options` and `--long-options`
+/// act as soon as they are read (what follows them is not parsed); of the others, `--help`
+/// wins over `--version`, which wins over `--dump-plugin`, whatever their order.
 enum Action: Equatable {
     case serve, help, version, dumpConfig, dumpPlugin, shortOptions, longOptions
+
+    /// Ends option parsing at once.
+    var isImmediate: Bool { self == .dumpConfig || self == .shortOptions || self == .longOptions }
+
+    /// `other`, read after this one, takes over: a later-read action of higher rank does.
+    func yielding(to other: Action) -> Action { other.rank >= rank ? other : self }
+
+    private var rank: Int {
+        switch self {
+        case .serve: 0
+        case .dumpPlugin: 1
+        case .version: 2
+        case .help: 3
+        case .dumpConfig, .shortOptions, .longOptions: 4
+        }
+    }
 }
 
 /// The whole command line, parsed and checked.
@@ -151,9 +170,10 @@ struct Configuration {
         if single && (port != nil || unixSocket != nil || run != nil) {
             throw ConfigError("-s (--single) cannot be combined with -p, -U or --run")
         }
-        // A vsock port is a 32-bit number; a TCP port a 16-bit one or a service name, which
-        // getaddrinfo looks up (`-p nbd`).
-        if let port, vsock ? UInt32(port) == nil : port.allSatisfy { $0.isASCII && $0.isNumber } && UInt16(port) == nil {
+        // A vsock port is a 32-bit number; a TCP port a 16-bit one or a service name (which
+        // starts with a letter), which getaddrinfo looks up (`-p nbd`). Anything else would
+        // reach getaddrinfo too, which reads ' 70000' or '+70000' as a number and truncates it.
+        if let port, vsock ? UInt32(port) == nil : !(port.first?.isLetter ?? false) && UInt16(port) == nil {
             throw ConfigError("cannot parse port number '\(port)'")
         }
         if port != nil && unixSocket != nil {

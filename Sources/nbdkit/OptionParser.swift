@@ -21,20 +21,20 @@ struct OptionParser {
             guard isDebugFlag(v) else { throw ConfigError("-D (Debug Flag) must have the format NAME.FLAG=N") }
             c.debugFlags.append(v)
         },
-        Spec(short: nil, long: ["dump-config"], arity: .flag) { c, _ in c.action = .dumpConfig },
-        Spec(short: nil, long: ["dump-plugin"], arity: .flag) { c, _ in c.action = .dumpPlugin },
+        Spec(short: nil, long: ["dump-config"], arity: .flag) { c, _ in c.action = c.action.yielding(to: .dumpConfig) },
+        Spec(short: nil, long: ["dump-plugin"], arity: .flag) { c, _ in c.action = c.action.yielding(to: .dumpPlugin) },
         Spec(short: nil, long: ["exit-with-parent"], arity: .flag) { c, _ in c.exitWithParent = true },
         Spec(short: "e", long: ["export", "export-name", "exportname"], arity: .value) { c, v in c.exportName = v },
         Spec(short: nil, long: ["filter"], arity: .value) { c, v in c.filters.append(v) },
         Spec(short: "f", long: ["foreground", "no-fork"], arity: .flag) { c, _ in c.foreground = true },
         Spec(short: "g", long: ["group"], arity: .value) { c, v in c.group = v },
-        Spec(short: nil, long: ["help"], arity: .flag) { c, _ in c.action = .help },
+        Spec(short: nil, long: ["help"], arity: .flag) { c, _ in c.action = c.action.yielding(to: .help) },
         Spec(short: "i", long: ["ip-addr", "ipaddr"], arity: .value) { c, v in c.ipaddr = v },
         Spec(short: nil, long: ["log"], arity: .value) { c, v in
             guard let d = LogDestination(rawValue: v) else { throw ConfigError("--log must be \"stderr\", \"syslog\" or \"null\"") }
             c.log = d
         },
-        Spec(short: nil, long: ["long-options"], arity: .flag) { c, _ in c.action = .longOptions },
+        Spec(short: nil, long: ["long-options"], arity: .flag) { c, _ in c.action = c.action.yielding(to: .longOptions) },
         Spec(short: nil, long: ["mask-handshake"], arity: .value) { c, v in
             guard let mask = parseUnsigned(v) else { throw ConfigError("--mask-handshake: could not parse number: \"\(v)\"") }
             c.handshakeMask = mask
@@ -48,7 +48,7 @@ struct OptionParser {
         Spec(short: "r", long: ["read-only", "readonly"], arity: .flag) { c, _ in c.readonly = true },
         Spec(short: nil, long: ["run"], arity: .value) { c, v in c.run = v },
         Spec(short: nil, long: ["selinux-label"], arity: .value) { c, v in c.selinuxLabel = v },
-        Spec(short: nil, long: ["short-options"], arity: .flag) { c, _ in c.action = .shortOptions },
+        Spec(short: nil, long: ["short-options"], arity: .flag) { c, _ in c.action = c.action.yielding(to: .shortOptions) },
         Spec(short: "s", long: ["single", "stdin"], arity: .flag) { c, _ in c.single = true },
         Spec(short: nil, long: ["swap"], arity: .flag) { c, _ in c.swap = true },
         Spec(short: "t", long: ["threads"], arity: .value) { c, v in
@@ -69,7 +69,7 @@ struct OptionParser {
         Spec(short: "U", long: ["unix"], arity: .value) { c, v in c.unixSocket = v },
         Spec(short: "u", long: ["user"], arity: .value) { c, v in c.user = v },
         Spec(short: "v", long: ["verbose"], arity: .flag) { c, _ in c.verbose = true },
-        Spec(short: "V", long: ["version"], arity: .flag) { c, _ in c.action = .version },
+        Spec(short: "V", long: ["version"], arity: .flag) { c, _ in c.action = c.action.yielding(to: .version) },
         Spec(short: nil, long: ["vsock"], arity: .flag) { c, _ in c.vsock = true },
     ]
 
@@ -122,6 +122,7 @@ struct OptionParser {
             } else {
                 positional.append(arg)
             }
+            if config.action.isImmediate { return config }
             i += 1
         }
         if let plugin = positional.first {

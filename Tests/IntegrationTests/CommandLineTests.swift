@@ -8,8 +8,11 @@ final class CommandLineTests: IntegrationTestCase {
             (["-f", "memory", "size=abc"], "nbdkit: error: could not parse size string (abc)"),
             (["-f", "memory", "1G", "foo=bar"], "nbdkit: error: unknown parameter 'foo'"),
             (["-f", "nosuchplugin"], "nbdkit: error: cannot open plugin 'nosuchplugin'"),
-            (["-f", "-p", "notaport", "memory", "1M"], "nbdkit: error: getaddrinfo: *: notaport: Servname not supported"),
+            (["-f", "-p", "notaport", "memory", "1M"], "nbdkit: error: getaddrinfo: <any>: notaport: Servname not supported"),
+            // Stricter than nbdkit, whose getaddrinfo takes these (the last two as port 4464).
             (["-f", "-p", "", "memory", "1M"], "nbdkit: error: cannot parse port number ''"),
+            (["-f", "-p", "+70000", "memory", "1M"], "nbdkit: error: cannot parse port number '+70000'"),
+            (["-f", "-p", " 70000", "memory", "1M"], "nbdkit: error: cannot parse port number ' 70000'"),
             (["-f", "--vsock", "-p", "nbd", "memory", "1M"], "nbdkit: error: cannot parse port number 'nbd'"),
             (["-f", "-p", "70000", "memory", "1M"], "nbdkit: error: cannot parse port number '70000'"),
             (["-f", "--vsock", "-p", "4294967296", "memory", "1M"], "nbdkit: error: cannot parse port number '4294967296'"),
@@ -127,6 +130,16 @@ final class CommandLineTests: IntegrationTestCase {
         XCTAssertEqual(keys, keys.sorted(), "keys sorted as nbdkit sorts them")
         XCTAssertTrue(config.stdout.contains("binary=\(Harness.nbdkit)"), config.stdout)
         XCTAssertEqual(Harness.run([Harness.nbdkit, "--filter=nosuch", "null", "--dump-plugin"]).status, 1)
+        // As in nbdkit, these three act as soon as they are read; --help wins over --version,
+        // which wins over --dump-plugin, in either order.
+        for (arguments, start) in [(["--long-options", "--bogus"], "--ipv4-only\n"), (["--short-options", "-p"], "-4\n"),
+                                   (["--dump-config", "--bogus"], "binary="), (["--version", "--help"], "nbdkit [-4"),
+                                   (["--help", "--version"], "nbdkit [-4"), (["--dump-plugin", "--version", "null"], "nbdkit 1."),
+                                   (["--version", "--dump-plugin", "null"], "nbdkit 1.")] {
+            let r = Harness.run([Harness.nbdkit] + arguments)
+            XCTAssertEqual(r.status, 0, "\(arguments): \(r.stderr)")
+            XCTAssertTrue(r.stdout.hasPrefix(start), "\(arguments): \(r.stdout)")
+        }
         // Exactly what nbdkit 1.32 prints, in its order.
         let short = Harness.run([Harness.nbdkit, "--short-options"]).stdout
         XCTAssertEqual(short, "-4 -6 -D -e -f -g -i -n -o -p -P -r -s -t -u -U -v -V".replacingOccurrences(of: " ", with: "\n") + "\n")
@@ -187,6 +200,8 @@ final class CommandLineTests: IntegrationTestCase {
         let services = (try? String(contentsOfFile: "/etc/services", encoding: .utf8)) ?? ""
         try XCTSkipUnless(services.split(separator: "\n").contains { $0.hasPrefix("nbd\t") && $0.contains("10809/tcp") },
                           "/etc/services has no nbd entry (make deps installs Debian's netbase)")
+        let probe = Harness.run(["/usr/bin/python3", "-c", "import socket; socket.socket().bind(('127.0.0.1', 10809))"])
+        try XCTSkipIf(probe.status != 0, "port 10809 is taken: \(probe.stderr)")
         let r = Harness.run([Harness.nbdkit, "-i", "127.0.0.1", "-p", "nbd", "memory", "1M", "--run",
                              "echo \"$uri|$port\"; nbdinfo --size \"$uri\""])
         XCTAssertEqual(r.status, 0, r.stderr)
