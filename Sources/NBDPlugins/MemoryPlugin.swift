@@ -5,9 +5,9 @@ import NBDServer
 /// `memory size=SIZE`: a sparse RAM disk that every connection shares, kept in an anonymous
 /// memory file (memfd). Memory grows with what is written, not with the size; trim and zero
 /// punch holes, which give memory back. Being a file, its contents go to a plaintext socket by
-/// `sendfile`. Mapped into the process (where `SharedMapping.mayMap` allows), it stores writes
-/// with no system call, large payloads received straight into it; unmapped, it takes those by
-/// `splice` from a plaintext socket, as the file plugin does in tmpfs.
+/// `sendfile`; large writes arrive from one by `splice`, as the file plugin's do in tmpfs.
+/// Mapped into the process (where `SharedMapping.mayMap` allows), it stores smaller writes with
+/// no system call.
 public final class MemoryPlugin: Backend {
     public static let name = "memory"
     public let name = "memory"

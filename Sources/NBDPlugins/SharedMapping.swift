@@ -27,22 +27,6 @@ final class SharedMapping: @unchecked Sendable {
         UnsafeMutableRawBufferPointer(rebasing: bytes[Int(offset)..<Int(offset) + Int(length)])
     }
 
-    /// Whether every page of [offset, offset+length) holds data already (as `mincore` sees the
-    /// file's pages). A page that does not is allocated and zeroed when first written through
-    /// the mapping, where a write to the file allocates it without zeroing what it overwrites.
-    func isAllocated(offset: UInt64, length: UInt32) -> Bool {
-        let page = UInt64(Self.pageSize)
-        let first = offset / page * page
-        let end = (offset + UInt64(length) + page - 1) / page * page
-        let count = Int((end - first) / page)
-        return withUnsafeTemporaryAllocation(of: UInt8.self, capacity: count) { vector in
-            guard mincore(bytes.baseAddress! + Int(first), Int(end - first), vector.baseAddress!) == 0 else { return false }
-            return vector.allSatisfy { $0 & 1 != 0 }
-        }
-    }
-
-    private static let pageSize = max(Int(sysconf(Int32(_SC_PAGESIZE))), 4096)
-
     /// A file of `size` bytes is mapped only where that costs little more than writing to it:
     /// - no larger than `largestSize` or than the machine's RAM: each 2 MiB of the mapping
     ///   that is written to takes a 4 KiB page table until the mapping goes (a trim does not

@@ -147,9 +147,8 @@ public protocol BackendConnection: AnyObject, Sendable {
     /// Writes `buffer` at `offset`; with `fua`, the data is persistent on return.
     func pwrite(_ buffer: UnsafeRawBufferPointer, offset: UInt64, fua: Bool) throws
     /// The backend's own storage for [offset, offset+length), when it is memory this process
-    /// can write (a memory disk mapped whole): writes are stored there with no call, a large
-    /// one's payload received straight into it, and reads see them at once (FUA then calls
-    /// `flush`). Nil (the default, or where the backend would rather take this write another
+    /// can write (a memory disk mapped whole): the write's payload is copied there, with no
+    /// call, and reads see it at once (FUA then calls `flush`). Nil (the default, or where the backend would rather take this write another
     /// way): writes go through `pwrite` or `receiveWrite`. A filter that changes or watches the
     /// data must not pass this through (`PassthroughConnection` answers nil).
     func storage(offset: UInt64, length: UInt32) -> UnsafeMutableRawBufferPointer?

@@ -188,7 +188,10 @@ final class Transmission: Sendable {
             do {
                 let storable = buffer.invalid == nil && storesAsRead(request)
                 if storable, let storage = session.backend.storage(offset: request.offset, length: request.length),
-                   try store(request, into: storage, mayPoll: mayPoll || inline) {
+                   let payload = input.takeBuffered(count: storage.count) {
+                    // Arrived whole: stored now, so a client that goes away in the middle of a
+                    // payload still leaves the disk as it was.
+                    storage.copyMemory(from: payload)
                     buffer.receivedInPlace = .success(())
                 } else if storable, request.length >= Self.sendFileMinimum, transport.receivesWithoutWaiting,
                           session.backend.receivesWrites {
@@ -208,7 +211,6 @@ final class Transmission: Sendable {
                 closed.store(true, ordering: .relaxed)
                 return false
             } catch {
-                // (EFAULT: the kernel could not have a page of the backend's storage.)
                 server.logger.error("\(label): receiving a write payload: \(error); closing the connection")
                 closed.store(true, ordering: .relaxed)
                 return false
@@ -286,20 +288,6 @@ final class Transmission: Sendable {
     private func storesAsRead(_ r: RequestHeader) -> Bool {
         !r.flags.contains(.fua) && !server.shuttingDown.load(ordering: .relaxed)
             && server.threadModel != .serializeAllRequests
-    }
-
-    /// Stores a write's payload in the backend's `storage` as it is read: one of 64 KiB or more
-    /// is received straight into it; a smaller one only if it has arrived whole (else false, and
-    /// nothing is read), so that a client that goes away in the middle of it leaves the disk as
-    /// it was.
-    private func store(_ r: RequestHeader, into storage: UnsafeMutableRawBufferPointer, mayPoll: Bool) throws -> Bool {
-        if r.length >= Self.sendFileMinimum {
-            try input.read(into: storage, mayPoll: mayPoll)
-            return true
-        }
-        guard let payload = input.takeBuffered(count: storage.count) else { return false }
-        storage.copyMemory(from: payload)
-        return true
     }
 
     /// Serves one valid request against the backend.
