@@ -19,6 +19,7 @@
 #include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
+#include <sys/sysinfo.h>
 #include <sys/wait.h>
 #include <syslog.h>
 
@@ -189,6 +190,14 @@ int CNBDShim_memory_file(const char *name, int64_t size)
     return -1;
   }
   return fd;
+}
+
+uint64_t CNBDShim_total_memory(int with_swap)
+{
+  struct sysinfo info;
+  if (sysinfo(&info) == -1)
+    return 0;
+  return ((uint64_t) info.totalram + (with_swap ? (uint64_t) info.totalswap : 0)) * info.mem_unit;
 }
 
 int CNBDShim_errno(void) { return errno; }

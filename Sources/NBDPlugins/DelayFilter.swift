@@ -120,15 +120,6 @@ extension DelayFilter: FilterFactory {
         return DelayFilter(next: next, delays: d)
     }
 
-    /// nbdkit's booleans: 1/true/yes/on and 0/false/no/off, in any case.
-    static func parseBoolean(_ text: String) -> Bool? {
-        switch text.lowercased() {
-        case "1", "true", "yes", "on": true
-        case "0", "false", "no", "off": false
-        default: nil
-        }
-    }
-
     /// nbdkit's delay syntax: whole or fractional seconds ("2", "0.5"), or milliseconds ("10ms").
     static func parseDelay(_ text: String, key: String) throws -> UInt32 {
         let micros: Double?

@@ -14,8 +14,9 @@ final class FileConnection: BackendConnection, @unchecked Sendable {
     private let path: String
     /// The file lives in memory (tmpfs or ramfs): no call waits for a disk.
     private let inMemory: Bool
-    /// The memory plugin's disk: see `init(descriptor:name:readonly:isMemoryDisk:)`.
-    private let isMemoryDisk: Bool
+    /// The memory plugin's disk, and its allocator: see `init(descriptor:name:readonly:memoryDisk:)`.
+    private let memoryDisk: MemoryAllocator?
+    private var isMemoryDisk: Bool { memoryDisk != nil }
     /// The pipe that `receiveWrite` moves payloads through (read end, write end), made at the
     /// first such write; empty between calls.
     private var splicePipe: (read: Int32, write: Int32)?
@@ -32,23 +33,23 @@ final class FileConnection: BackendConnection, @unchecked Sendable {
             opened = true
         }
         guard fd >= 0 else { throw BackendError(SystemError("open: \(path)")) }
-        self.init(descriptor: fd, name: path, readonly: opened, isMemoryDisk: false)
+        self.init(descriptor: fd, name: path, readonly: opened, memoryDisk: nil)
     }
 
     /// Takes ownership of `fd`, named `name` in messages. A memory disk is a sealed memory file
     /// (`CNBDShim_memory_file`): nothing to flush, holes are its zeros, its size never changes,
-    /// so it may be written through a `mapping` of it.
-    init(descriptor fd: Int32, name: String, readonly: Bool, isMemoryDisk: Bool, mapping: SharedMapping? = nil) {
+    /// so it may be written through a `mapping` of it (which a locking allocator requires).
+    init(descriptor fd: Int32, name: String, readonly: Bool, memoryDisk: MemoryAllocator?, mapping: SharedMapping? = nil) {
         var st = stat()
         fstat(fd, &st)
         self.fd = fd
         self.mapping = mapping
         self.path = name
         self.readonly = readonly
-        self.isMemoryDisk = isMemoryDisk
+        self.memoryDisk = memoryDisk
         self.isBlockDevice = st.st_mode & S_IFMT == S_IFBLK
         self.isRegularOrBlockDevice = st.st_mode & S_IFMT == S_IFBLK || st.st_mode & S_IFMT == S_IFREG
-        self.inMemory = isMemoryDisk || st.st_mode & S_IFMT == S_IFREG && CNBDShim_file_system_in_memory(fd) == 1
+        self.inMemory = memoryDisk != nil || st.st_mode & S_IFMT == S_IFREG && CNBDShim_file_system_in_memory(fd) == 1
     }
 
     /// A regular file in tmpfs or ramfs (such as /dev/shm) never waits for a disk.
@@ -220,6 +221,7 @@ final class FileConnection: BackendConnection, @unchecked Sendable {
     }
 
     func trim(offset: UInt64, length: UInt32, fua: Bool) throws {
+        if memoryDisk?.locks == true { return try zero(offset: offset, length: length, mayTrim: true, fua: fua, fastZero: false) }
         // Trim is advisory: a filesystem that can't punch holes simply keeps the data.
         if CNBDShim_punch_hole(fd, Int64(offset), Int64(length)) == -1 {
             let e = CNBDShim_errno()
@@ -229,6 +231,11 @@ final class FileConnection: BackendConnection, @unchecked Sendable {
     }
 
     func zero(offset: UInt64, length: UInt32, mayTrim: Bool, fua: Bool, fastZero: Bool) throws {
+        if memoryDisk?.locks == true, let mapping {
+            // Locked memory stays taken: zeros are written into it.
+            mapping.range(offset: offset, length: length).initializeMemory(as: UInt8.self, repeating: 0)
+            return
+        }
         if isMemoryDisk {
             // A hole is the cheapest zero there is, and gives the memory back.
             guard CNBDShim_punch_hole(fd, Int64(offset), Int64(length)) == 0 else {
@@ -257,6 +264,7 @@ final class FileConnection: BackendConnection, @unchecked Sendable {
     static let seekLimit: off_t = (off_t.max / 4096 - 1) * 4096
 
     func extents(offset: UInt64, length: UInt32, reqOne: Bool) throws -> [Extent] {
+        if memoryDisk?.isWhole == true { return [Extent(length: UInt64(length), flags: [])] }
         let end = off_t(offset) + off_t(length)
         var position = off_t(offset)
         var result: [Extent] = []

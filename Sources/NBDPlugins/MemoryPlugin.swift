@@ -7,19 +7,29 @@ import NBDServer
 /// punch holes, which give memory back. Being a file, its contents go to a plaintext socket by
 /// `sendfile`; large writes arrive from one by `splice`, as the file plugin's do in tmpfs.
 /// Mapped into the process (where `SharedMapping.mayMap` allows), it stores smaller writes with
-/// no system call.
+/// no system call. `allocator=` chooses what the disk promises about its memory (`MemoryAllocator`).
 public final class MemoryPlugin: Backend {
     public static let name = "memory"
     public let name = "memory"
     /// The memory file; each connection works on a duplicate of it.
     private let fd: Int32
+    private let allocator: MemoryAllocator
     private let mapping: SharedMapping?
 
-    /// Maps the file unless it is read-only or the process's memory will be locked (which
-    /// would take memory for the whole disk).
-    private init(fd: Int32, size: UInt64, options: PluginOptions) {
+    /// A locking allocator maps and locks the whole file. Otherwise the file is mapped unless it
+    /// is read-only or the process's memory will be locked (which would take memory for the
+    /// whole disk).
+    private init(fd: Int32, size: UInt64, allocator: MemoryAllocator, options: PluginOptions) throws {
         self.fd = fd
-        mapping = options.readonly || options.locksMemory ? nil : SharedMapping(fd: fd, size: size)
+        self.allocator = allocator
+        if allocator.locks && size > 0 {
+            do { mapping = try SharedMapping(lockingAllOf: fd, size: size) } catch {
+                _ = close(fd)
+                throw ConfigError("memory: allocator=malloc,mlock=true: \(error)")
+            }
+        } else {
+            mapping = options.readonly || options.locksMemory ? nil : SharedMapping(fd: fd, size: size)
+        }
     }
 
     deinit { _ = close(fd) }
@@ -27,14 +37,19 @@ public final class MemoryPlugin: Backend {
     public func open(_ request: OpenRequest) throws -> any BackendConnection {
         let copy = fcntl(fd, F_DUPFD_CLOEXEC, 0)
         guard copy >= 0 else { throw BackendError(SystemError("memory: dup")) }
-        return FileConnection(descriptor: copy, name: "memory", readonly: request.readonly, isMemoryDisk: true,
+        return FileConnection(descriptor: copy, name: "memory", readonly: request.readonly, memoryDisk: allocator,
                               mapping: request.readonly ? nil : mapping)
     }
 }
 
 extension MemoryPlugin: PluginFactory {
     public static let magicConfigKey: String? = "size"
-    public static let configHelp = "size=<SIZE>  (required) Size of the backing disk"
+    public static let configHelp = """
+        size=<SIZE>  (required) Size of the backing disk
+        allocator=sparse|malloc[,mlock=true]  Backend allocation strategy
+        """
+    /// As nbdkit's: `allocator=malloc,mlock=true` works here; `allocator=zstd` does not.
+    public static let dumpPluginFields = ["mlock=yes", "zstd=no"]
     public static let threadModel = ThreadModel.parallel
     public static let callbacks: Set<PluginCallback> = [
         .config, .configComplete, .configHelp, .open, .getSize, .canFastZero, .canFUA, .canMultiConn,
@@ -46,11 +61,25 @@ extension MemoryPlugin: PluginFactory {
             throw ConfigError("you must specify size=<SIZE> on the command line")
         }
         let bytes = try parseSize(size)
+        let allocator = try parameters.take("allocator").map { try MemoryAllocator(parsing: $0) } ?? .sparse
+        if allocator.isWhole { try checkRoom(for: bytes, allocator: allocator) }
         let fd = CNBDShim_memory_file("nbdkit-memory", Int64(bitPattern: bytes))
         guard fd >= 0 else {
             let reason = String(cString: strerror(CNBDShim_errno()))
             throw ConfigError("memory: cannot make a memory file of \(bytes) bytes: \(reason)")
         }
-        return MemoryPlugin(fd: fd, size: bytes, options: options)
+        return try MemoryPlugin(fd: fd, size: bytes, allocator: allocator, options: options)
+    }
+
+    /// A disk without holes must fit in RAM and swap (as nbdkit's heap allocation must), and a
+    /// locked one in RAM alone.
+    private static func checkRoom(for bytes: UInt64, allocator: MemoryAllocator) throws {
+        let room = CNBDShim_total_memory(allocator.locks ? 0 : 1)
+        guard room > 0 else { return }
+        if bytes > room {
+            let spelling = allocator.locks ? "malloc,mlock=true" : "malloc"
+            let place = allocator.locks ? "RAM" : "RAM and swap"
+            throw ConfigError("memory: allocator=\(spelling): a disk of \(bytes) bytes does not fit in \(place) (\(room) bytes): \(String(cString: strerror(ENOMEM)))")
+        }
     }
 }

@@ -1,4 +1,5 @@
 import Glibc
+import NBDServer
 
 /// A whole memory file mapped shared and writable into the process: its bytes are the file's
 /// pages, so what is stored through it is the file's contents at once (for `sendfile` too).
@@ -16,6 +17,20 @@ final class SharedMapping: @unchecked Sendable {
         let start = mmap(nil, Int(size), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_NORESERVE, fd, 0)
         guard let start, start != UnsafeMutableRawPointer(bitPattern: -1) else { return nil }
         // Dumping it would read every page of a sparse disk, holes included.
+        _ = madvise(start, Int(size), MADV_DONTDUMP)
+        bytes = UnsafeMutableRawBufferPointer(start: start, count: Int(size))
+    }
+
+    /// Maps all `size` bytes of `fd` (more than zero) and locks them into RAM (`mlock`), which
+    /// takes memory for every page of the file now. Throws the failing call's error.
+    init(lockingAllOf fd: Int32, size: UInt64) throws(SystemError) {
+        let start = mmap(nil, Int(size), PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0)
+        guard let start, start != UnsafeMutableRawPointer(bitPattern: -1) else { throw SystemError("mmap") }
+        guard mlock(start, Int(size)) == 0 else {
+            let error = SystemError("mlock")
+            _ = munmap(start, Int(size))
+            throw error
+        }
         _ = madvise(start, Int(size), MADV_DONTDUMP)
         bytes = UnsafeMutableRawBufferPointer(start: start, count: Int(size))
     }

@@ -73,6 +73,9 @@ int CNBDShim_spawn_shell(const char *command, pid_t *pid, char *const envp[], in
  * them holes, sealed so that its size never changes; the descriptor, or -1 with errno set. */
 int CNBDShim_memory_file(const char *name, int64_t size);
 
+/* The machine's RAM in bytes, with its swap added if with_swap; 0 if unknown (sysinfo). */
+uint64_t CNBDShim_total_memory(int with_swap);
+
 /* fallocate with the named mode; return as fallocate(2). */
 int CNBDShim_punch_hole(int fd, int64_t offset, int64_t length);
 int CNBDShim_zero_range(int fd, int64_t offset, int64_t length);
