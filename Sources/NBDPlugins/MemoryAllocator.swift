@@ -11,28 +11,30 @@ enum MemoryAllocator: Equatable, Sendable {
     /// zero write zeros where they would otherwise give memory back.
     case malloc(mlock: Bool)
 
-    /// Parses `sparse`, `malloc`, `malloc,mlock=BOOL` or `zstd` (which this nbdkit lacks).
-    /// Throws a `ConfigError` worded as nbdkit's.
+    /// Parses `sparse` (or nothing), `malloc`, `malloc,mlock[=BOOL]` or `zstd` (which this
+    /// nbdkit lacks), skipping empty fields as nbdkit does. Throws a `ConfigError` worded as
+    /// nbdkit's.
     init(parsing text: String) throws {
         let fields = text.split(separator: ",", omittingEmptySubsequences: false).map(String.init)
         let kind = fields[0]
-        let extra = fields.dropFirst()
+        let extra = fields.dropFirst().filter { !$0.isEmpty }
         switch kind {
-        case "sparse", "zstd":
+        case "", "sparse", "zstd":
             guard extra.isEmpty else { throw ConfigError("allocator=\(kind) does not take extra parameters") }
-            guard kind == "sparse" else {
+            guard kind != "zstd" else {
                 throw ConfigError("allocator=zstd is not supported: this nbdkit is built without zstd (zstd=no in --dump-plugin)")
             }
             self = .sparse
         case "malloc":
             var mlock = false
             for field in extra {
+                // A key alone means key=true.
                 let pair = field.split(separator: "=", maxSplits: 1, omittingEmptySubsequences: false)
-                guard pair.count == 2, pair[0] == "mlock" else {
-                    throw ConfigError("allocator=malloc: unknown parameter \(pair[0])")
-                }
-                guard let value = parseBoolean(String(pair[1])) else {
-                    throw ConfigError("allocator=malloc: could not decipher boolean (\(pair[1]))")
+                guard !pair[0].isEmpty else { throw ConfigError("invalid allocator parameter") }
+                guard pair[0] == "mlock" else { throw ConfigError("allocator=malloc: unknown parameter \(pair[0])") }
+                let text = pair.count == 2 ? String(pair[1]) : "true"
+                guard let value = parseBoolean(text) else {
+                    throw ConfigError("could not decipher boolean (\(text))")
                 }
                 mlock = value
             }

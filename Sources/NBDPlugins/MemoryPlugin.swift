@@ -25,7 +25,7 @@ public final class MemoryPlugin: Backend {
         if allocator.locks && size > 0 {
             do { mapping = try SharedMapping(lockingAllOf: fd, size: size) } catch {
                 _ = close(fd)
-                throw ConfigError("memory: allocator=malloc,mlock=true: \(error)")
+                throw ConfigError("allocator=malloc: \(error)")
             }
         } else {
             mapping = options.readonly || options.locksMemory ? nil : SharedMapping(fd: fd, size: size)

@@ -30,9 +30,25 @@ final class MemoryAllocatorTests: IntegrationTestCase {
         """
 
     func testSparseIsTheDefault() throws {
-        let s = try startServer(["memory", "1M", "allocator=sparse"])
-        Harness.nbdsh(s.uri, roundTrip)
-        XCTAssertEqual(map(s.uri), ["0 131072 3", "131072 65536 0", "196608 69632 3", "266240 4096 0", "270336 778240 3"])
+        for (n, allocator) in [[], ["allocator=sparse"], ["allocator="]].enumerated() {
+            let s = try startServer(["memory", "1M"] + allocator, socketName: "s\(n)")
+            Harness.nbdsh(s.uri, roundTrip)
+            XCTAssertEqual(map(s.uri), ["0 131072 3", "131072 65536 0", "196608 69632 3", "266240 4096 0", "270336 778240 3"],
+                           "\(allocator)")
+        }
+    }
+
+    /// `mlock` alone and nbdkit's spellings of true lock the disk; its spellings of false and
+    /// empty fields don't.
+    func testMlockSpellings() throws {
+        let spellings = ["malloc,mlock": true, "malloc,mlock=y": true, "malloc,mlock=T": true, "malloc,,mlock=On": true,
+                         "malloc,mlock=1,": true, "malloc,mlock=n": false, "malloc,mlock=F": false, "malloc,": false]
+        for (n, (allocator, locks)) in spellings.sorted(by: { $0.key < $1.key }).enumerated() {
+            let s = try startServer(["memory", "1M", "allocator=" + allocator], socketName: "s\(n)")
+            let locked = statusKiB(s.process.processIdentifier, "VmLck") ?? -1
+            XCTAssertEqual(locked >= 1024, locks, "\(allocator): VmLck \(locked) kB")
+            XCTAssertEqual(map(s.uri), ["0 1048576 0"], allocator)
+        }
     }
 
     /// Block status says data everywhere, before and after writes, trims and zeroes.
@@ -68,8 +84,8 @@ final class MemoryAllocatorTests: IntegrationTestCase {
             (["1M", "allocator=foo"], "unknown allocator \"foo\""),
             (["1M", "allocator=sparse,mlock=true"], "allocator=sparse does not take extra parameters"),
             (["1M", "allocator=malloc,foo=1"], "allocator=malloc: unknown parameter foo"),
-            (["1M", "allocator=malloc,mlock"], "allocator=malloc: unknown parameter mlock"),
-            (["1M", "allocator=malloc,mlock=maybe"], "allocator=malloc: could not decipher boolean (maybe)"),
+            (["1M", "allocator=malloc,mlock=maybe"], "could not decipher boolean (maybe)"),
+            (["1M", "allocator=malloc,=1"], "invalid allocator parameter"),
             (["1M", "allocator=zstd"],
              "allocator=zstd is not supported: this nbdkit is built without zstd (zstd=no in --dump-plugin)"),
         ]
@@ -88,7 +104,7 @@ final class MemoryAllocatorTests: IntegrationTestCase {
                                    "ulimit -l 64; exec setpriv --inh-caps=-ipc_lock --bounding-set=-ipc_lock \"$0\" -U - memory 1M allocator=malloc,mlock=true --run 'touch \(marker)'",
                                    Harness.nbdkit])
         XCTAssertEqual(limited.status, 1)
-        XCTAssertEqual(limited.stderr, "nbdkit: error: memory: allocator=malloc,mlock=true: mlock: Cannot allocate memory\n")
+        XCTAssertEqual(limited.stderr, "nbdkit: error: allocator=malloc: mlock: Cannot allocate memory\n")
         XCTAssertFalse(FileManager.default.fileExists(atPath: marker))
     }
 }
