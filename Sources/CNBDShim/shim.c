@@ -200,6 +200,12 @@ uint64_t CNBDShim_total_memory(int with_swap)
   return ((uint64_t) info.totalram + (with_swap ? (uint64_t) info.totalswap : 0)) * info.mem_unit;
 }
 
+int CNBDShim_write_back(int fd, int64_t offset, int64_t length)
+{
+  return sync_file_range(fd, offset, length,
+                         SYNC_FILE_RANGE_WAIT_BEFORE | SYNC_FILE_RANGE_WRITE | SYNC_FILE_RANGE_WAIT_AFTER);
+}
+
 int CNBDShim_errno(void) { return errno; }
 
 long CNBDShim_gettid(void) { return (long) syscall(SYS_gettid); }

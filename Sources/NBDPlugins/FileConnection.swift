@@ -22,9 +22,12 @@ final class FileConnection: BackendConnection, @unchecked Sendable {
     private var splicePipe: (read: Int32, write: Int32)?
     /// A memory disk's file mapped whole, when it may be: writes are stored through it.
     private let mapping: SharedMapping?
+    /// The file plugin's `cache=` and `fadvise=`.
+    private let caching: FileCaching
 
-    /// `path` opened read-write, or read-only if asked or if that is all it allows.
-    convenience init(path: String, readonly: Bool) throws {
+    /// `path` opened read-write, or read-only if asked or if that is all it allows, with its
+    /// access pattern declared as `caching.advice`.
+    convenience init(path: String, readonly: Bool, caching: FileCaching = FileCaching()) throws {
         var fd = Glibc.open(path, (readonly ? O_RDONLY : O_RDWR) | O_CLOEXEC)
         var opened = readonly
         if fd < 0 && !readonly {
@@ -33,17 +36,20 @@ final class FileConnection: BackendConnection, @unchecked Sendable {
             opened = true
         }
         guard fd >= 0 else { throw BackendError(SystemError("open: \(path)")) }
-        self.init(descriptor: fd, name: path, readonly: opened, memoryDisk: nil)
+        self.init(descriptor: fd, name: path, readonly: opened, memoryDisk: nil, caching: caching)
+        _ = posix_fadvise(fd, 0, 0, caching.advice.flag)
     }
 
     /// Takes ownership of `fd`, named `name` in messages. A memory disk is a sealed memory file
     /// (`CNBDShim_memory_file`): nothing to flush, holes are its zeros, its size never changes,
     /// so it may be written through a `mapping` of it (which a locking allocator requires).
-    init(descriptor fd: Int32, name: String, readonly: Bool, memoryDisk: MemoryAllocator?, mapping: SharedMapping? = nil) {
+    init(descriptor fd: Int32, name: String, readonly: Bool, memoryDisk: MemoryAllocator?, mapping: SharedMapping? = nil,
+         caching: FileCaching = FileCaching()) {
         var st = stat()
         fstat(fd, &st)
         self.fd = fd
         self.mapping = mapping
+        self.caching = caching
         self.path = name
         self.readonly = readonly
         self.memoryDisk = memoryDisk
@@ -85,6 +91,17 @@ final class FileConnection: BackendConnection, @unchecked Sendable {
             if CNBDShim_errno() == EINTR { continue }
             throw BackendError(SystemError("pread: \(path)"))
         }
+        if caching.mode == .none { _ = posix_fadvise(fd, off_t(offset), off_t(buffer.count), POSIX_FADV_DONTNEED) }
+    }
+
+    /// Under `cache=none`: writes [offset, offset+length) back to the disk and drops it from
+    /// the page cache.
+    private func dropWritten(offset: UInt64, length: Int) throws {
+        guard caching.mode == .none else { return }
+        guard CNBDShim_write_back(fd, Int64(offset), Int64(length)) == 0 else {
+            throw BackendError(SystemError("sync_file_range: \(path)"))
+        }
+        _ = posix_fadvise(fd, off_t(offset), off_t(length), POSIX_FADV_DONTNEED)
     }
 
     /// A regular file can be sent from directly. Its reading starts here, in parallel with other
@@ -93,7 +110,8 @@ final class FileConnection: BackendConnection, @unchecked Sendable {
     /// EIO before the reply begins rather than after.
     func fileExtent(offset: UInt64, length: UInt32) -> FileExtent? {
         if isMemoryDisk { return FileExtent(fd: fd, offset: offset) }
-        guard isRegularOrBlockDevice && !isBlockDevice else { return nil }
+        // Under cache=none, reads go through pread, which drops what it read.
+        guard isRegularOrBlockDevice && !isBlockDevice && caching.mode == .default else { return nil }
         var st = stat()
         guard fstat(fd, &st) == 0, offset + UInt64(length) <= UInt64(st.st_size) else { return nil }
         _ = posix_fadvise(fd, off_t(offset), off_t(length), POSIX_FADV_WILLNEED)
@@ -108,6 +126,7 @@ final class FileConnection: BackendConnection, @unchecked Sendable {
             if CNBDShim_errno() == EINTR { continue }
             throw BackendError(SystemError("pwrite: \(path)"))
         }
+        try dropWritten(offset: offset, length: buffer.count)
         if fua { try flush() }
     }
 
@@ -213,6 +232,7 @@ final class FileConnection: BackendConnection, @unchecked Sendable {
             if n < 0 && CNBDShim_errno() == EINTR { continue }
             throw BackendError(n == 0 ? SystemError("splice: \(path)", errno: EIO) : SystemError("splice: \(path)"))
         }
+        try dropWritten(offset: offset, length: count)
     }
 
     func flush() throws {

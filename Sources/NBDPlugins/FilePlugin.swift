@@ -4,13 +4,18 @@ import NBDProtocol
 
 /// `file file=PATH` serves a regular file or block device; `file dir=DIR` serves each regular
 /// file or block device in DIR whose name doesn't start with "." as an export named after it,
-/// and refuses every other name. Each connection opens the file itself.
+/// and refuses every other name. Each connection opens the file itself. `cache=` and `fadvise=`
+/// (`FileCaching`) apply to every file served.
 public final class FilePlugin: Backend {
     public let name = "file"
     private enum Source { case file(String), directory(String) }
     private let source: Source
+    private let caching: FileCaching
 
-    private init(source: Source) { self.source = source }
+    private init(source: Source, caching: FileCaching) {
+        self.source = source
+        self.caching = caching
+    }
 
     public func listExports(readonly: Bool, isTLS: Bool) throws -> [ExportInfo] {
         switch source {
@@ -41,7 +46,7 @@ public final class FilePlugin: Backend {
             }
             path = dir + "/" + name
         }
-        let connection = try FileConnection(path: path, readonly: request.readonly)
+        let connection = try FileConnection(path: path, readonly: request.readonly, caching: caching)
         if case .directory = source, !connection.isRegularOrBlockDevice {
             // The name was replaced by something else since it was listed.
             connection.close()
@@ -70,7 +75,12 @@ public final class FilePlugin: Backend {
 extension FilePlugin: PluginFactory {
     public static let name = "file"
     public static let magicConfigKey: String? = "file"
-    public static let configHelp = "[file=]<FILENAME>  The filename to serve.\ndir=<DIRNAME>  A directory containing files to serve."
+    public static let configHelp = """
+        [file=]<FILENAME>  The filename to serve.
+        dir=<DIRNAME>  A directory containing files to serve.
+        cache=<MODE>  Set use of caching (default, none).
+        fadvise=<LEVEL>  Set fadvise hint (normal, random, sequential).
+        """
     public static let threadModel = ThreadModel.parallel
     public static let callbacks: Set<PluginCallback> = [
         .dumpPlugin, .config, .configComplete, .configHelp, .listExports, .open, .close, .getSize,
@@ -83,6 +93,7 @@ extension FilePlugin: PluginFactory {
     public static func make(_ parameters: inout Parameters, options: PluginOptions) throws -> any Backend {
         let file = parameters.take("file")
         let dir = parameters.take("dir")
+        let caching = try FileCaching(taking: &parameters)
         switch (file, dir) {
         case (nil, nil):
             throw ConfigError("you must supply either [file=]<FILENAME> or dir=<DIRNAME> parameter after the plugin name on the command line")
@@ -100,14 +111,14 @@ extension FilePlugin: PluginFactory {
                 throw ConfigError("\(e)")
             }
             _ = close(fd)
-            return FilePlugin(source: .file(path))
+            return FilePlugin(source: .file(path), caching: caching)
         case (nil, let dir?):
             let path = try absolutePath(dir)
             var st = stat()
             guard stat(path, &st) == 0, st.st_mode & S_IFMT == S_IFDIR else {
                 throw ConfigError("dir=\(dir): not a directory")
             }
-            return FilePlugin(source: .directory(path))
+            return FilePlugin(source: .directory(path), caching: caching)
         }
     }
 

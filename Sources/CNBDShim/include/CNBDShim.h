@@ -79,6 +79,9 @@ uint64_t CNBDShim_total_memory(int with_swap);
 /* fallocate with the named mode; return as fallocate(2). */
 int CNBDShim_punch_hole(int fd, int64_t offset, int64_t length);
 int CNBDShim_zero_range(int fd, int64_t offset, int64_t length);
+/* Writes the dirty pages of [offset, offset+length) of fd to its disk and waits for them
+ * (sync_file_range), so that they can then be dropped from the page cache; 0 or -1 with errno. */
+int CNBDShim_write_back(int fd, int64_t offset, int64_t length);
 
 /* ioctl(fd, BLKGETSIZE64): the size of a block device, or -1. */
 int64_t CNBDShim_block_device_size(int fd);

@@ -1,0 +1,38 @@
+import Glibc
+import NBDServer
+
+/// The file plugin's `cache=` and `fadvise=` parameters, spelt as nbdkit spells them.
+struct FileCaching: Sendable, Equatable {
+    /// `cache=`: `default` leaves the page cache to the kernel; `none` drops what each read or
+    /// write brought into it, once the write has reached the disk.
+    enum Mode: String, Sendable { case `default`, none }
+    /// `fadvise=`: the access pattern declared for the whole file (`posix_fadvise`), which sets
+    /// the kernel's read-ahead.
+    enum Advice: String, Sendable {
+        case normal, random, sequential
+        var flag: Int32 {
+            switch self {
+            case .normal: POSIX_FADV_NORMAL
+            case .random: POSIX_FADV_RANDOM
+            case .sequential: POSIX_FADV_SEQUENTIAL
+            }
+        }
+    }
+
+    var mode = Mode.default
+    var advice = Advice.normal
+
+    /// Takes `cache=` and `fadvise=` from `parameters`; throws nbdkit's message for other values.
+    init(taking parameters: inout Parameters) throws {
+        if let text = parameters.take("cache") {
+            guard let mode = Mode(rawValue: text) else { throw ConfigError("unknown cache mode: \(text)") }
+            self.mode = mode
+        }
+        if let text = parameters.take("fadvise") {
+            guard let advice = Advice(rawValue: text) else { throw ConfigError("unknown fadvise mode: \(text)") }
+            self.advice = advice
+        }
+    }
+
+    init() {}
+}
