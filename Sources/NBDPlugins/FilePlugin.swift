@@ -93,7 +93,7 @@ extension FilePlugin: PluginFactory {
     public static func make(_ parameters: inout Parameters, options: PluginOptions) throws -> any Backend {
         let file = parameters.take("file")
         let dir = parameters.take("dir")
-        let caching = try FileCaching(taking: &parameters)
+        let source: Source
         switch (file, dir) {
         case (nil, nil):
             throw ConfigError("you must supply either [file=]<FILENAME> or dir=<DIRNAME> parameter after the plugin name on the command line")
@@ -111,15 +111,17 @@ extension FilePlugin: PluginFactory {
                 throw ConfigError("\(e)")
             }
             _ = close(fd)
-            return FilePlugin(source: .file(path), caching: caching)
+            source = .file(path)
         case (nil, let dir?):
             let path = try absolutePath(dir)
             var st = stat()
             guard stat(path, &st) == 0, st.st_mode & S_IFMT == S_IFDIR else {
                 throw ConfigError("dir=\(dir): not a directory")
             }
-            return FilePlugin(source: .directory(path), caching: caching)
+            source = .directory(path)
         }
+        // After the path, as nbdkit reads its parameters in order (the path comes first).
+        return FilePlugin(source: source, caching: try FileCaching(taking: &parameters))
     }
 
     /// Resolves `path` now, since a background server changes its directory to /.
