@@ -192,6 +192,20 @@ int CNBDShim_memory_file(const char *name, int64_t size)
   return fd;
 }
 
+void *CNBDShim_map_locking_on_fault(int fd, size_t size)
+{
+  void *p = mmap(NULL, size, PROT_NONE, MAP_SHARED | MAP_NORESERVE, fd, 0);
+  if (p == MAP_FAILED)
+    return NULL;
+  if (mlock2(p, size, MLOCK_ONFAULT) == -1 || mprotect(p, size, PROT_READ | PROT_WRITE) == -1) {
+    int e = errno;
+    munmap(p, size);
+    errno = e;
+    return NULL;
+  }
+  return p;
+}
+
 uint64_t CNBDShim_total_memory(int with_swap)
 {
   struct sysinfo info;

@@ -22,6 +22,9 @@ final class FileConnection: BackendConnection, @unchecked Sendable {
     private var splicePipe: (read: Int32, write: Int32)?
     /// A memory disk's file mapped whole, when it may be: writes are stored through it.
     private let mapping: SharedMapping?
+    /// Every write, whatever its size, is stored through `mapping` (which locks each page it
+    /// touches, under `--swap`); false without a mapping.
+    private let mappingTakesAllWrites: Bool
     /// The file plugin's `cache=` and `fadvise=`.
     private let caching: FileCaching
 
@@ -44,11 +47,12 @@ final class FileConnection: BackendConnection, @unchecked Sendable {
     /// (`CNBDShim_memory_file`): nothing to flush, holes are its zeros, its size never changes,
     /// so it may be written through a `mapping` of it (which a locking allocator requires).
     init(descriptor fd: Int32, name: String, readonly: Bool, memoryDisk: MemoryAllocator?, mapping: SharedMapping? = nil,
-         caching: FileCaching = FileCaching()) {
+         mappingTakesAllWrites: Bool = false, caching: FileCaching = FileCaching()) {
         var st = stat()
         fstat(fd, &st)
         self.fd = fd
         self.mapping = mapping
+        self.mappingTakesAllWrites = mappingTakesAllWrites && mapping != nil
         self.caching = caching
         self.path = name
         self.readonly = readonly
@@ -137,7 +141,7 @@ final class FileConnection: BackendConnection, @unchecked Sendable {
     /// (measured: the first fill of a disk 1.7 times the time, its first rewrite 1.6 times the
     /// CPU).
     func storage(offset: UInt64, length: UInt32) -> UnsafeMutableRawBufferPointer? {
-        guard let mapping, length < Self.storageLimit else { return nil }
+        guard let mapping, length < Self.storageLimit || mappingTakesAllWrites else { return nil }
         return mapping.range(offset: offset, length: length)
     }
 
@@ -146,7 +150,7 @@ final class FileConnection: BackendConnection, @unchecked Sendable {
     /// Large writes to a file in memory are moved from the socket through a pipe into the file
     /// (splice): the kernel copies the data once, into the page cache, where a buffer would
     /// take two copies. (A file on a disk keeps the worker pool's parallel writes instead.)
-    var receivesWrites: Bool { inMemory }
+    var receivesWrites: Bool { inMemory && !mappingTakesAllWrites }
 
     func receiveWrite(offset: UInt64, length: UInt32, from payload: any WritePayload) throws {
         guard payload.splices, let pipe = openSplicePipe() else {

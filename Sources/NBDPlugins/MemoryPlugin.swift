@@ -8,20 +8,26 @@ import NBDServer
 /// `sendfile`; large writes arrive from one by `splice`, as the file plugin's do in tmpfs.
 /// Mapped into the process (where `SharedMapping.mayMap` allows), it stores smaller writes with
 /// no system call. `allocator=` chooses what the disk promises about its memory (`MemoryAllocator`).
-public final class MemoryPlugin: Backend {
+/// Under `--swap` every page written is locked into RAM, as nbdkit's `mlockall` locks its disk.
+/// (Unchecked: `mapping` changes only in `afterFork`, before any connection.)
+public final class MemoryPlugin: Backend, @unchecked Sendable {
     public static let name = "memory"
     public let name = "memory"
     /// The memory file; each connection works on a duplicate of it.
     private let fd: Int32
     private let allocator: MemoryAllocator
-    private let mapping: SharedMapping?
+    private var mapping: SharedMapping?
+    /// Under `--swap`, the size of the file, which `afterFork` maps locking each page as it is
+    /// first written; every write then goes through the mapping, so every page written is locked.
+    private let sizeToLockOnFault: UInt64?
 
-    /// A locking allocator maps and locks the whole file. Otherwise the file is mapped unless it
-    /// is read-only or the process's memory will be locked (which would take memory for the
-    /// whole disk).
+    /// A locking allocator maps and locks the whole file now. Under `--swap` it is mapped in
+    /// `afterFork`, once the process's memory is locked: `mlockall` would take memory for the
+    /// whole disk if it were mapped already. Otherwise the file is mapped unless it is read-only.
     private init(fd: Int32, size: UInt64, allocator: MemoryAllocator, options: PluginOptions) throws {
         self.fd = fd
         self.allocator = allocator
+        sizeToLockOnFault = options.locksMemory && !options.readonly && !allocator.locks ? size : nil
         if allocator.locks && size > 0 {
             do { mapping = try SharedMapping(lockingAllOf: fd, size: size) } catch {
                 _ = close(fd)
@@ -34,11 +40,15 @@ public final class MemoryPlugin: Backend {
 
     deinit { _ = close(fd) }
 
+    public func afterFork() throws {
+        if let size = sizeToLockOnFault { mapping = SharedMapping(lockingOnFault: fd, size: size) }
+    }
+
     public func open(_ request: OpenRequest) throws -> any BackendConnection {
         let copy = fcntl(fd, F_DUPFD_CLOEXEC, 0)
         guard copy >= 0 else { throw BackendError(SystemError("memory: dup")) }
         return FileConnection(descriptor: copy, name: "memory", readonly: request.readonly, memoryDisk: allocator,
-                              mapping: request.readonly ? nil : mapping)
+                              mapping: request.readonly ? nil : mapping, mappingTakesAllWrites: sizeToLockOnFault != nil)
     }
 }
 

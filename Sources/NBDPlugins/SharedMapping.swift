@@ -1,4 +1,5 @@
 import Glibc
+import CNBDShim
 import NBDServer
 
 /// A whole memory file mapped shared and writable into the process: its bytes are the file's
@@ -31,6 +32,15 @@ final class SharedMapping: @unchecked Sendable {
             _ = munmap(start, Int(size))
             throw error
         }
+        _ = madvise(start, Int(size), MADV_DONTDUMP)
+        bytes = UnsafeMutableRawBufferPointer(start: start, count: Int(size))
+    }
+
+    /// Maps the `size` bytes of `fd` where `mayMap(size:)` allows, locking each page into RAM
+    /// when it is first touched through the mapping and taking none now (`--swap`); nil
+    /// otherwise or if the mapping or the lock fails.
+    init?(lockingOnFault fd: Int32, size: UInt64) {
+        guard Self.mayMap(size: size), let start = CNBDShim_map_locking_on_fault(fd, Int(size)) else { return nil }
         _ = madvise(start, Int(size), MADV_DONTDUMP)
         bytes = UnsafeMutableRawBufferPointer(start: start, count: Int(size))
     }

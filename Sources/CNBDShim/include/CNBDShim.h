@@ -73,6 +73,11 @@ int CNBDShim_spawn_shell(const char *command, pid_t *pid, char *const envp[], in
  * them holes, sealed so that its size never changes; the descriptor, or -1 with errno set. */
 int CNBDShim_memory_file(const char *name, int64_t size);
 
+/* Maps size bytes of fd shared and writable, each page locked into RAM as it is first touched
+ * (mlock2 MLOCK_ONFAULT) and none populated now, even under mlockall(MCL_FUTURE): the mapping
+ * starts inaccessible, which populating skips. NULL with errno set on failure. */
+void *CNBDShim_map_locking_on_fault(int fd, size_t size);
+
 /* The machine's RAM in bytes, with its swap added if with_swap; 0 if unknown (sysinfo). */
 uint64_t CNBDShim_total_memory(int with_swap);
 
