@@ -123,6 +123,11 @@ final class FileConnection: BackendConnection, @unchecked Sendable {
     }
 
     func pwrite(_ buffer: UnsafeRawBufferPointer, offset: UInt64, fua: Bool) throws {
+        if mappingTakesAllWrites, let mapping {
+            // Also what a filter passes on, which never asks for `storage`.
+            mapping.range(offset: offset, length: UInt32(buffer.count)).copyMemory(from: buffer)
+            return
+        }
         var done = 0
         while done < buffer.count {
             let n = Glibc.pwrite(fd, buffer.baseAddress! + done, buffer.count - done, off_t(offset) + off_t(done))

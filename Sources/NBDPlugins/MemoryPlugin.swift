@@ -40,8 +40,13 @@ public final class MemoryPlugin: Backend, @unchecked Sendable {
 
     deinit { _ = close(fd) }
 
+    /// Under `--swap`, a disk whose pages can't be locked is a start-up error, not a disk that
+    /// may be swapped out.
     public func afterFork() throws {
-        if let size = sizeToLockOnFault { mapping = SharedMapping(lockingOnFault: fd, size: size) }
+        guard let size = sizeToLockOnFault, size > 0 else { return }
+        do { mapping = try SharedMapping(lockingOnFault: fd, size: size) } catch {
+            throw ConfigError("memory: --swap: cannot lock the disk's pages into RAM as they are written: \(error)")
+        }
     }
 
     public func open(_ request: OpenRequest) throws -> any BackendConnection {

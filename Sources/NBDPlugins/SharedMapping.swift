@@ -36,11 +36,16 @@ final class SharedMapping: @unchecked Sendable {
         bytes = UnsafeMutableRawBufferPointer(start: start, count: Int(size))
     }
 
-    /// Maps the `size` bytes of `fd` where `mayMap(size:)` allows, locking each page into RAM
-    /// when it is first touched through the mapping and taking none now (`--swap`); nil
-    /// otherwise or if the mapping or the lock fails.
-    init?(lockingOnFault fd: Int32, size: UInt64) {
-        guard Self.mayMap(size: size), let start = CNBDShim_map_locking_on_fault(fd, Int(size)) else { return nil }
+    /// Maps the `size` bytes of `fd`, locking each page into RAM when it is first touched
+    /// through the mapping and taking none now (`--swap`). Throws a `ConfigError` with the
+    /// reason where `mayMap(size:)` refuses or the mapping or the lock fails.
+    init(lockingOnFault fd: Int32, size: UInt64) throws {
+        guard Self.mayMap(size: size) else {
+            throw ConfigError("it is mapped only when no larger than RAM and 1 TiB, without an address-space limit (ulimit -v) and without strict overcommit")
+        }
+        guard let start = CNBDShim_map_locking_on_fault(fd, Int(size)) else {
+            throw ConfigError("\(SystemError("mmap or mlock2"))")
+        }
         _ = madvise(start, Int(size), MADV_DONTDUMP)
         bytes = UnsafeMutableRawBufferPointer(start: start, count: Int(size))
     }
