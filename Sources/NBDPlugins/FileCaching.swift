@@ -22,13 +22,14 @@ struct FileCaching: Sendable, Equatable {
     var mode = Mode.default
     var advice = Advice.normal
 
-    /// Takes `cache=` and `fadvise=` from `parameters`; throws nbdkit's message for other values.
+    /// Takes `cache=` and `fadvise=` from `parameters`, the last of each winning; throws
+    /// nbdkit's message for any value it does not know, as nbdkit checks every one given.
     init(taking parameters: inout Parameters) throws {
-        if let text = parameters.take("cache") {
+        for text in parameters.takeAll("cache") {
             guard let mode = Mode(rawValue: text) else { throw ConfigError("unknown cache mode: \(text)") }
             self.mode = mode
         }
-        if let text = parameters.take("fadvise") {
+        for text in parameters.takeAll("fadvise") {
             guard let advice = Advice(rawValue: text) else { throw ConfigError("unknown fadvise mode: \(text)") }
             self.advice = advice
         }

@@ -88,8 +88,9 @@ final class FileCachingTests: IntegrationTestCase {
             XCTAssertEqual(r.status, 0, "\(value): \(r.stderr)")
             XCTAssertEqual(r.stdout, "65536\n", value)
         }
-        for (value, message) in [("cache=NONE", "unknown cache mode: NONE"), ("fadvise=willneed", "unknown fadvise mode: willneed")] {
-            let r = Harness.run([Harness.nbdkit, "-U", "-", "file", file, value, "--run", "true"])
+        for (value, message) in [("cache=NONE", "unknown cache mode: NONE"), ("fadvise=willneed", "unknown fadvise mode: willneed"),
+                                 ("cache=bogus cache=none", "unknown cache mode: bogus")] {
+            let r = Harness.run([Harness.nbdkit, "-U", "-", "file", file] + value.split(separator: " ").map(String.init) + ["--run", "true"])
             XCTAssertEqual(r.status, 1, value)
             XCTAssertEqual(r.stderr, "nbdkit: error: \(message)\n")
         }
