@@ -3,8 +3,9 @@ import NBDServer
 
 /// The file plugin's `cache=` and `fadvise=` parameters, spelt as nbdkit spells them.
 struct FileCaching: Sendable, Equatable {
-    /// `cache=`: `default` leaves the page cache to the kernel; `none` drops what each read or
-    /// write brought into it, once the write has reached the disk.
+    /// `cache=`: `default` leaves the page cache to the kernel; `none` drops the whole pages
+    /// each read covered, and each write's once they are written back (what the kernel read
+    /// ahead, partial pages and `NBD_CMD_CACHE`'s reads stay).
     enum Mode: String, Sendable { case `default`, none }
     /// `fadvise=`: the access pattern declared for the whole file (`posix_fadvise`), which sets
     /// the kernel's read-ahead.
