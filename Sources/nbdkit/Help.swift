@@ -80,6 +80,7 @@ enum Help {
         version=\(version)
         version_major=1
         version_minor=32
+        zstd=no
 
         """
     }

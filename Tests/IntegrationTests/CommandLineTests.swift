@@ -125,6 +125,7 @@ final class CommandLineTests: IntegrationTestCase {
         XCTAssertTrue(config.stdout.contains("version_major=1\n"), config.stdout)
         XCTAssertTrue(config.stdout.contains("\nselinux=yes\nsysconfdir=/etc\ntls=yes\n"), config.stdout)
         XCTAssertTrue(config.stdout.contains("\nroot_tls_certificates_dir=/etc/pki/nbdkit\n"), config.stdout)
+        XCTAssertTrue(config.stdout.hasSuffix("\nversion_minor=32\nzstd=no\n"), config.stdout)
         let binary = config.stdout.split(separator: "\n").first { $0.hasPrefix("binary=") }.map { String($0.dropFirst(7)) } ?? ""
         XCTAssertTrue(config.stdout.contains("\nbindir=\((binary as NSString).deletingLastPathComponent)\n"), config.stdout)
         let keys = config.stdout.split(separator: "\n").map { $0.split(separator: "=")[0] }
