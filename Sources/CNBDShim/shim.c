@@ -206,6 +206,17 @@ void *CNBDShim_map_locking_on_fault(int fd, size_t size)
   return p;
 }
 
+void CNBDShim_touch_pages(const void *p, size_t length)
+{
+  const volatile char *c = p;
+  if (length == 0)
+    return;
+  (void) c[0];
+  size_t first = 4096 - ((uintptr_t) p & 4095);
+  for (size_t i = first; i < length; i += 4096)
+    (void) c[i];
+}
+
 uint64_t CNBDShim_total_memory(int with_swap)
 {
   struct sysinfo info;

@@ -125,7 +125,7 @@ final class FileConnection: BackendConnection, @unchecked Sendable {
     func pwrite(_ buffer: UnsafeRawBufferPointer, offset: UInt64, fua: Bool) throws {
         if mappingTakesAllWrites, let mapping {
             // Also what a filter passes on, which never asks for `storage`.
-            mapping.range(offset: offset, length: UInt32(buffer.count)).copyMemory(from: buffer)
+            mapping.rangeForWriting(offset: offset, length: UInt32(buffer.count)).copyMemory(from: buffer)
             return
         }
         var done = 0
@@ -147,7 +147,7 @@ final class FileConnection: BackendConnection, @unchecked Sendable {
     /// CPU).
     func storage(offset: UInt64, length: UInt32) -> UnsafeMutableRawBufferPointer? {
         guard let mapping, length < Self.storageLimit || mappingTakesAllWrites else { return nil }
-        return mapping.range(offset: offset, length: length)
+        return mapping.rangeForWriting(offset: offset, length: length)
     }
 
     static let storageLimit: UInt32 = 64 * 1024

@@ -57,6 +57,16 @@ final class SharedMapping: @unchecked Sendable {
         UnsafeMutableRawBufferPointer(rebasing: bytes[Int(offset)..<Int(offset) + Int(length)])
     }
 
+    /// `range(offset:length:)`, with its pages mapped into the process: those not mapped yet are
+    /// faulted in by a read, which also maps the neighbouring pages the file holds (up to 16 at
+    /// a time, fault-around), where the write itself would fault each page in alone. (Measured:
+    /// 4 KiB random writes over a filled 1 GiB disk took 262,153 page faults, now 16,394.)
+    func rangeForWriting(offset: UInt64, length: UInt32) -> UnsafeMutableRawBufferPointer {
+        let range = range(offset: offset, length: length)
+        CNBDShim_touch_pages(range.baseAddress, range.count)
+        return range
+    }
+
     /// A file of `size` bytes is mapped only where that costs little more than writing to it:
     /// - no larger than `largestSize` or than the machine's RAM: each 2 MiB of the mapping
     ///   that is written to takes a 4 KiB page table until the mapping goes (a trim does not

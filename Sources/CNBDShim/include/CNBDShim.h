@@ -78,6 +78,11 @@ int CNBDShim_memory_file(const char *name, int64_t size);
  * starts inaccessible, which populating skips. NULL with errno set on failure. */
 void *CNBDShim_map_locking_on_fault(int fd, size_t size);
 
+/* Reads one byte of every page of [p, p+length), so that pages not yet mapped in are faulted in
+ * by a read fault, which also maps the neighbouring pages the file already holds (fault-around),
+ * where a write fault maps one page. */
+void CNBDShim_touch_pages(const void *p, size_t length);
+
 /* The machine's RAM in bytes, with its swap added if with_swap; 0 if unknown (sysinfo). */
 uint64_t CNBDShim_total_memory(int with_swap);
 
