@@ -4,7 +4,7 @@ import NBDProtocol
 
 /// `file file=PATH` serves a regular file or block device; `file dir=DIR` serves each regular
 /// file or block device in DIR whose name doesn't start with "." as an export named after it,
-/// and refuses every other name. Each connection opens the file itself. `cache=` and `fadvise=`
+/// and refuses every other name, the default export "" too. Each connection opens the file itself. `cache=` and `fadvise=`
 /// (`FileCaching`) apply to every file served.
 public final class FilePlugin: Backend {
     public let name = "file"
@@ -24,14 +24,8 @@ public final class FilePlugin: Backend {
         }
     }
 
-    public func defaultExport(readonly: Bool, isTLS: Bool) throws -> String {
-        switch source {
-        case .file: return ""
-        case .directory(let dir):
-            guard let first = try Self.entries(of: dir).first else { throw BackendError(.einval, "no files in \(dir)") }
-            return first
-        }
-    }
+    // The default export is "" (the protocol's default): with dir=, as in nbdkit, it names no
+    // file, so a client that asks for the default export is refused.
 
     public func open(_ request: OpenRequest) throws -> any BackendConnection {
         let path: String
@@ -101,6 +95,14 @@ extension FilePlugin: PluginFactory {
             throw ConfigError("file= and dir= cannot be used at the same time")
         case (let file?, nil):
             let path = try absolutePath(file)
+            // As nbdkit: a directory gets a hint, and anything else that is not a regular file or
+            // block device (a character device, a FIFO, whose open could wait) is refused.
+            var st = stat()
+            guard stat(path, &st) == 0 else { throw ConfigError("stat: \(SystemError(path))") }
+            if st.st_mode & S_IFMT == S_IFDIR { throw ConfigError("use dir= to serve files within \(path)") }
+            guard st.st_mode & S_IFMT == S_IFREG || st.st_mode & S_IFMT == S_IFBLK else {
+                throw ConfigError("file is not regular or block device: \(path)")
+            }
             // Open once now so that an unreadable file is reported at startup, not at first connection.
             let fd = Glibc.open(path, (options.readonly ? O_RDONLY : O_RDWR) | O_CLOEXEC)
             if fd < 0 {

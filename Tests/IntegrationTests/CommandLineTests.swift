@@ -3,6 +3,13 @@ import XCTest
 /// The command line: errors, informational options, and the captive `--run` basics.
 final class CommandLineTests: IntegrationTestCase {
     func testErrorsGoToStderrWithStatus1() {
+        let real = { (path: String) -> String in
+            guard let p = realpath(path, nil) else { return path }
+            defer { free(p) }
+            return String(cString: p)
+        }
+        let fifo = real(dir.path) + "/fifo"
+        XCTAssertEqual(mkfifo(fifo, 0o600), 0)
         let cases: [([String], String)] = [
             (["-f", "memory"], "nbdkit: error: you must specify size=<SIZE> on the command line"),
             (["-f", "memory", "size=abc"], "nbdkit: error: could not parse size string (abc)"),
@@ -17,6 +24,11 @@ final class CommandLineTests: IntegrationTestCase {
             (["-f", "-p", "70000", "memory", "1M"], "nbdkit: error: cannot parse port number '70000'"),
             (["-f", "--vsock", "-p", "4294967296", "memory", "1M"], "nbdkit: error: cannot parse port number '4294967296'"),
             (["-f", "file", dir.file("missing.img")], "nbdkit: error: realpath"),
+            // As nbdkit: only a regular file or a block device (a FIFO's open would wait).
+            (["-f", "file", dir.path], "nbdkit: error: use dir= to serve files within \(real(dir.path))\n"),
+            (["-f", "-r", "file", dir.path], "nbdkit: error: use dir= to serve files within \(real(dir.path))\n"),
+            (["-f", "-r", "file", "/dev/null"], "nbdkit: error: file is not regular or block device: /dev/null\n"),
+            (["-f", "-r", "file", fifo], "nbdkit: error: file is not regular or block device: \(fifo)\n"),
             (["-f", "--filter=nosuch", "memory", "1M"], "nbdkit: error: cannot open filter 'nosuch'"),
             (["-f", "memory", "1M", "=x"], "nbdkit: error: could not parse size string (=x)"),
             (["-f", "memory", "size=1M", "9x=1"], "nbdkit: error: could not parse size string (9x=1)"),

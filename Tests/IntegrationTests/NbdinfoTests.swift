@@ -90,8 +90,9 @@ final class NbdinfoTests: IntegrationTestCase {
         XCTAssertTrue(s.isRunning)
     }
 
-    /// Only the names the listing shows can be opened: hidden files, subdirectories, FIFOs and
-    /// paths leaving the directory are refused in NBD_OPT_GO, and the server keeps running.
+    /// Only the names the listing shows can be opened: the default export "" (as in nbdkit),
+    /// hidden files, subdirectories, FIFOs and paths leaving the directory are refused in
+    /// NBD_OPT_GO, and the server keeps running.
     func testFileDirectoryRefusesUnlistedNames() throws {
         let d = dir.file("exports")
         try FileManager.default.createDirectory(atPath: d + "/sub", withIntermediateDirectories: true)
@@ -101,7 +102,7 @@ final class NbdinfoTests: IntegrationTestCase {
         XCTAssertEqual(mkfifo(d + "/fifo", 0o600), 0)
         let s = try startServer(["file", "dir=\(d)"])
         let script = """
-        for name in ["alpha", ".hidden", "sub", "fifo", "../secret", "..", "."]:
+        for name in ["alpha", "", ".hidden", "sub", "fifo", "../secret", "..", "."]:
             c = nbd.NBD()
             c.set_export_name(name)
             try:
@@ -115,6 +116,7 @@ final class NbdinfoTests: IntegrationTestCase {
         XCTAssertEqual(r.status, 0, r.stderr)
         XCTAssertEqual(r.stdout, """
         alpha 4096
+         refused
         .hidden refused
         sub refused
         fifo refused
