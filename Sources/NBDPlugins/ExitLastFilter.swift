@@ -1,17 +1,27 @@
 import Synchronization
 import NBDServer
 
-/// `--filter=exitlast`: the server exits when the last client that opened an export closes it.
+/// `--filter=exitlast`: the server exits when the last client that opened an export has gone.
 /// As in nbdkit, only clients that opened an export count (NBD_OPT_GO, NBD_OPT_INFO or
 /// NBD_OPT_EXPORT_NAME): one that connects and leaves, or idles in negotiation, neither ends
-/// the server nor keeps it running.
+/// the server nor keeps it running. The check is made as each client's connection ends, not as
+/// an export closes, so a client that asks NBD_OPT_INFO and then NBD_OPT_GO (as `nbdinfo`
+/// does) is served in between, as nbdkit serves it.
 final class ExitLastFilter: PassthroughFilter, @unchecked Sendable {
-    private let control: ServerControl
     private let opened = Atomic<Int>(0)
+    /// Whether any client has opened an export: the server never exits before that.
+    private let armed = Atomic<Bool>(false)
+    /// The connection count last seen, to tell a connection that ended from one that began.
+    private let connections = Atomic<Int>(0)
 
     init(next: any Backend, control: ServerControl) {
-        self.control = control
         super.init(next: next)
+        control.onConnectionCountChanged { [self] count in
+            let ended = count < connections.exchange(count, ordering: .relaxed)
+            if ended && armed.load(ordering: .relaxed) && opened.load(ordering: .relaxed) == 0 {
+                control.requestShutdown()
+            }
+        }
     }
 
     override var name: String { next.name }
@@ -19,8 +29,9 @@ final class ExitLastFilter: PassthroughFilter, @unchecked Sendable {
     override func open(_ request: OpenRequest) throws -> any BackendConnection {
         let connection = try next.open(request)
         opened.wrappingAdd(1, ordering: .relaxed)
+        armed.store(true, ordering: .relaxed)
         return WatchedConnection(next: connection) { [self] in
-            if opened.wrappingSubtract(1, ordering: .relaxed).newValue == 0 { control.requestShutdown() }
+            opened.wrappingSubtract(1, ordering: .relaxed)
         }
     }
 }
