@@ -97,7 +97,7 @@ extension DelayFilter: FilterFactory {
     static func make(_ parameters: inout Parameters, next: any Backend, control: ServerControl) throws -> any Backend {
         var d = DelayFilter.Delays()
         func take(_ key: String) throws -> UInt32? {
-            try parameters.take(key).map { try parseDelay($0, key: key) }
+            try parameters.take(key) { try parseDelay($0, key: key) }
         }
         // As nbdkit: wdelay covers writes, zeroing and trims; the specific keys override it.
         if let w = try take("wdelay") { (d.write, d.zero, d.trim) = (w, w, w) }

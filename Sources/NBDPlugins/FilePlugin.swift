@@ -85,16 +85,17 @@ extension FilePlugin: PluginFactory {
     public static let dumpPluginFields = ["file_falloc_fl_punch_hole=yes", "file_falloc_fl_zero_range=yes"]
 
     public static func make(_ parameters: inout Parameters, options: PluginOptions) throws -> any Backend {
-        let file = parameters.take("file")
-        let dir = parameters.take("dir")
+        // As nbdkit, every path given is resolved (a missing one is an error even if a later one
+        // replaces it).
+        let file = try parameters.take("file", parsing: absolutePath)
+        let dir = try parameters.take("dir", parsing: absolutePath)
         let source: Source
         switch (file, dir) {
         case (nil, nil):
             throw ConfigError("you must supply either [file=]<FILENAME> or dir=<DIRNAME> parameter after the plugin name on the command line")
         case (.some, .some):
             throw ConfigError("file= and dir= cannot be used at the same time")
-        case (let file?, nil):
-            let path = try absolutePath(file)
+        case (let path?, nil):
             // As nbdkit: a directory gets a hint, and anything else that is not a regular file or
             // block device (a character device, a FIFO, whose open could wait) is refused.
             var st = stat()
@@ -114,11 +115,10 @@ extension FilePlugin: PluginFactory {
             }
             _ = close(fd)
             source = .file(path)
-        case (nil, let dir?):
-            let path = try absolutePath(dir)
+        case (nil, let path?):
             var st = stat()
             guard stat(path, &st) == 0, st.st_mode & S_IFMT == S_IFDIR else {
-                throw ConfigError("dir=\(dir): not a directory")
+                throw ConfigError("dir=\(path): not a directory")
             }
             source = .directory(path)
         }

@@ -72,10 +72,9 @@ extension MemoryPlugin: PluginFactory {
     ]
 
     public static func make(_ parameters: inout Parameters, options: PluginOptions) throws -> any Backend {
-        guard let size = parameters.take("size") else {
+        guard let bytes = try parameters.take("size", parsing: parseSize) else {
             throw ConfigError("you must specify size=<SIZE> on the command line")
         }
-        let bytes = try parseSize(size)
         let allocator = try parameters.take("allocator").map { try MemoryAllocator(parsing: $0) } ?? .sparse
         if allocator.isWhole { try checkRoom(for: bytes, allocator: allocator) }
         let fd = CNBDShim_memory_file("nbdkit-memory", Int64(bitPattern: bytes))

@@ -22,7 +22,7 @@ extension NullPlugin: PluginFactory {
     ]
 
     public static func make(_ parameters: inout Parameters, options: PluginOptions) throws -> any Backend {
-        NullPlugin(size: try parameters.take("size").map(parseSize) ?? 0)
+        NullPlugin(size: try parameters.take("size", parsing: parseSize) ?? 0)
     }
 }
 

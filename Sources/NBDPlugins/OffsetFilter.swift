@@ -63,8 +63,8 @@ extension OffsetFilter: FilterFactory {
     static let configHelp = "offset=<OFFSET>  The start offset to serve (default 0).\nrange=<LENGTH>  The total size to serve (default rest of file)."
 
     static func make(_ parameters: inout Parameters, next: any Backend, control: ServerControl) throws -> any Backend {
-        let offset = try parameters.take("offset").map(parseSize) ?? 0
-        let range = try parameters.take("range").map(parseSize)
+        let offset = try parameters.take("offset", parsing: parseSize) ?? 0
+        let range = try parameters.take("range", parsing: parseSize)
         return OffsetFilter(next: next, offset: offset, range: range)
     }
 }

@@ -19,10 +19,8 @@ extension PatternPlugin: PluginFactory {
     ]
 
     public static func make(_ parameters: inout Parameters, options: PluginOptions) throws -> any Backend {
-        guard let size = parameters.take("size") else {
-            throw ConfigError("you must specify size=<SIZE> on the command line")
-        }
-        return PatternPlugin(size: try parseSize(size))
+        // As nbdkit 1.32, which documents size= as required but serves 0 bytes without it.
+        PatternPlugin(size: try parameters.take("size", parsing: parseSize) ?? 0)
     }
 }
 

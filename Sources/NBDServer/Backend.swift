@@ -223,6 +223,14 @@ public struct Parameters: Sendable {
         takeAll(key).last
     }
 
+    /// Removes every value given for `key` and parses each in order, as nbdkit checks every
+    /// occurrence (`size=bad size=1M` is refused); returns the last, or nil if none was given.
+    public mutating func take<T>(_ key: String, parsing parse: (String) throws -> T) throws -> T? {
+        var last: T?
+        for value in takeAll(key) { last = try parse(value) }
+        return last
+    }
+
     /// Removes and returns every value given for `key`, in order.
     public mutating func takeAll(_ key: String) -> [String] {
         let values = pairs.filter { $0.key == key }.map(\.value)

@@ -13,6 +13,11 @@ final class CommandLineTests: IntegrationTestCase {
         let cases: [([String], String)] = [
             (["-f", "memory"], "nbdkit: error: you must specify size=<SIZE> on the command line"),
             (["-f", "memory", "size=abc"], "nbdkit: error: could not parse size string (abc)"),
+            // As nbdkit, every value given for a key is checked, not only the last.
+            (["-f", "memory", "size=bad", "size=1M"], "nbdkit: error: could not parse size string (bad)\n"),
+            (["-f", "--filter=offset", "memory", "1M", "offset=-1", "offset=1k"], "nbdkit: error: size cannot be negative (-1)\n"),
+            (["-f", "--filter=delay", "memory", "1M", "rdelay=x", "rdelay=1"], "nbdkit: error: delay: could not parse rdelay=x"),
+            (["-f", "file", "file=\(dir.file("missing.img"))", "file=/dev/zero"], "nbdkit: error: realpath"),
             (["-f", "memory", "1G", "foo=bar"], "nbdkit: error: unknown parameter 'foo'"),
             (["-f", "nosuchplugin"], "nbdkit: error: cannot open plugin 'nosuchplugin'"),
             (["-f", "-p", "notaport", "memory", "1M"], "nbdkit: error: getaddrinfo: <any>: notaport: Servname not supported"),
@@ -31,7 +36,7 @@ final class CommandLineTests: IntegrationTestCase {
             (["-f", "-r", "file", fifo], "nbdkit: error: file is not regular or block device: \(fifo)\n"),
             (["-f", "--filter=nosuch", "memory", "1M"], "nbdkit: error: cannot open filter 'nosuch'"),
             (["-f", "memory", "1M", "=x"], "nbdkit: error: could not parse size string (=x)"),
-            (["-f", "memory", "size=1M", "9x=1"], "nbdkit: error: could not parse size string (9x=1)"),
+            (["-f", "memory", "size=1M", "9x=1"], "nbdkit: error: could not parse size: unknown suffix 'x=1'"),
             (["-f", "example1", "x"], "nbdkit: error:"),
             (["-f", "-U", dir.file("s"), "-p", "1", "memory", "1M"], "nbdkit: error:"),
             (["-f"], "nbdkit: error: no plugins given on the command line.\nUse 'nbdkit --help' "),

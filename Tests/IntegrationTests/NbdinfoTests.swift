@@ -34,6 +34,16 @@ final class NbdinfoTests: IntegrationTestCase {
         XCTAssertEqual(Harness.run(["nbdinfo", "--is", "readonly", m.uri]).status, 2)
     }
 
+    /// As nbdkit 1.32: pattern without a size serves an empty disk; a size may have white space
+    /// and a + before it.
+    func testPatternWithoutSizeIsEmpty() {
+        let r = Harness.run([Harness.nbdkit, "-U", "-", "pattern", "--run", "nbdinfo --size \"$uri\""])
+        XCTAssertEqual(r.status, 0, r.stderr)
+        XCTAssertEqual(r.stdout, "0\n")
+        let spaced = Harness.run([Harness.nbdkit, "-U", "-", "pattern", " +1M", "--run", "nbdinfo --size \"$uri\""])
+        XCTAssertEqual(spaced.stdout, "1048576\n", spaced.stderr)
+    }
+
     func testExabyteMemoryExport() throws {
         let s = try startServer(["memory", "size=1E"])
         let r = Harness.run(["nbdinfo", "--size", s.uri])

@@ -1,0 +1,42 @@
+import XCTest
+@testable import NBDServer
+
+/// `parseSize` accepts and refuses what nbdkit 1.32's nbdkit_parse_size does, with its messages
+/// (each expectation below was checked against /usr/bin/nbdkit).
+final class SizeTests: XCTestCase {
+    func testAccepted() throws {
+        let cases: [(String, UInt64)] = [
+            ("0", 0), ("512", 512), ("1b", 1), ("2s", 1024), ("1k", 1024), ("1K", 1024), ("1M", 1 << 20),
+            ("3g", 3 << 30), ("1T", 1 << 40), ("1p", 1 << 50), ("7E", 7 << 60), ("1e", 1 << 60),
+            (" 1M", 1 << 20), ("\t1M", 1 << 20), ("+1M", 1 << 20), (" +1M", 1 << 20), ("-0", 0),
+            ("9223372036854775807", UInt64(Int64.max)),
+        ]
+        for (text, value) in cases {
+            XCTAssertEqual(try parseSize(text), value, text)
+        }
+    }
+
+    func testRefusedWithNbdkitsMessages() {
+        let cases: [(String, String)] = [
+            ("abc", "could not parse size string (abc)"),
+            ("", "could not parse size string ()"),
+            ("=x", "could not parse size string (=x)"),
+            ("+-1", "could not parse size string (+-1)"),
+            ("1x", "could not parse size: unknown suffix 'x'"),
+            ("1.5M", "could not parse size: unknown suffix '.5M'"),
+            ("1M ", "could not parse size: unknown suffix 'M '"),
+            ("1MiB", "could not parse size: unknown suffix 'MiB'"),
+            ("0x100", "could not parse size: unknown suffix 'x100'"),
+            ("9x=1", "could not parse size: unknown suffix 'x=1'"),
+            (" -1", "size cannot be negative ( -1)"),
+            ("-1x", "size cannot be negative (-1x)"),
+            ("99999999999999999999", "size (99999999999999999999) exceeds maximum value"),
+            ("8E", "overflow computing size (8E)"),
+        ]
+        for (text, message) in cases {
+            XCTAssertThrowsError(try parseSize(text), text) { error in
+                XCTAssertEqual((error as? ConfigError)?.message, message, text)
+            }
+        }
+    }
+}
