@@ -126,6 +126,10 @@ extension ExitWhenFilter: FilterFactory {
         }
         for pid in parameters.takeAll("exit-when-process-exits") {
             guard let n = Int32(pid), n > 0 else { throw ConfigError("exitwhen: could not parse exit-when-process-exits=\(pid)") }
+            // As nbdkit: a process that is already gone is an error at start-up.
+            guard access("/proc/\(n)/stat", F_OK) == 0 else {
+                throw ConfigError("exit-when-process-exits: \(SystemError("/proc/\(n)/stat"))")
+            }
             events.append(.processExits(n))
         }
         events += parameters.takeAll("exit-when-script").map { .script($0) }

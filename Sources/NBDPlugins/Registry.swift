@@ -53,11 +53,26 @@ public enum Registry {
         TarFilter.self, TLSFallbackFilter.self,
     ]
 
+    /// The plugin `name` names: a built-in's name, or the path of nbdkit's shared object for it
+    /// (`/usr/lib/x86_64-linux-gnu/nbdkit/plugins/nbdkit-memory-plugin.so`), as scripts written
+    /// for nbdkit may give.
     public static func plugin(named name: String) -> (any PluginFactory.Type)? {
-        plugins.first { $0.name == name }
+        let name = builtInName(name, kind: "plugin")
+        return plugins.first { $0.name == name }
     }
 
+    /// The filter `name` names, as `plugin(named:)` (`nbdkit-offset-filter.so`).
     public static func filter(named name: String) -> (any FilterFactory.Type)? {
-        filters.first { $0.name == name }
+        let name = builtInName(name, kind: "filter")
+        return filters.first { $0.name == name }
+    }
+
+    /// NAME for a path ending in `/nbdkit-NAME-KIND.so`; anything else as it is.
+    static func builtInName(_ given: String, kind: String) -> String {
+        guard let slash = given.lastIndex(of: "/") else { return given }
+        let base = given[given.index(after: slash)...]
+        let prefix = "nbdkit-", suffix = "-\(kind).so"
+        guard base.hasPrefix(prefix), base.hasSuffix(suffix), base.count > prefix.count + suffix.count else { return given }
+        return String(base.dropFirst(prefix.count).dropLast(suffix.count))
     }
 }

@@ -19,6 +19,9 @@ final class CommandLineTests: IntegrationTestCase {
             (["-f", "--filter=delay", "memory", "1M", "rdelay=x", "rdelay=1"], "nbdkit: error: delay: could not parse rdelay=x"),
             (["-f", "file", "file=\(dir.file("missing.img"))", "file=/dev/zero"], "nbdkit: error: realpath"),
             (["-f", "memory", "1G", "foo=bar"], "nbdkit: error: unknown parameter 'foo'"),
+            (["-f", "--filter=exitwhen", "memory", "1M", "exit-when-process-exits=999999999"],
+             "nbdkit: error: exit-when-process-exits: /proc/999999999/stat: No such file or directory\n"),
+            (["-f", "/usr/lib/nbdkit/plugins/nbdkit-nosuch-plugin.so"], "nbdkit: error: cannot open plugin '/usr/lib/nbdkit/plugins/nbdkit-nosuch-plugin.so'"),
             (["-f", "nosuchplugin"], "nbdkit: error: cannot open plugin 'nosuchplugin'"),
             (["-f", "-p", "notaport", "memory", "1M"], "nbdkit: error: getaddrinfo: <any>: notaport: Servname not supported"),
             // Stricter than nbdkit, whose getaddrinfo takes these (the last two as port 4464).
@@ -97,6 +100,17 @@ final class CommandLineTests: IntegrationTestCase {
             XCTAssertEqual(r.status, 0, r.stderr)
             XCTAssertEqual(r.stdout, "\(bytes)\n", size)
         }
+    }
+
+    /// Scripts written for nbdkit may name a plugin or filter by the path of nbdkit's shared
+    /// object for it: the built-in of that name serves.
+    func testPluginsAndFiltersByNbdkitsPaths() {
+        let r = Harness.run([Harness.nbdkit, "-U", "-",
+                             "--filter=/usr/lib/x86_64-linux-gnu/nbdkit/filters/nbdkit-offset-filter.so",
+                             "/usr/lib/x86_64-linux-gnu/nbdkit/plugins/nbdkit-memory-plugin.so", "1M", "offset=4k",
+                             "--run", "nbdinfo --size \"$uri\""])
+        XCTAssertEqual(r.status, 0, r.stderr)
+        XCTAssertEqual(r.stdout, "1044480\n")
     }
 
     /// `--dump-plugin` prints nbdkit 1.32's lines for the plugin of the same name (scripts grep for
