@@ -23,8 +23,9 @@ public enum NBDSize {
     public static let structuredReplyHeader = 20
     public static let optionHeader = 16
     public static let optionReplyHeader = 20
-    /// The largest read or write payload the server accepts (as nbdkit).
-    public static let maxRequest: UInt32 = 32 * 1024 * 1024
+    /// The largest read or write payload the server accepts: 64 MiB, as nbdkit (and libnbd's
+    /// own limit when a server advertises none).
+    public static let maxRequest: UInt32 = 64 * 1024 * 1024
     /// The largest option payload the server reads during negotiation.
     public static let maxOption: UInt32 = 65536
     /// How many options one client may send before the server gives up on it.

@@ -21,7 +21,7 @@ final class NbdinfoTests: IntegrationTestCase {
         XCTAssertEqual(json["protocol"] as? String, "newstyle-fixed")
         let contexts = export["contexts"] as? [String] ?? []
         XCTAssertEqual(contexts, ["base:allocation"])
-        XCTAssertEqual(export["block_size_maximum"] as? Int, 32 << 20)
+        XCTAssertEqual(export["block_size_maximum"] as? Int, 64 << 20)
     }
 
     func testReadonlyFlag() throws {

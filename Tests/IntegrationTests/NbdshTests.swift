@@ -516,11 +516,36 @@ final class NbdshTests: IntegrationTestCase {
         h.connect_uri('\(s.uri(export: "anything"))')
         assert h.get_export_name() == 'anything'
         assert h.get_canonical_export_name() == 'anything'
-        assert h.get_block_size(nbd.SIZE_MAXIMUM) == 32 * 1024 * 1024
+        assert h.get_block_size(nbd.SIZE_MAXIMUM) == 64 * 1024 * 1024
         print('ok')
         """])
         XCTAssertEqual(r.status, 0, r.stderr)
         XCTAssertEqual(r.stdout, "ok\n")
+    }
+
+    /// As nbdkit, a read or write may be as large as 64 MiB (libnbd's limit too); a larger read
+    /// gets an error and the connection goes on.
+    func testLargestRequests() throws {
+        let file = dir.file("big.img")
+        XCTAssertEqual(Harness.run(["truncate", "-s", "128M", file]).status, 0)
+        for plugin in [["memory", "128M"], ["file", file]] {
+            let s = try startServer(plugin, socketName: "sock-\(plugin[0])")
+            let r = Harness.nbdsh(s.uri, """
+            import os
+            data = os.urandom(64 << 20)
+            h.pwrite(data, 4096)
+            assert h.pread(64 << 20, 4096) == data
+            h.set_strict_mode(0)
+            try:
+                h.pread((64 << 20) + 1, 0)
+                print('a read past the limit succeeded')
+            except nbd.Error:
+                pass
+            assert h.pread(4096, 4096) == data[:4096]
+            print('ok')
+            """, timeout: 60)
+            XCTAssertEqual(r.stdout, "ok\n", r.stderr)
+        }
     }
 
     /// A slow request does not hold up the next one on the same connection: with flushes
