@@ -18,9 +18,7 @@ struct Startup {
             }
             throw ConfigError("no plugins given on the command line.\nUse 'nbdkit --help' or read the nbdkit(1) manual page for documentation.")
         }
-        guard let factory = Registry.plugin(named: pluginName) else {
-            throw ConfigError("cannot open plugin '\(pluginName)': no such built-in plugin (available: \(Registry.plugins.map { $0.name }.joined(separator: ", ")))")
-        }
+        guard let factory = Registry.plugin(named: pluginName) else { throw Self.unknownPlugin(pluginName) }
         if config.action == .dumpPlugin {
             // As nbdkit, which loads the filters first: an unknown one is an error here too.
             for name in config.filters where Registry.filter(named: name) == nil { throw Self.unknownFilter(name) }
@@ -165,7 +163,11 @@ struct Startup {
         return backend
     }
 
-    private static func unknownFilter(_ name: String) -> ConfigError {
+    static func unknownPlugin(_ name: String) -> ConfigError {
+        ConfigError("cannot open plugin '\(name)': no such built-in plugin (available: \(Registry.plugins.map { $0.name }.joined(separator: ", ")))")
+    }
+
+    static func unknownFilter(_ name: String) -> ConfigError {
         ConfigError("cannot open filter '\(name)': no such built-in filter (available: \(Registry.filters.map { $0.name }.joined(separator: ", ")))")
     }
 

@@ -152,6 +152,12 @@ final class CommandLineTests: IntegrationTestCase {
         XCTAssertTrue(help.stdout.contains("memory"))
         let version = Harness.run([Harness.nbdkit, "--version"])
         XCTAssertTrue(version.stdout.hasPrefix("nbdkit 1."), version.stdout)
+        // As nbdkit: with a plugin, a line for each filter, then one for the plugin.
+        let withPlugin = Harness.run([Harness.nbdkit, "--version", "--filter=offset", "--filter=delay", "memory"])
+        XCTAssertEqual(withPlugin.stdout.split(separator: "\n").dropFirst(), ["offset 1.32.5", "delay 1.32.5", "memory 1.32.5"])
+        let unknown = Harness.run([Harness.nbdkit, "--version", "nosuch"])
+        XCTAssertEqual(unknown.status, 1)
+        XCTAssertTrue(unknown.stderr.hasPrefix("nbdkit: error: cannot open plugin 'nosuch'"), unknown.stderr)
         let config = Harness.run([Harness.nbdkit, "--dump-config"])
         XCTAssertTrue(config.stdout.contains("version_major=1\n"), config.stdout)
         XCTAssertTrue(config.stdout.contains("\nselinux=yes\nsysconfdir=/etc\ntls=yes\n"), config.stdout)
