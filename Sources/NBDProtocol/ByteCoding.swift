@@ -49,8 +49,9 @@ public struct ByteReader {
     }
 }
 
-/// Decodes UTF-8, refusing malformed sequences.
+/// Decodes UTF-8, refusing malformed sequences and NUL, which the protocol's strings never hold.
 public func utf8(_ bytes: ArraySlice<UInt8>) throws(NBDDecodeError) -> String {
+    guard !bytes.contains(0) else { throw .containsNUL }
     guard let s = String(validating: bytes, as: UTF8.self) else { throw .badUTF8 }
     return s
 }
@@ -61,6 +62,7 @@ public enum NBDDecodeError: Error, Equatable, Sendable, CustomStringConvertible 
     case trailingBytes
     case tooLong
     case badUTF8
+    case containsNUL
     case badMagic
 
     public var description: String {
@@ -69,6 +71,7 @@ public enum NBDDecodeError: Error, Equatable, Sendable, CustomStringConvertible 
         case .trailingBytes: "message longer than its fields"
         case .tooLong: "length out of range"
         case .badUTF8: "string is not valid UTF-8"
+        case .containsNUL: "string contains NUL"
         case .badMagic: "bad magic number"
         }
     }

@@ -219,7 +219,8 @@ struct Handshake {
                 }
                 if isSet { metaContext = nil }
                 if matches {
-                    try reply(.metaContext, Negotiation.metaContextPayload(id: Handshake.allocationContextID,
+                    // A listing's context ID is reserved: zero (proto.md), as nbdkit sends.
+                    try reply(.metaContext, Negotiation.metaContextPayload(id: isSet ? Handshake.allocationContextID : 0,
                                                                            name: Handshake.allocationContext))
                     if isSet { metaContext = (request.exportName, Handshake.allocationContextID) }
                 }

@@ -96,6 +96,7 @@ final class HostileClientTests: IntegrationTestCase {
             Wire.u32(0) + Wire.u16(3) + Wire.u16(1),          // 3 info requests, only 1 present
             Wire.u32(0) + Wire.u16(0) + [0xEE],               // trailing byte
             [0, 0],                                           // shorter than the name length field
+            Wire.u32(3) + [0x61, 0, 0x62] + Wire.u16(0),      // a NUL in the name (as nbdkit refuses)
         ]
         for (i, payload) in malformed.enumerated() {
             XCTAssertTrue(c.send(Wire.option(7, payload)))
@@ -114,6 +115,28 @@ final class HostileClientTests: IntegrationTestCase {
         XCTAssertEqual(ack.option, 7)
         XCTAssertEqual(ack.type, 1)
         try c.expectRead512Works(cookie: 5)
+        assertServerHealthy(s)
+    }
+
+    /// NBD_OPT_LIST_META_CONTEXT answers with context ID 0, which proto.md reserves for listings
+    /// (as nbdkit); NBD_OPT_SET_META_CONTEXT with the ID block status will carry.
+    func testListedMetaContextHasIDZero() throws {
+        let s = try startServer(["memory", "size=1M"])
+        let c = try RawClient(s.socket)
+        defer { c.close() }
+        try c.startNegotiation()
+        XCTAssertTrue(c.send(Wire.option(8, [])))
+        XCTAssertEqual(try XCTUnwrap(c.readOptionReply()).type, 1, "NBD_OPT_STRUCTURED_REPLY acknowledged")
+        let query = Array("base:allocation".utf8)
+        for option: UInt32 in [9, 10] {
+            XCTAssertTrue(c.send(Wire.option(option, Wire.u32(0) + Wire.u32(1) + Wire.u32(UInt32(query.count)) + query)))
+            let context = try XCTUnwrap(c.readOptionReply())
+            XCTAssertEqual(context.type, 4, "NBD_REP_META_CONTEXT")
+            XCTAssertEqual(Array(context.payload.dropFirst(4)), query)
+            let id = Wire.be32(context.payload, 0)
+            if option == 9 { XCTAssertEqual(id, 0, "a listing's context ID") } else { XCTAssertNotEqual(id, 0) }
+            XCTAssertEqual(try XCTUnwrap(c.readOptionReply()).type, 1)
+        }
         assertServerHealthy(s)
     }
 

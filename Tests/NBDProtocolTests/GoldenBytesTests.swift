@@ -66,6 +66,9 @@ final class GoldenBytesTests: XCTestCase {
         XCTAssertThrowsError(try Negotiation.InfoRequest(decoding: [0, 0, 0, 1, 0xff, 0, 0])) {
             XCTAssertEqual($0 as? NBDDecodeError, .badUTF8)
         }
+        XCTAssertThrowsError(try Negotiation.InfoRequest(decoding: [0, 0, 0, 3, 0x61, 0, 0x62, 0, 0])) {
+            XCTAssertEqual($0 as? NBDDecodeError, .containsNUL)
+        }
         XCTAssertThrowsError(try Negotiation.InfoRequest(decoding: [0, 0, 0x20, 0, 0, 0])) {
             XCTAssertEqual($0 as? NBDDecodeError, .tooLong)
         }
