@@ -207,7 +207,13 @@ final class Transmission: Sendable {
                     try input.read(into: buffer.payload(count: Int(request.length)), mayPoll: mayPoll || inline)
                 }
             } catch TransportError.endOfFile {
-                server.logger.error("\(label): client went away in the middle of a write payload")
+                // Once shutdown has begun, the server itself stops reading a client that has not
+                // sent its whole payload within the grace.
+                if server.shuttingDown.load(ordering: .relaxed) {
+                    server.logger.error("\(label): a write's payload had not all arrived when the connection ended during shutdown")
+                } else {
+                    server.logger.error("\(label): client went away in the middle of a write payload")
+                }
                 closed.store(true, ordering: .relaxed)
                 return false
             } catch {

@@ -279,12 +279,18 @@ final class HostileClientTests: IntegrationTestCase {
 
     /// A client that stops reading its replies holds a worker in `send` forever; at shutdown the
     /// server waits out the grace, stops reading, and at twice the grace disconnects it hard,
-    /// then exits cleanly. (This test takes about ten seconds.)
+    /// then exits cleanly. A second client, stalled in the middle of a write's payload, is cut
+    /// off at the grace, and the log says the server ended it, not that the client went away.
+    /// (This test takes about ten seconds.)
     func testClientThatStopsReadingIsDisconnectedAtShutdown() throws {
         let s = try startServer(["memory", "1M"])
         let c = try RawClient(s.socket)
         defer { c.close() }
         try c.exportNameHandshake()
+        let writer = try RawClient(s.socket)
+        defer { writer.close() }
+        try writer.exportNameHandshake()
+        XCTAssertTrue(writer.send(Wire.request(command: 1, cookie: 99, offset: 0, length: 4096) + [UInt8](repeating: 1, count: 100)))
         // 32 MiB of replies that the client never reads: far more than the sockets buffer.
         for cookie in 1...32 {
             XCTAssertTrue(c.send(Wire.request(command: 0, cookie: UInt64(cookie), offset: 0, length: 1 << 20)))
@@ -298,6 +304,8 @@ final class HostileClientTests: IntegrationTestCase {
         XCTAssertFalse(s.isRunning, "the server is still running \(elapsed) s after SIGTERM")
         XCTAssertGreaterThan(elapsed, hardDisconnectSeconds - 0.5, "the client was cut off before twice the grace")
         XCTAssertEqual(s.stop(), 0)
+        XCTAssertTrue(s.stderr.contains("a write's payload had not all arrived when the connection ended during shutdown"), s.stderr)
+        XCTAssertFalse(s.stderr.contains("client went away"), s.stderr)
         XCTAssertFalse(FileManager.default.fileExists(atPath: s.socket), "the socket is removed")
     }
 
