@@ -120,11 +120,12 @@ extension ExitWhenFilter: FilterFactory {
         var events: [Event] = []
         events += parameters.takeAll("exit-when-file-created").map { .fileCreated($0) }
         events += parameters.takeAll("exit-when-file-deleted").map { .fileDeleted($0) }
-        for fd in parameters.takeAll("exit-when-pipe-closed") {
+        // nbdkit's other spellings: exit-when-fd-closed, exit-when-pid-exits.
+        for fd in parameters.takeAll("exit-when-pipe-closed") + parameters.takeAll("exit-when-fd-closed") {
             guard let n = Int32(fd), n >= 0 else { throw ConfigError("exitwhen: could not parse exit-when-pipe-closed=\(fd)") }
             events.append(.pipeClosed(n))
         }
-        for pid in parameters.takeAll("exit-when-process-exits") {
+        for pid in parameters.takeAll("exit-when-process-exits") + parameters.takeAll("exit-when-pid-exits") {
             guard let n = Int32(pid), n > 0 else { throw ConfigError("exitwhen: could not parse exit-when-process-exits=\(pid)") }
             // As nbdkit: a process that is already gone is an error at start-up.
             guard access("/proc/\(n)/stat", F_OK) == 0 else {

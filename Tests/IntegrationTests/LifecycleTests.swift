@@ -279,6 +279,19 @@ final class LifecycleTests: IntegrationTestCase {
         }
     }
 
+    /// nbdkit's other spellings of two events are taken (the events have not happened: the
+    /// command runs and the server serves it).
+    func testExitWhenAliases() {
+        let r = Harness.run(["/bin/bash", "-c", """
+            sleep 30 & s=$!
+            exec 3< <(sleep 30); p=$!
+            "$0" -U - --filter=exitwhen memory 1M exit-when-pid-exits=$s exit-when-fd-closed=3 --run 'nbdinfo --size "$uri"'
+            status=$?; kill $s $p; exit $status
+            """, Harness.nbdkit], timeout: 20)
+        XCTAssertEqual(r.status, 0, r.stderr)
+        XCTAssertEqual(r.stdout, "1048576\n")
+    }
+
     func testExitWhenScript() throws {
         let f = dir.file("flag")
         try exitWhen(["exit-when-script=test -f \(f) && exit 88; exit 0"]) {
