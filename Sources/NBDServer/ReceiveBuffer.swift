@@ -60,6 +60,9 @@ final class ReceiveBuffer {
         start = rest.count
     }
 
+    /// How many bytes the read-ahead holds, not yet handed out.
+    var bufferedCount: Int { end - start }
+
     /// The next `count` bytes, consumed, if the read-ahead holds them all; nil (and nothing
     /// consumed) if not. They stay valid until the next call on this buffer.
     func takeBuffered(count: Int) -> UnsafeRawBufferPointer? {

@@ -1,3 +1,4 @@
+import Glibc
 import NBDProtocol
 
 /// One request in flight and its reusable memory: the decoded header, room for a reply header,
@@ -10,25 +11,40 @@ final class RequestBuffer {
     /// Why the request can't be served (it gets this error), or nil if it may be.
     var invalid: NBDErrno?
     /// For a write whose payload went straight into the backend (`storage` or `receiveWrite`) as
-    /// it was read: how that went. Nil for every other request.
+    /// it was read, or could not be read for want of memory: how that went. Nil for every other
+    /// request.
     var receivedInPlace: Result<Void, BackendError>?
     /// 28 bytes: a request header, or a reply header plus a structured read's offset.
     let header = UnsafeMutableRawBufferPointer.allocate(byteCount: 32, alignment: 8)
-    private(set) var payload = UnsafeMutableRawBufferPointer(start: nil, count: 0)
+    private var payload = UnsafeMutableRawBufferPointer(start: nil, count: 0)
 
-    /// The first `count` bytes of the payload area, growing it if needed (contents then undefined).
-    func payload(count: Int) -> UnsafeMutableRawBufferPointer {
+    /// The first `count` bytes of the payload area, growing it if needed (contents then
+    /// undefined). Throws ENOMEM, for this request alone, if the memory can't be had.
+    func payload(count: Int) throws(BackendError) -> UnsafeMutableRawBufferPointer {
         if count > payload.count {
-            payload.deallocate()
             var capacity = max(64 * 1024, payload.count)
             while capacity < count { capacity *= 2 }
-            payload = .allocate(byteCount: capacity, alignment: 4096)
+            // The old area goes first, so that it can make room for the new one.
+            free(payload.baseAddress)
+            payload = UnsafeMutableRawBufferPointer(start: nil, count: 0)
+            var memory: UnsafeMutableRawPointer?
+            guard posix_memalign(&memory, 4096, capacity) == 0, let memory else {
+                throw BackendError(.enomem, "cannot allocate \(capacity) bytes for the request's data")
+            }
+            payload = UnsafeMutableRawBufferPointer(start: memory, count: capacity)
         }
+        return UnsafeMutableRawBufferPointer(rebasing: payload[0..<count])
+    }
+
+    /// The first `count` bytes of the payload area, which an earlier `payload(count:)` of at
+    /// least `count` bytes for this request made room for.
+    func filled(count: Int) -> UnsafeMutableRawBufferPointer {
+        precondition(count <= payload.count, "the payload area was not made ready")
         return UnsafeMutableRawBufferPointer(rebasing: payload[0..<count])
     }
 
     deinit {
         header.deallocate()
-        payload.deallocate()
+        free(payload.baseAddress)
     }
 }

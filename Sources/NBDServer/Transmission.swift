@@ -187,7 +187,10 @@ final class Transmission: Sendable {
             }
             do {
                 let storable = buffer.invalid == nil && storesAsRead(request)
-                if storable, let storage = session.backend.storage(offset: request.offset, length: request.length),
+                // (The backend's storage is asked for only once the payload is all here: making
+                // it ready may fault its pages in.)
+                if storable, input.bufferedCount >= Int(request.length),
+                   let storage = session.backend.storage(offset: request.offset, length: request.length),
                    let payload = input.takeBuffered(count: storage.count) {
                     // Arrived whole: stored now, so a client that goes away in the middle of a
                     // payload still leaves the disk as it was.
@@ -204,7 +207,16 @@ final class Transmission: Sendable {
                 } else {
                     // Served inline, the rest of a payload the client is sending is worth polling
                     // for: nothing else would run meanwhile, and it comes within microseconds.
-                    try input.read(into: buffer.payload(count: Int(request.length)), mayPoll: mayPoll || inline)
+                    let room: UnsafeMutableRawBufferPointer
+                    do {
+                        room = try buffer.payload(count: Int(request.length))
+                    } catch {
+                        // No memory for it: the payload is dropped and the write alone fails.
+                        try input.discard(Int(request.length))
+                        buffer.receivedInPlace = .failure(error)
+                        return true
+                    }
+                    try input.read(into: room, mayPoll: mayPoll || inline)
                 }
             } catch TransportError.endOfFile {
                 // Once shutdown has begun, the server itself stops reading a client that has not
@@ -311,7 +323,7 @@ final class Transmission: Sendable {
                 return .read(Int(r.length))
             case .write:
                 if let received = buffer.receivedInPlace { try received.get(); break }
-                let data = UnsafeRawBufferPointer(buffer.payload(count: Int(r.length)))
+                let data = UnsafeRawBufferPointer(buffer.filled(count: Int(r.length)))
                 if let storage = backend.storage(offset: r.offset, length: r.length) {
                     storage.copyMemory(from: data)
                     if fua { try backend.flush() }
@@ -359,7 +371,7 @@ final class Transmission: Sendable {
             }
         }
         if fastZero { throw BackendError(.enotsup, "fast zero is not supported") }
-        let chunk = buffer.payload(count: min(Int(r.length), 1 << 20))
+        let chunk = try buffer.payload(count: min(Int(r.length), 1 << 20))
         chunk.initializeMemory(as: UInt8.self, repeating: 0)
         var offset = r.offset
         var remaining = UInt64(r.length)
@@ -422,15 +434,16 @@ final class Transmission: Sendable {
                     try replies.send(UnsafeRawBufferPointer(rebasing: header[0..<NBDSize.simpleReplyHeader]), none)
                 }
             case .read(let count):
-                try replies.send(encodeReadHeader(r, count: count, into: header), UnsafeRawBufferPointer(buffer.payload(count: count)))
+                try replies.send(encodeReadHeader(r, count: count, into: header), UnsafeRawBufferPointer(buffer.filled(count: count)))
             case .readFromFile(let file, let count):
                 try replies.flush()
                 let sent = try transport.sendFromFile(encodeReadHeader(r, count: count, into: header), file, count: count)
                 if sent < count {
                     // The kernel could not send it all (the file shrank, or it refused): the
                     // header has promised the bytes, so read the rest as usual or give up.
-                    let rest = buffer.payload(count: count - sent)
+                    let rest: UnsafeMutableRawBufferPointer
                     do {
+                        rest = try buffer.payload(count: count - sent)
                         try session.backend.pread(into: rest, offset: r.offset + UInt64(sent))
                     } catch {
                         server.logger.error("\(label): NBD_CMD_READ offset=\(r.offset) count=\(count): \(error) after the reply began; closing the connection")

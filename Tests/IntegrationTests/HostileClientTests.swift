@@ -309,6 +309,48 @@ final class HostileClientTests: IntegrationTestCase {
         XCTAssertFalse(FileManager.default.fileExists(atPath: s.socket), "the socket is removed")
     }
 
+    /// When the memory for a request's data can't be had (here an address-space limit set on
+    /// the running server with prlimit), that request alone fails with ENOMEM (a write's payload
+    /// is read and dropped) and the server goes on serving: 12 pipelined reads and then writes
+    /// of 64 MiB, through a filter so that each worker needs a buffer of its own.
+    func testRequestsWithoutMemoryGetENOMEM() throws {
+        let s = try startServer(["--filter=noextents", "memory", "1G"])
+        let status = (try? String(contentsOfFile: "/proc/\(s.pid)/status", encoding: .utf8)) ?? ""
+        let vmSize = status.split(separator: "\n").first { $0.hasPrefix("VmSize:") }
+            .flatMap { Int($0.split(separator: " ").dropFirst().first ?? "") } ?? 0
+        XCTAssertGreaterThan(vmSize, 0, status)
+        let limit = (vmSize + 200 * 1024) * 1024
+        let prlimit = Harness.run(["prlimit", "--pid", "\(s.pid)", "--as=\(limit)"])
+        XCTAssertEqual(prlimit.status, 0, prlimit.stderr)
+        let r = Harness.nbdsh(s.uri, """
+        import errno
+        def run(start):
+            cookies = [start(i) for i in range(12)]
+            done = {}
+            while len(done) < len(cookies):
+                h.poll(-1)
+                for c in cookies:
+                    if c in done: continue
+                    try:
+                        if h.aio_command_completed(c): done[c] = 0
+                    except nbd.Error as e:
+                        done[c] = e.errnum
+            return sorted(done.values())
+        bufs = [nbd.Buffer(64 << 20) for i in range(12)]
+        reads = run(lambda i: h.aio_pread(bufs[i], 0))
+        data = nbd.Buffer.from_bytearray(bytearray(b'w' * (64 << 20)))
+        writes = run(lambda i: h.aio_pwrite(data, 64 << 20))
+        assert set(reads) <= {0, errno.ENOMEM} and set(writes) <= {0, errno.ENOMEM}, (reads, writes)
+        assert errno.ENOMEM in reads and errno.ENOMEM in writes, (reads, writes)
+        h.pwrite(b'x' * 512, 0)
+        assert h.pread(512, 0) == b'x' * 512
+        print('ok')
+        """, timeout: 120)
+        XCTAssertEqual(r.stdout, "ok\n", r.stderr)
+        XCTAssertTrue(s.isRunning, s.stderr)
+        XCTAssertFalse(s.stderr.contains("Fatal error"), s.stderr)
+    }
+
     func testOversizedWriteClosesConnection() throws {
         let s = try startServer(["memory", "size=1M"])
         let c = try RawClient(s.socket)
@@ -400,6 +442,22 @@ final class HostileClientTests: IntegrationTestCase {
         XCTAssertEqual(c.readExactly(16), Wire.simpleReply(error: 0, cookie: 31))
         XCTAssertTrue(c.send(Wire.request(command: 0, cookie: 32, offset: 0, length: 512)))
         XCTAssertEqual(c.readExactly(16), Wire.simpleReply(error: 108, cookie: 32))
+    }
+
+    /// A read of more than 64 MiB on a disk that holds it gets EINVAL (simple replies); one of
+    /// 64 MiB is served, and the connection goes on. (libnbd refuses to send the larger one.)
+    func testReadLargerThan64MiBGetsEINVAL() throws {
+        let s = try startServer(["memory", "size=256M"])
+        let c = try RawClient(s.socket)
+        defer { c.close() }
+        try c.exportNameHandshake(size: 256 << 20)
+        XCTAssertTrue(c.send(Wire.request(command: 0, cookie: 41, offset: 0, length: (64 << 20) + 1)))
+        XCTAssertEqual(c.readExactly(16), Wire.simpleReply(error: 22, cookie: 41))
+        XCTAssertTrue(c.send(Wire.request(command: 0, cookie: 42, offset: 0, length: 64 << 20)))
+        XCTAssertEqual(c.readExactly(16), Wire.simpleReply(error: 0, cookie: 42))
+        XCTAssertEqual(c.readExactly(64 << 20)?.count, 64 << 20)
+        try c.expectRead512Works(cookie: 43)
+        assertServerHealthy(s)
     }
 
     func testReadOutOfRangeGetsEINVAL() throws {
@@ -653,12 +711,13 @@ private final class RawClient {
         return (Wire.be32(h, 8), Wire.be32(h, 12), payload)
     }
 
-    /// Fixed newstyle handshake ending with NBD_OPT_EXPORT_NAME "" (no structured replies).
-    func exportNameHandshake() throws {
+    /// Fixed newstyle handshake ending with NBD_OPT_EXPORT_NAME "" (no structured replies), to
+    /// an export of `size` bytes.
+    func exportNameHandshake(size: UInt64 = 1 << 20) throws {
         try startNegotiation()
         guard send(Wire.option(1, [])) else { throw RawClientError(description: "cannot send EXPORT_NAME") }
         guard let reply = readExactly(10) else { throw RawClientError(description: "no export reply (\(lastEnd))") }
-        XCTAssertEqual(Wire.be64(reply, 0), 1 << 20, "export size")
+        XCTAssertEqual(Wire.be64(reply, 0), size, "export size")
         XCTAssertEqual(Wire.be16(reply, 8) & 1, 1, "NBD_FLAG_HAS_FLAGS")
     }
 
