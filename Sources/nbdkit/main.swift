@@ -22,15 +22,19 @@ func main() -> Int32 {
     switch config.action {
     case .help: print(Help.usage + Help.componentHelp(config), terminator: ""); return 0
     case .version:
-        print("nbdkit \(Help.version) (swift-nbdkit)")
-        // As nbdkit: with a plugin, a line for each filter and then the plugin.
-        guard let plugin = config.plugin else { return 0 }
-        for name in config.filters {
-            guard let filter = Registry.filter(named: name) else { Logger().error("\(Startup.unknownFilter(name))"); return 1 }
-            print("\(filter.name) \(Help.version)")
+        // As nbdkit: with a plugin, a line for each filter and then the plugin; nothing on
+        // standard output if one of them is unknown.
+        var names: [String] = []
+        if let plugin = config.plugin {
+            for name in config.filters {
+                guard let filter = Registry.filter(named: name) else { Logger().error("\(Startup.unknownFilter(name))"); return 1 }
+                names.append(filter.name)
+            }
+            guard let factory = Registry.plugin(named: plugin) else { Logger().error("\(Startup.unknownPlugin(plugin))"); return 1 }
+            names.append(factory.name)
         }
-        guard let factory = Registry.plugin(named: plugin) else { Logger().error("\(Startup.unknownPlugin(plugin))"); return 1 }
-        print("\(factory.name) \(Help.version)")
+        print("nbdkit \(Help.version) (swift-nbdkit)")
+        for name in names { print("\(name) \(Help.version)") }
         return 0
     case .dumpConfig: print(Help.dumpConfig(binary: executablePath()), terminator: ""); return 0
     case .shortOptions: OptionParser.shortOptions.forEach { print($0) }; return 0

@@ -157,6 +157,7 @@ final class CommandLineTests: IntegrationTestCase {
         XCTAssertEqual(withPlugin.stdout.split(separator: "\n").dropFirst(), ["offset 1.32.5", "delay 1.32.5", "memory 1.32.5"])
         let unknown = Harness.run([Harness.nbdkit, "--version", "nosuch"])
         XCTAssertEqual(unknown.status, 1)
+        XCTAssertEqual(unknown.stdout, "")
         XCTAssertTrue(unknown.stderr.hasPrefix("nbdkit: error: cannot open plugin 'nosuch'"), unknown.stderr)
         let config = Harness.run([Harness.nbdkit, "--dump-config"])
         XCTAssertTrue(config.stdout.contains("version_major=1\n"), config.stdout)

@@ -9,6 +9,7 @@ final class SizeTests: XCTestCase {
             ("0", 0), ("512", 512), ("1b", 1), ("2s", 1024), ("1k", 1024), ("1K", 1024), ("1M", 1 << 20),
             ("3g", 3 << 30), ("1T", 1 << 40), ("1p", 1 << 50), ("7E", 7 << 60), ("1e", 1 << 60),
             (" 1M", 1 << 20), ("\t1M", 1 << 20), ("+1M", 1 << 20), (" +1M", 1 << 20), ("-0", 0),
+            ("\r\n5", 5), ("\u{0B}\u{0C}7k", 7 << 10),
             ("9223372036854775807", UInt64(Int64.max)),
         ]
         for (text, value) in cases {
@@ -31,6 +32,12 @@ final class SizeTests: XCTestCase {
             (" -1", "size cannot be negative ( -1)"),
             ("-1x", "size cannot be negative (-1x)"),
             ("99999999999999999999", "size (99999999999999999999) exceeds maximum value"),
+            ("-99999999999999999999", "size cannot be negative (-99999999999999999999)"),
+            ("-9223372036854775808", "size cannot be negative (-9223372036854775808)"),
+            // Bytes, not Unicode characters: the Kelvin sign is not K, a combining mark is a suffix.
+            ("1\u{212A}", "could not parse size: unknown suffix '\u{212A}'"),
+            ("5\u{0301}", "could not parse size: unknown suffix '\u{0301}'"),
+            ("\u{00A0}5", "could not parse size string (\u{00A0}5)"),
             ("8E", "overflow computing size (8E)"),
         ]
         for (text, message) in cases {
