@@ -2,9 +2,11 @@ import Glibc
 import NBDProtocol
 
 /// One request in flight and its reusable memory: the decoded header, room for a reply header,
-/// and room for the largest payload seen so far. A write's payload is read straight into it and a
-/// read's data is served from it, so the request path allocates nothing once a buffer has seen
-/// its largest request. Each worker owns one.
+/// and room for payloads. A write's payload is read straight into it and a read's data is served
+/// from it, so the request path allocates nothing for requests up to `retainedMaximum` once a
+/// buffer has seen one that large; room for a larger request is given back to the system when
+/// that request is done (`releaseLargePayload`), so an idle connection never holds more than
+/// `retainedMaximum` per worker. Each worker owns one.
 final class RequestBuffer {
     /// The request being served.
     var request = RequestHeader(flags: [], rawCommand: 0, cookie: 0, offset: 0, length: 0)
@@ -18,22 +20,36 @@ final class RequestBuffer {
     let header = UnsafeMutableRawBufferPointer.allocate(byteCount: 32, alignment: 8)
     private var payload = UnsafeMutableRawBufferPointer(start: nil, count: 0)
 
+    /// Payload room up to this size is kept from one request to the next.
+    static let retainedMaximum = 4 * 1024 * 1024
+
     /// The first `count` bytes of the payload area, growing it if needed (contents then
     /// undefined). Throws ENOMEM, for this request alone, if the memory can't be had.
     func payload(count: Int) throws(BackendError) -> UnsafeMutableRawBufferPointer {
         if count > payload.count {
             var capacity = max(64 * 1024, payload.count)
             while capacity < count { capacity *= 2 }
-            // The old area goes first, so that it can make room for the new one.
-            free(payload.baseAddress)
-            payload = UnsafeMutableRawBufferPointer(start: nil, count: 0)
-            var memory: UnsafeMutableRawPointer?
-            guard posix_memalign(&memory, 4096, capacity) == 0, let memory else {
+            // The old area goes first, so that it can make room for the new one. Mapped, not
+            // taken from malloc, so that unmapping gives the memory back to the system at once.
+            unmapPayload()
+            let memory = mmap(nil, capacity, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0)
+            guard let memory, memory != MAP_FAILED else {
                 throw BackendError(.enomem, "cannot allocate \(capacity) bytes for the request's data")
             }
             payload = UnsafeMutableRawBufferPointer(start: memory, count: capacity)
         }
         return UnsafeMutableRawBufferPointer(rebasing: payload[0..<count])
+    }
+
+    /// Gives the payload area back to the system if it is larger than `retainedMaximum`. Called
+    /// once a request's reply has been sent.
+    func releaseLargePayload() {
+        if payload.count > Self.retainedMaximum { unmapPayload() }
+    }
+
+    private func unmapPayload() {
+        if let start = payload.baseAddress { munmap(start, payload.count) }
+        payload = UnsafeMutableRawBufferPointer(start: nil, count: 0)
     }
 
     /// The first `count` bytes of the payload area, which an earlier `payload(count:)` of at
@@ -45,6 +61,6 @@ final class RequestBuffer {
 
     deinit {
         header.deallocate()
-        free(payload.baseAddress)
+        unmapPayload()
     }
 }

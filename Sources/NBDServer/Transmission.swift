@@ -135,7 +135,9 @@ final class Transmission: Sendable {
         } else if case .failure(let errno, let message) = outcome {
             server.logger.error("\(label): \(commandName(request.rawCommand)) offset=\(request.offset) count=\(request.length): \(errno.name): \(message)")
         }
-        return writeLock.withLock { sendReply(request, outcome, buffer) }
+        let sent = writeLock.withLock { sendReply(request, outcome, buffer) }
+        buffer.releaseLargePayload()
+        return sent
     }
 
     /// Reads one request header and, for a write, its payload into `buffer`. Must hold `readLock`.
