@@ -22,6 +22,8 @@ struct Startup {
         if config.action == .dumpPlugin {
             // As nbdkit, which loads the filters first: an unknown one is an error here too.
             for name in config.filters where Registry.filter(named: name) == nil { throw Self.unknownFilter(name) }
+            // Parameters given are checked, as nbdkit's plugin and filters check them then.
+            if !config.parameters.isEmpty { _ = try buildChain(factory, control: ServerControl()) }
             print(Help.dumpPlugin(factory), terminator: "")
             return 0
         }

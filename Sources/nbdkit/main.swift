@@ -20,6 +20,13 @@ func main() -> Int32 {
     config.socketActivated = SocketActivation.isActive
     let logger = Logger(destination: config.log, verbose: config.verbose)
     switch config.action {
+    case .serve, .dumpPlugin, .dumpConfig, .version:
+        for warning in DebugFlags.warnings(for: config.debugFlags, plugin: config.plugin, filters: config.filters) {
+            logger.warning(warning)
+        }
+    case .help, .shortOptions, .longOptions: break
+    }
+    switch config.action {
     case .help: print(Help.usage + Help.componentHelp(config), terminator: ""); return 0
     case .version:
         // As nbdkit: with a plugin, a line for each filter and then the plugin; nothing on

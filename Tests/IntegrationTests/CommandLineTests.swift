@@ -140,6 +140,17 @@ final class CommandLineTests: IntegrationTestCase {
             XCTAssertEqual(dump.status, 0, dump.stderr)
             XCTAssertEqual(dump.stdout, text, plugin)
         }
+        // Parameters given are checked first, as nbdkit's plugin and filters check them; none
+        // given is no error, even where serving would need one.
+        for bad in [["memory", "size=xx"], ["memory", "1M", "bogus=1"], ["--filter=offset", "memory", "1M", "offset=x"],
+                    ["file", dir.file("missing")]] {
+            let r = Harness.run([Harness.nbdkit] + bad + ["--dump-plugin"])
+            XCTAssertEqual(r.status, 1, "\(bad)")
+            XCTAssertEqual(r.stdout, "", "\(bad)")
+            XCTAssertTrue(r.stderr.hasPrefix("nbdkit: error: "), r.stderr)
+        }
+        let good = Harness.run([Harness.nbdkit, "--filter=offset", "memory", "1M", "offset=512", "--dump-plugin"])
+        XCTAssertEqual(good.stdout, expected["memory"], good.stderr)
         // The filters in front do not change it (as nbdkit).
         let filtered = Harness.run([Harness.nbdkit, "--filter=offset", "--filter=noextents", "memory", "--dump-plugin"])
         XCTAssertEqual(filtered.stdout, expected["memory"], filtered.stderr)
@@ -256,13 +267,55 @@ final class CommandLineTests: IntegrationTestCase {
         XCTAssertEqual(Harness.run([Harness.nbdkit, "-U", "-", "null", "--run", "true"]).status, 0)
     }
 
-    /// Debug flags in nbdkit's NAME.FLAG=N form are accepted (and have no effect here).
-    func testWellFormedDebugFlagsAreAccepted() {
-        let r = Harness.run([Harness.nbdkit, "-D", "nbdkit.backend.datapath=0", "-D", "file.zero=0x1",
-                             "--debug=a.b.c=-1", "-U", "-", "memory", "1M", "--run", "nbdinfo --size \"$uri\""])
+    /// Debug flags in nbdkit's NAME.FLAG=N form that nbdkit 1.32 defines (its server's, and its
+    /// memory and file plugins') are accepted without a word (and have no effect here).
+    func testKnownDebugFlagsAreAccepted() {
+        let r = Harness.run([Harness.nbdkit, "-D", "nbdkit.backend.datapath=0", "-D", "nbdkit.backend.controlpath=0",
+                             "--debug=nbdkit.tls.log=-1", "-D", "nbdkit.tls.session=1", "-D", "memory.dir=1",
+                             "-U", "-", "memory", "1M", "--run", "nbdinfo --size \"$uri\""])
         XCTAssertEqual(r.status, 0, r.stderr)
         XCTAssertEqual(r.stdout, "1048576\n")
         XCTAssertEqual(r.stderr, "")
+        let disk = dir.file("disk.img")
+        XCTAssertEqual(Harness.run(["truncate", "-s", "1M", disk]).status, 0)
+        let f = Harness.run([Harness.nbdkit, "-D", "file.zero=0x1", "-U", "-", "file", disk,
+                             "--run", "nbdinfo --size \"$uri\""])
+        XCTAssertEqual(f.stdout, "1048576\n", f.stderr)
+        XCTAssertEqual(f.stderr, "")
+    }
+
+    /// Any other flag gets nbdkit's warning, once for each -D, in nbdkit's order, and the server
+    /// runs: one naming the plugin, a filter (innermost first) or the server says there is no
+    /// such variable in it; one naming nothing loaded (file.zero without the file plugin) says
+    /// it was not used. Also with --dump-plugin and --version with a plugin; without a plugin
+    /// nothing is loaded and nothing is said.
+    func testUnknownDebugFlagsAreWarnedAbout() {
+        let r = Harness.run([Harness.nbdkit, "-D", "foo.bar=1", "--debug=foo.bar=2", "-D", "nbdkit.bogus=1",
+                             "-D", "offset.x.y=1", "-D", "noextents.a=1", "-D", "memory.z=2", "-D", "file.zero=1",
+                             "--filter=offset", "--filter=noextents",
+                             "-U", "-", "memory", "1M", "--run", "nbdinfo --size \"$uri\""])
+        XCTAssertEqual(r.status, 0, r.stderr)
+        XCTAssertEqual(r.stdout, "1048576\n")
+        XCTAssertEqual(r.stderr, """
+        nbdkit: warning: -D memory.z: memory does not contain a global variable called memory_debug_z
+        nbdkit: warning: -D noextents.a: noextents does not contain a global variable called noextents_debug_a
+        nbdkit: warning: -D offset.x.y: offset does not contain a global variable called offset_debug_x_y
+        nbdkit: warning: -D nbdkit.bogus: nbdkit does not contain a global variable called nbdkit_debug_bogus
+        nbdkit: warning: debug flag -D foo.bar was not used
+        nbdkit: warning: debug flag -D foo.bar was not used
+        nbdkit: warning: debug flag -D file.zero was not used
+
+        """)
+        for action in [["memory", "--dump-plugin"], ["memory", "--version"]] {
+            let a = Harness.run([Harness.nbdkit, "-D", "foo.bar=1"] + action)
+            XCTAssertEqual(a.status, 0, a.stderr)
+            XCTAssertEqual(a.stderr, "nbdkit: warning: debug flag -D foo.bar was not used\n", "\(action)")
+        }
+        for action in [["--version"], ["--dump-config"]] {
+            let a = Harness.run([Harness.nbdkit, "-D", "foo.bar=1", "-D", "nbdkit.c=1"] + action)
+            XCTAssertEqual(a.status, 0, a.stderr)
+            XCTAssertEqual(a.stderr, "", "\(action)")
+        }
     }
 
     func testCommandNeverRunsWhenServerCannotStart() {
