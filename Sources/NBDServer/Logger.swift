@@ -6,7 +6,8 @@ public enum LogDestination: String, Sendable {
     case stderr, syslog, null
 }
 
-/// Writes nbdkit-style log lines: `nbdkit: error: ...` and, with `-v`, `nbdkit: debug: ...`.
+/// Writes nbdkit-style log lines: `nbdkit: error: ...` to the `--log` destination and, with
+/// `-v`, `nbdkit: debug: ...` to stderr.
 /// Each line is written with one write(2), so lines from different threads never interleave.
 public struct Logger: Sendable {
     public var destination: LogDestination
@@ -20,9 +21,10 @@ public struct Logger: Sendable {
     public func error(_ message: String) { emit(level: "error", priority: LOG_ERR, message) }
     public func warning(_ message: String) { emit(level: "warning", priority: LOG_WARNING, message) }
 
-    /// A debug line, written only with `-v`.
+    /// A debug line, written only with `-v`, and always to stderr whatever `--log` says (as
+    /// nbdkit's debug messages).
     public func debug(_ message: @autoclosure () -> String) {
-        if verbose { emit(level: "debug", priority: LOG_DEBUG, message()) }
+        if verbose { raw("nbdkit: debug: \(message())\n") }
     }
 
     /// A line with no level, as nbdkit prints some (`nbdkit: MESSAGE`).

@@ -21,8 +21,9 @@ func main() -> Int32 {
     let logger = Logger(destination: config.log, verbose: config.verbose)
     switch config.action {
     case .serve, .dumpPlugin, .dumpConfig, .version:
+        // Always on stderr, as nbdkit prints them whatever --log says.
         for warning in DebugFlags.warnings(for: config.debugFlags, plugin: config.plugin, filters: config.filters) {
-            logger.warning(warning)
+            logger.raw("nbdkit: warning: \(warning)\n")
         }
     case .help, .shortOptions, .longOptions: break
     }

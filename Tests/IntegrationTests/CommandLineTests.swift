@@ -318,6 +318,22 @@ final class CommandLineTests: IntegrationTestCase {
         }
     }
 
+    /// --log=null drops errors, but -v's debug messages and the debug flags' warnings still go
+    /// to stderr, as nbdkit's (also under --log=syslog).
+    func testLogNullKeepsDebugMessagesOnStderr() {
+        let failed = Harness.run([Harness.nbdkit, "--log=null", "-D", "foo.bar=1", "-U", "-", "memory", "1M", "bogus=1",
+                                  "--run", "true"])
+        XCTAssertEqual(failed.status, 1)
+        XCTAssertEqual(failed.stderr, "nbdkit: warning: debug flag -D foo.bar was not used\n")
+        for log in ["null", "syslog"] {
+            let r = Harness.run([Harness.nbdkit, "-v", "--log=\(log)", "-U", "-", "memory", "1M",
+                                 "--run", "nbdinfo --size \"$uri\""])
+            XCTAssertEqual(r.status, 0, r.stderr)
+            XCTAssertEqual(r.stdout, "1048576\n")
+            XCTAssertTrue(r.stderr.contains("nbdkit: debug: memory[1]: new connection\n"), r.stderr)
+        }
+    }
+
     func testCommandNeverRunsWhenServerCannotStart() {
         let marker = dir.file("ran")
         let r = Harness.run([Harness.nbdkit, "-U", "-", "file", dir.file("missing"), "--run", "touch \(marker)"])
