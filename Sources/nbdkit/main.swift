@@ -9,8 +9,9 @@ func main() -> Int32 {
     do {
         config = try OptionParser.parse(arguments)
     } catch let e as OptionParser.UsageError {
-        // As nbdkit after getopt's complaint: the synopsis on standard output, status 1.
-        Logger().plain(e.message)
+        // As nbdkit after getopt's complaint (which names the program as it was run): the
+        // synopsis on standard output, status 1.
+        Logger().raw("\(CommandLine.arguments.first ?? "nbdkit"): \(e.message)\n")
         print(Help.usage, terminator: "")
         return 1
     } catch {
