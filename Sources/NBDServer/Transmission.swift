@@ -180,15 +180,20 @@ final class Transmission: Sendable {
         buffer.invalid = validate(request)
         buffer.receivedInPlace = nil
         if request.command == .write {
-            // The payload must be consumed to stay in step with the client; one too large to
-            // buffer means the stream can't be trusted, so the connection ends instead.
-            guard request.length <= NBDSize.maxRequest else {
-                server.logger.error("\(label): invalid request: write of \(request.length) bytes is too large; closing the connection")
+            // The payload must be consumed to stay in step with the client. That of a write
+            // refused is read and dropped, up to twice the largest request (as nbdkit); a longer
+            // one means the stream can't be trusted, so the connection ends instead.
+            guard buffer.invalid == nil || request.length <= 2 * NBDSize.maxRequest else {
+                server.logger.error("\(label): invalid request: write of \(request.length) bytes is too large to skip; closing the connection")
                 closed.store(true, ordering: .relaxed)
                 return false
             }
             do {
-                let storable = buffer.invalid == nil && storesAsRead(request)
+                if buffer.invalid != nil {
+                    try input.discard(Int(request.length))
+                    return true
+                }
+                let storable = storesAsRead(request)
                 // (The backend's storage is asked for only once the payload is all here: making
                 // it ready may fault its pages in.)
                 if storable, input.bufferedCount >= Int(request.length),
@@ -239,9 +244,24 @@ final class Transmission: Sendable {
         return true
     }
 
-    /// Checks a request against the protocol and the export; nil when it may be served.
+    /// Checks a request against the protocol and the export; nil when it may be served. In
+    /// nbdkit's order, so that a request wrong in several ways gets nbdkit's error: a change to
+    /// a read-only export (EPERM), then the range (a write or zeroing past the end, or of no
+    /// bytes, ENOSPC; anything else EINVAL), then the flags, the size and what the export offers.
     private func validate(_ r: RequestHeader) -> NBDErrno? {
         guard let command = r.command else { return .einval }
+        if session.readonly && (command == .write || command == .trim || command == .writeZeroes) { return .eperm }
+        switch command {
+        case .disconnect:
+            return nil
+        case .flush:
+            if r.offset != 0 || r.length != 0 { return .einval }
+        case .read, .write, .trim, .writeZeroes, .cache, .blockStatus:
+            if r.length == 0 || r.offset > session.size || UInt64(r.length) > session.size - r.offset {
+                return command == .write || command == .writeZeroes ? .enospc : .einval
+            }
+        }
+
         let known: CommandFlags = [.fua, .noHole, .df, .reqOne, .fastZero]
         guard known.isSuperset(of: r.flags) else { return .einval }
         let flags = session.flags
@@ -251,28 +271,17 @@ final class Transmission: Sendable {
         if r.flags.contains(.df) && (command != .read || !session.structuredReplies) { return .einval }
         if r.flags.contains(.reqOne) && command != .blockStatus { return .einval }
 
-        switch command {
-        case .disconnect:
-            return nil
-        case .flush:
-            guard flags.contains(.sendFlush) else { return .einval }
-            return r.offset == 0 && r.length == 0 ? nil : .einval
-        case .write, .trim, .writeZeroes:
-            if session.readonly { return .eperm }
-            if command == .trim && !flags.contains(.sendTrim) { return .einval }
-        case .cache:
-            guard session.canCache else { return .einval }
-        case .blockStatus:
-            guard session.allocationContextID != nil else { return .einval }
-        case .read:
-            break
-        }
+        // Longer than the largest request: EOVERFLOW where structured replies allow it (as
+        // proto.md asks), else EINVAL.
         if (command == .read || command == .write) && r.length > NBDSize.maxRequest {
             return session.structuredReplies ? .eoverflow : .einval
         }
-        guard r.length > 0 else { return .einval }
-        if r.offset > session.size || UInt64(r.length) > session.size - r.offset {
-            return command == .write || command == .writeZeroes || command == .trim ? .enospc : .einval
+        switch command {
+        case .flush: if !flags.contains(.sendFlush) { return .einval }
+        case .trim: if !flags.contains(.sendTrim) { return .einval }
+        case .cache: if !session.canCache { return .einval }
+        case .blockStatus: if session.allocationContextID == nil { return .einval }
+        case .read, .write, .writeZeroes, .disconnect: break
         }
         return nil
     }

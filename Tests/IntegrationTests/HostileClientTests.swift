@@ -460,6 +460,45 @@ final class HostileClientTests: IntegrationTestCase {
         assertServerHealthy(s)
     }
 
+    /// A request wrong in several ways gets the error nbdkit gives it, checked in nbdkit's
+    /// order: a change to a read-only export EPERM; then the range (a write or zeroing past the
+    /// end or of no bytes ENOSPC, a trim EINVAL); then the flags; then the size. A refused
+    /// write's payload is read and dropped, up to 128 MiB, and the connection goes on.
+    func testRefusedRequestsGetNbdkitsErrors() throws {
+        let size: UInt64 = 256 << 20
+        let s = try startServer(["memory", "size=256M"])
+        let c = try RawClient(s.socket, timeout: 20)
+        defer { c.close() }
+        try c.exportNameHandshake(size: size)
+        func expect(_ request: [UInt8], payload: Int = 0, error: UInt32, cookie: UInt64, line: UInt = #line) {
+            XCTAssertTrue(c.send(request + [UInt8](repeating: 0x77, count: payload)), line: line)
+            XCTAssertEqual(c.readExactly(16), Wire.simpleReply(error: error, cookie: cookie), line: line)
+        }
+        expect(Wire.request(command: 1, cookie: 1, offset: 0, length: 0), error: 28, cookie: 1)
+        expect(Wire.request(command: 6, cookie: 2, offset: 0, length: 0), error: 28, cookie: 2)
+        expect(Wire.request(command: 4, cookie: 3, offset: size - 512, length: 1024), error: 22, cookie: 3)
+        expect(Wire.request(flags: 0x8000, command: 1, cookie: 4, offset: size, length: 512), payload: 512, error: 28, cookie: 4)
+        expect(Wire.request(flags: 0x8000, command: 1, cookie: 5, offset: 0, length: 512), payload: 512, error: 22, cookie: 5)
+        expect(Wire.request(command: 1, cookie: 6, offset: 0, length: (64 << 20) + 1), payload: (64 << 20) + 1, error: 22, cookie: 6)
+        expect(Wire.request(command: 1, cookie: 7, offset: 0, length: 128 << 20), payload: 128 << 20, error: 22, cookie: 7)
+        try c.expectRead512Works(cookie: 8)
+        let r = Harness.nbdsh(s.uri, "assert h.pread(512, 0) == bytes(512); print('ok')")
+        XCTAssertEqual(r.stdout, "ok\n", "a refused write's data must not reach the disk")
+
+        let ro = try startServer(["-r", "memory", "size=1M"], socketName: "ro")
+        let d = try RawClient(ro.socket)
+        defer { d.close() }
+        try d.exportNameHandshake()
+        for (flags, command, offset, payload): (UInt16, UInt16, UInt64, Int) in [(1, 1, 0, 512), (0x8000, 1, 1 << 20, 512), (16, 6, 0, 0), (0, 4, 0, 0)] {
+            XCTAssertTrue(d.send(Wire.request(flags: flags, command: command, cookie: 9, offset: offset, length: 512)
+                                 + [UInt8](repeating: 0x77, count: payload)))
+            XCTAssertEqual(d.readExactly(16), Wire.simpleReply(error: 1, cookie: 9), "flags \(flags) command \(command)")
+        }
+        try d.expectRead512Works(cookie: 10)
+        assertServerHealthy(s)
+        XCTAssertTrue(ro.isRunning, ro.stderr)
+    }
+
     func testReadOutOfRangeGetsEINVAL() throws {
         let s = try startServer(["memory", "size=1M"])
         let c = try RawClient(s.socket)
