@@ -436,9 +436,12 @@ final class Transmission: Sendable {
         let none = UnsafeRawBufferPointer(start: nil, count: 0)
         do {
             switch outcome {
-            case .failure(let errno, let message):
-                if session.structuredReplies {
-                    let chunk = Reply.structuredError(cookie: r.cookie, error: errno, message: message)
+            case .failure(let errno, _):
+                // As nbdkit: a structured error only where a structured reply is due (a read or
+                // block status), with no message: the reason (which may name the server's files)
+                // goes to the server's log, not to the client.
+                if session.structuredReplies && (r.command == .read || r.command == .blockStatus) {
+                    let chunk = Reply.structuredError(cookie: r.cookie, error: errno, message: "")
                     try chunk.withUnsafeBytes { try replies.send($0, none) }
                 } else {
                     Reply.encodeSimpleHeader(into: header, error: errno.rawValue, cookie: r.cookie)

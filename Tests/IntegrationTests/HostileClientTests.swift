@@ -499,6 +499,33 @@ final class HostileClientTests: IntegrationTestCase {
         XCTAssertTrue(ro.isRunning, ro.stderr)
     }
 
+    /// With structured replies, errors are answered as nbdkit answers them: a structured error
+    /// chunk with no message for a read (the reason, which may name the server's files, stays in
+    /// the server's log), a simple reply for every other command.
+    func testErrorRepliesWithStructuredReplies() throws {
+        let s = try startServer(["memory", "size=1M"])
+        let c = try RawClient(s.socket)
+        defer { c.close() }
+        try c.startNegotiation()
+        XCTAssertTrue(c.send(Wire.option(8, [])))
+        let ack = c.readOptionReply()
+        XCTAssertEqual(ack?.option, 8)
+        XCTAssertEqual(ack?.type, 1)
+        XCTAssertTrue(c.send(Wire.option(1, [])))
+        XCTAssertEqual(c.readExactly(10).map { Wire.be64($0, 0) }, 1 << 20)
+        XCTAssertTrue(c.send(Wire.request(command: 1, cookie: 1, offset: 1 << 20, length: 512) + [UInt8](repeating: 1, count: 512)))
+        XCTAssertEqual(c.readExactly(16), Wire.simpleReply(error: 28, cookie: 1))
+        XCTAssertTrue(c.send(Wire.request(command: 4, cookie: 2, offset: 1 << 20, length: 512)))
+        XCTAssertEqual(c.readExactly(16), Wire.simpleReply(error: 22, cookie: 2))
+        XCTAssertTrue(c.send(Wire.request(command: 3, cookie: 3, offset: 1, length: 0)))
+        XCTAssertEqual(c.readExactly(16), Wire.simpleReply(error: 22, cookie: 3))
+        XCTAssertTrue(c.send(Wire.request(command: 0, cookie: 4, offset: 1 << 20, length: 512)))
+        let chunk = Wire.u32(0x668E_33EF) + Wire.u16(1) + Wire.u16(0x8001) + Wire.u64(4) + Wire.u32(6) + Wire.u32(22) + Wire.u16(0)
+        XCTAssertEqual(c.readExactly(26), chunk)
+        try c.disconnect()
+        XCTAssertTrue(s.stderr.contains("NBD_CMD_READ offset=1048576 count=512: EINVAL"), s.stderr)
+    }
+
     func testReadOutOfRangeGetsEINVAL() throws {
         let s = try startServer(["memory", "size=1M"])
         let c = try RawClient(s.socket)
