@@ -60,6 +60,22 @@ final class ReceiveBuffer {
         start = rest.count
     }
 
+    /// Reads and drops the next `count` bytes (the payload of a write that is refused), waiting
+    /// for them as `read` does, on any transport (pipes under `-s`, TLS); the replies gathered
+    /// meanwhile go out first, as before any receive that may wait.
+    func skip(_ count: Int) throws {
+        var left = count
+        let buffered = min(end - start, left)
+        start += buffered
+        left -= buffered
+        while left > 0 {
+            start = 0
+            end = 0
+            left -= try receiveSome(into: UnsafeMutableRawBufferPointer(rebasing: storage[0..<min(left, Self.capacity)]),
+                                    mayPoll: false)
+        }
+    }
+
     /// How many bytes the read-ahead holds, not yet handed out.
     var bufferedCount: Int { end - start }
 

@@ -119,7 +119,7 @@ final class Transmission: Sendable {
         let request = buffer.request
         let outcome: Outcome
         if let invalid = buffer.invalid {
-            outcome = .failure(invalid, "invalid request")
+            outcome = .failure(invalid.errno, "invalid request: \(invalid.reason)")
         } else if server.shuttingDown.load(ordering: .relaxed) && buffer.receivedInPlace == nil {
             // (A write received in place before shutdown began is stored already: its real
             // outcome is the answer.)
@@ -190,7 +190,7 @@ final class Transmission: Sendable {
             }
             do {
                 if buffer.invalid != nil {
-                    try input.discard(Int(request.length))
+                    try input.skip(Int(request.length))
                     return true
                 }
                 let storable = storesAsRead(request)
@@ -219,7 +219,7 @@ final class Transmission: Sendable {
                         room = try buffer.payload(count: Int(request.length))
                     } catch {
                         // No memory for it: the payload is dropped and the write alone fails.
-                        try input.discard(Int(request.length))
+                        try input.skip(Int(request.length))
                         buffer.receivedInPlace = .failure(error)
                         return true
                     }
@@ -248,39 +248,48 @@ final class Transmission: Sendable {
     /// nbdkit's order, so that a request wrong in several ways gets nbdkit's error: a change to
     /// a read-only export (EPERM), then the range (a write or zeroing past the end, or of no
     /// bytes, ENOSPC; anything else EINVAL), then the flags, the size and what the export offers.
-    private func validate(_ r: RequestHeader) -> NBDErrno? {
-        guard let command = r.command else { return .einval }
-        if session.readonly && (command == .write || command == .trim || command == .writeZeroes) { return .eperm }
+    private func validate(_ r: RequestHeader) -> Refusal? {
+        guard let command = r.command else { return Refusal(.einval, "unknown command (\(r.rawCommand))") }
+        if session.readonly && (command == .write || command == .trim || command == .writeZeroes) {
+            return Refusal(.eperm, "write request on a read-only connection")
+        }
         switch command {
         case .disconnect:
             return nil
         case .flush:
-            if r.offset != 0 || r.length != 0 { return .einval }
+            if r.offset != 0 || r.length != 0 { return Refusal(.einval, "expecting offset and count = 0") }
         case .read, .write, .trim, .writeZeroes, .cache, .blockStatus:
             if r.length == 0 || r.offset > session.size || UInt64(r.length) > session.size - r.offset {
-                return command == .write || command == .writeZeroes ? .enospc : .einval
+                return Refusal(command == .write || command == .writeZeroes ? .enospc : .einval,
+                               "offset and count are out of range")
             }
         }
 
         let known: CommandFlags = [.fua, .noHole, .df, .reqOne, .fastZero]
-        guard known.isSuperset(of: r.flags) else { return .einval }
+        guard known.isSuperset(of: r.flags) else { return Refusal(.einval, "unknown flag (0x\(String(r.flags.rawValue, radix: 16)))") }
         let flags = session.flags
-        if r.flags.contains(.fua) && !flags.contains(.sendFUA) { return .einval }
-        if r.flags.contains(.noHole) && command != .writeZeroes { return .einval }
-        if r.flags.contains(.fastZero) && (command != .writeZeroes || !flags.contains(.sendFastZero)) { return .einval }
-        if r.flags.contains(.df) && (command != .read || !session.structuredReplies) { return .einval }
-        if r.flags.contains(.reqOne) && command != .blockStatus { return .einval }
+        if r.flags.contains(.fua) && !flags.contains(.sendFUA) { return Refusal(.einval, "FUA flag not supported") }
+        if r.flags.contains(.noHole) && command != .writeZeroes { return Refusal(.einval, "NO_HOLE flag needs a WRITE_ZEROES request") }
+        if r.flags.contains(.fastZero) && (command != .writeZeroes || !flags.contains(.sendFastZero)) {
+            return Refusal(.einval, "FAST_ZERO flag needs a WRITE_ZEROES request on an export that offers it")
+        }
+        if r.flags.contains(.df) && (command != .read || !session.structuredReplies) {
+            return Refusal(.einval, "DF flag needs a READ request and structured replies")
+        }
+        if r.flags.contains(.reqOne) && command != .blockStatus { return Refusal(.einval, "REQ_ONE flag needs a BLOCK_STATUS request") }
 
-        // Longer than the largest request: EOVERFLOW where structured replies allow it (as
-        // proto.md asks), else EINVAL.
+        // Longer than the largest request: EOVERFLOW where structured replies allow it (the
+        // hint proto.md describes; nbdkit 1.32 says ENOMEM), else EINVAL.
         if (command == .read || command == .write) && r.length > NBDSize.maxRequest {
-            return session.structuredReplies ? .eoverflow : .einval
+            return Refusal(session.structuredReplies ? .eoverflow : .einval,
+                           "data request is too large (\(r.length) > \(NBDSize.maxRequest))")
         }
         switch command {
-        case .flush: if !flags.contains(.sendFlush) { return .einval }
-        case .trim: if !flags.contains(.sendTrim) { return .einval }
-        case .cache: if !session.canCache { return .einval }
-        case .blockStatus: if session.allocationContextID == nil { return .einval }
+        case .flush: if !flags.contains(.sendFlush) { return Refusal(.einval, "flush operation not supported") }
+        case .trim: if !flags.contains(.sendTrim) { return Refusal(.einval, "trim operation not supported") }
+        case .cache: if !session.canCache { return Refusal(.einval, "cache operation not supported") }
+        case .blockStatus:
+            if session.allocationContextID == nil { return Refusal(.einval, "no meta context was negotiated for block status") }
         case .read, .write, .writeZeroes, .disconnect: break
         }
         return nil

@@ -433,6 +433,34 @@ final class CommandLineTests: IntegrationTestCase {
         XCTAssertEqual(r.stdout, "1048576\n")
     }
 
+    /// -s over pipes (as under ssh), not a socket: a write refused as out of range, whose
+    /// payload arrives after its header, gets ENOSPC and the connection goes on.
+    func testSingleModeOverPipesSkipsARefusedPayload() throws {
+        let r = Harness.run(["/usr/bin/python3", "-c", """
+        import struct, subprocess, sys, time
+        p = subprocess.Popen([sys.argv[1], '-s', 'memory', '1M'], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        def send(b): p.stdin.write(b); p.stdin.flush()
+        def recv(n):
+            b = b''
+            while len(b) < n:
+                c = p.stdout.read(n - len(b)); assert c, 'eof'; b += c
+            return b
+        def request(command, cookie, offset, length):
+            return struct.pack('>IHHQQI', 0x25609513, 0, command, cookie, offset, length)
+        recv(18); send(struct.pack('>I', 3))
+        send(b'IHAVEOPT' + struct.pack('>II', 1, 0))                  # EXPORT_NAME ""
+        assert struct.unpack('>Q', recv(10)[:8])[0] == 1 << 20
+        send(request(1, 1, 1 << 20, 1 << 20)); time.sleep(0.3); send(bytes(1 << 20))
+        assert recv(16) == struct.pack('>IIQ', 0x67446698, 28, 1)
+        send(request(0, 2, 0, 512))
+        assert recv(16 + 512) == struct.pack('>IIQ', 0x67446698, 0, 2) + bytes(512)
+        send(request(2, 3, 0, 0)); p.stdin.close()
+        assert p.wait(timeout=10) == 0
+        print('ok')
+        """, Harness.nbdkit], timeout: 30)
+        XCTAssertEqual(r.stdout, "ok\n", r.stderr)
+    }
+
     func testBackgroundModeWithPidFile() throws {
         let pidFile = dir.file("pid")
         let socket = dir.file("sock")

@@ -492,6 +492,37 @@ final class TLSTests: IntegrationTestCase {
         assertStillServes(s)
     }
 
+    /// A write refused as out of range whose payload arrives slowly: the reply to a read sent
+    /// before it goes out at once, not after the whole payload has been skipped, and the
+    /// connection goes on.
+    func testReplyIsNotHeldWhileARefusedPayloadIsSkipped() throws {
+        let s = try startServer(["--tls=require", "--tls-certificates=\(certs)", "memory", "1M"])
+        let r = Harness.run(["/usr/bin/python3", "-c", """
+        \(Self.rawClientPrelude)
+        def request(command, cookie, offset, length):
+            return struct.pack('>IHHQQI', 0x25609513, 0, command, cookie, offset, length)
+        def reply(cookie, error=0):
+            magic, err, handle = struct.unpack('>IIQ', recvall(tls, 16))
+            assert (magic, err, handle) == (0x67446698, error, cookie), (hex(magic), err, handle)
+        recvall(raw, 18); raw.sendall(struct.pack('>I', 3))
+        assert opt(raw, 5) == 1                                       # STARTTLS: ACK
+        tls = ssl.create_default_context(cafile=ca).wrap_socket(raw, server_hostname='localhost')
+        assert opt(tls, 7, struct.pack('>IH', 0, 0)) == 1             # GO: simple replies
+        tls.sendall(request(0, 1, 0, 512) + request(1, 2, 1 << 20, 1 << 20) + bytes(65536))
+        tls.settimeout(2)
+        reply(1)                                                      # not held back
+        assert recvall(tls, 512) == bytes(512)
+        tls.sendall(bytes((1 << 20) - 65536))
+        reply(2, 28)                                                  # ENOSPC
+        tls.sendall(request(0, 3, 0, 512))
+        reply(3)
+        assert recvall(tls, 512) == bytes(512)
+        print('ok')
+        """, s.socket, Self.pki.file("ca-cert.pem")])
+        XCTAssertEqual(r.stdout, "ok\n", r.stdout + r.stderr)
+        assertStillServes(s)
+    }
+
     /// Requests that arrive together with the client's end of file (a half-close without
     /// close_notify) are all answered before the connection ends: the server is kept busy
     /// sending a 1 MiB reply until the eight requests, one record each, and the end of file have
