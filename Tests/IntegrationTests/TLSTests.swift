@@ -418,6 +418,17 @@ final class TLSTests: IntegrationTestCase {
                 magic, option, rtype, length = struct.unpack('>QIII', recvall(sock, 20))
                 payload = recvall(sock, length)
                 if rtype not in (3, 4): return rtype
+        def start_tls():                                              # STARTTLS, then GO: simple replies
+            recvall(raw, 18); raw.sendall(struct.pack('>I', 3))
+            assert opt(raw, 5) == 1
+            t = ssl.create_default_context(cafile=ca).wrap_socket(raw, server_hostname='localhost')
+            assert opt(t, 7, struct.pack('>IH', 0, 0)) == 1
+            return t
+        def request(command, cookie, offset, length):
+            return struct.pack('>IHHQQI', 0x25609513, 0, command, cookie, offset, length)
+        def reply(cookie, error=0):                                   # a simple reply on `tls`
+            magic, err, handle = struct.unpack('>IIQ', recvall(tls, 16))
+            assert (magic, err, handle) == (0x67446698, error, cookie), (hex(magic), err, handle)
         """
 
     /// Nothing negotiated in plaintext survives STARTTLS: structured replies and the meta
@@ -460,15 +471,7 @@ final class TLSTests: IntegrationTestCase {
         let r = Harness.run(["/usr/bin/python3", "-c", """
         \(Self.rawClientPrelude)
         import os
-        def request(command, cookie, offset, length):
-            return struct.pack('>IHHQQI', 0x25609513, 0, command, cookie, offset, length)
-        def reply(cookie):
-            magic, error, handle = struct.unpack('>IIQ', recvall(tls, 16))
-            assert (magic, error, handle) == (0x67446698, 0, cookie), (hex(magic), error, handle)
-        recvall(raw, 18); raw.sendall(struct.pack('>I', 3))
-        assert opt(raw, 5) == 1                                       # STARTTLS: ACK
-        tls = ssl.create_default_context(cafile=ca).wrap_socket(raw, server_hostname='localhost')
-        assert opt(tls, 7, struct.pack('>IH', 0, 0)) == 1             # GO: simple replies
+        tls = start_tls()
         data = os.urandom(1 << 20)
         tls.sendall(request(1, 1, 0, len(data)) + data)
         reply(1)
@@ -499,15 +502,7 @@ final class TLSTests: IntegrationTestCase {
         let s = try startServer(["--tls=require", "--tls-certificates=\(certs)", "memory", "1M"])
         let r = Harness.run(["/usr/bin/python3", "-c", """
         \(Self.rawClientPrelude)
-        def request(command, cookie, offset, length):
-            return struct.pack('>IHHQQI', 0x25609513, 0, command, cookie, offset, length)
-        def reply(cookie, error=0):
-            magic, err, handle = struct.unpack('>IIQ', recvall(tls, 16))
-            assert (magic, err, handle) == (0x67446698, error, cookie), (hex(magic), err, handle)
-        recvall(raw, 18); raw.sendall(struct.pack('>I', 3))
-        assert opt(raw, 5) == 1                                       # STARTTLS: ACK
-        tls = ssl.create_default_context(cafile=ca).wrap_socket(raw, server_hostname='localhost')
-        assert opt(tls, 7, struct.pack('>IH', 0, 0)) == 1             # GO: simple replies
+        tls = start_tls()
         tls.sendall(request(0, 1, 0, 512) + request(1, 2, 1 << 20, 1 << 20) + bytes(65536))
         tls.settimeout(2)
         reply(1)                                                      # not held back
