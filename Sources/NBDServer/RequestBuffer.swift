@@ -19,6 +19,10 @@ final class RequestBuffer {
     /// 28 bytes: a request header, or a reply header plus a structured read's offset.
     let header = UnsafeMutableRawBufferPointer.allocate(byteCount: 32, alignment: 8)
     private var payload = UnsafeMutableRawBufferPointer(start: nil, count: 0)
+    /// How much of the payload area has been handed out since it was last given back: what
+    /// `releaseLargePayload` gives back beyond `retainedMaximum`, so that requests that stay
+    /// within it cost no system call.
+    private var usedCount = 0
 
     /// Payload room up to this size is kept from one request to the next.
     static let retainedMaximum = 4 * 1024 * 1024
@@ -38,6 +42,7 @@ final class RequestBuffer {
             }
             payload = UnsafeMutableRawBufferPointer(start: memory, count: capacity)
         }
+        usedCount = max(usedCount, count)
         return UnsafeMutableRawBufferPointer(rebasing: payload[0..<count])
     }
 
@@ -48,13 +53,17 @@ final class RequestBuffer {
     /// 4 MiB halved the throughput of such requests). Locked pages (`--swap`) can't be marked
     /// so; they are unmapped.
     func releaseLargePayload() {
-        guard payload.count > Self.retainedMaximum, let start = payload.baseAddress else { return }
-        if madvise(start + Self.retainedMaximum, payload.count - Self.retainedMaximum, MADV_FREE) != 0 { unmapPayload() }
+        guard usedCount > Self.retainedMaximum, let start = payload.baseAddress else { return }
+        let pageSize = 4096
+        let used = min((usedCount + pageSize - 1) / pageSize * pageSize, payload.count)
+        usedCount = 0
+        if madvise(start + Self.retainedMaximum, used - Self.retainedMaximum, MADV_FREE) != 0 { unmapPayload() }
     }
 
     private func unmapPayload() {
         if let start = payload.baseAddress { munmap(start, payload.count) }
         payload = UnsafeMutableRawBufferPointer(start: nil, count: 0)
+        usedCount = 0
     }
 
     /// The first `count` bytes of the payload area, which an earlier `payload(count:)` of at
