@@ -4,7 +4,7 @@ SWIFT ?= swift
 BIN := .build/debug/nbdkit
 # Debian packages the build and the tests need.
 DEB_PACKAGES := libnbd-bin python3-libnbd qemu-utils libgnutls28-dev libsystemd-dev pkg-config \
-                fdisk e2fsprogs gnutls-bin python3 systemd groff-base mandoc netbase strace
+                fdisk e2fsprogs gnutls-bin python3 systemd groff-base mandoc netbase strace iproute2
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: all deps build release run check clean example1-image bench install uninstall

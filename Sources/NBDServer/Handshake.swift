@@ -147,6 +147,7 @@ struct Handshake {
                 let tls = try TLSTransport(readFD: descriptors.read, writeFD: descriptors.write, settings: server.tls)
                 server.logger.debug("\(label): TLS established: \(tls.sessionDescription)")
                 self.transport = tls
+                useDefaultSendBufferForTLS(descriptors.write)
                 isTLS = true
                 // Nothing negotiated in plaintext survives the upgrade.
                 structuredReplies = false

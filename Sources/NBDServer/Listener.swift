@@ -180,6 +180,31 @@ func tuneAcceptedSocket(_ fd: Int32) {
     }
 }
 
+/// Gives a Unix-domain connection that has just become TLS the system's default send buffer
+/// (`net.core.wmem_default`) back. Encrypted replies are written record by record, never with
+/// `sendfile`, and a send buffer that lets the server run megabytes ahead of its client hands
+/// the client records that have gone cold in the caches: against nbdcopy over TLS the client,
+/// which is what limits the throughput there, spent about 8% more CPU per GB with the 4 MiB
+/// buffer. Other sockets (TCP keeps its autotuning) are left as they are.
+func useDefaultSendBufferForTLS(_ fd: Int32) {
+    guard CNBDShim_socket_domain(fd) == AF_UNIX else { return }
+    // (The kernel doubles what is asked for; a new socket starts at the default itself.)
+    var size = Int32(defaultSocketSendBuffer / 2)
+    _ = setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &size, socklen_t(MemoryLayout<Int32>.size))
+}
+
+/// `net.core.wmem_default`, read once; Linux's usual 212,992 if it can't be read.
+private let defaultSocketSendBuffer: Int = {
+    let fd = open("/proc/sys/net/core/wmem_default", O_RDONLY | O_CLOEXEC)
+    guard fd >= 0 else { return 212_992 }
+    defer { close(fd) }
+    var bytes = [UInt8](repeating: 0, count: 32)
+    let n = read(fd, &bytes, bytes.count - 1)
+    guard n > 0, let value = Int(String(decoding: bytes[0..<n].prefix { $0 >= 0x30 && $0 <= 0x39 }, as: UTF8.self)),
+          value > 0, value <= Int(Int32.max) else { return 212_992 }
+    return value
+}()
+
 /// The SELinux context of the sockets the calling thread creates, as libselinux's
 /// `setsockcreatecon_raw` sets it: through /proc/thread-self/attr/sockcreate.
 enum SocketCreationContext {

@@ -88,6 +88,30 @@ final class TLSTests: IntegrationTestCase {
         XCTAssertEqual(r.stdout, "ok\n")
     }
 
+    /// A Unix-socket connection gets a send buffer of up to 4 MiB for plaintext replies, and the
+    /// system's default (`net.core.wmem_default`) back once it becomes TLS: seen by `ss` on the
+    /// server's two open connections, one plaintext and one TLS.
+    func testTLSConnectionHasTheDefaultSendBuffer() throws {
+        func sysctl(_ name: String) -> Int { Int((try? String(contentsOfFile: "/proc/sys/net/core/\(name)", encoding: .utf8))?
+                                                   .trimmingCharacters(in: .whitespacesAndNewlines) ?? "") ?? 0 }
+        let byDefault = sysctl("wmem_default"), largest = sysctl("wmem_max")
+        try XCTSkipIf(min(largest, 4 << 20) <= byDefault, "net.core.wmem_max allows no send buffer above the default")
+        let s = try startServer(["--tls=on", "--tls-certificates=\(certs)", "memory", "1M"])
+        let r = tlsNbdsh(x509URI(s), """
+        import subprocess
+        assert h.get_tls_negotiated()
+        plain = nbd.NBD()
+        plain.connect_uri(\(Harness.pythonString(s.uri)))
+        assert not plain.get_tls_negotiated()
+        out = subprocess.run(['ss', '-x', '-m', '-p', '-H'], capture_output=True, text=True, check=True).stdout
+        lines = out.replace('\\n\\t', ' ').splitlines()
+        mine = [l for l in lines if 'pid=\(s.pid),' in l and ' \(s.socket) ' in l]
+        print(sorted(int(l.split(',tb')[1].split(',')[0]) for l in mine))
+        """)
+        // (The kernel doubles the size asked for.)
+        XCTAssertEqual(r.stdout, "\([byDefault, 2 * min(largest, 4 << 20)])\n", r.stderr)
+    }
+
     /// GnuTLS (and p11-kit, nettle, gmp behind it) costs start-up time, so it is loaded only
     /// when a server has TLS credentials; TLS then still works (the other tests).
     func testGnuTLSIsLoadedOnlyWithTLS() throws {
