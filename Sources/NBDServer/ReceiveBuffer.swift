@@ -76,6 +76,31 @@ final class ReceiveBuffer {
         }
     }
 
+    /// The next `count` bytes (at most half the capacity), consumed, waiting for them as `read`
+    /// does but receiving them into the read-ahead itself (with whatever follows them), so that
+    /// the caller can store them from there with one copy. They stay valid until the next call
+    /// on this buffer.
+    func readBuffered(count: Int, mayPoll: Bool = false) throws -> UnsafeRawBufferPointer {
+        precondition(count <= Self.capacity / 2)
+        if end - start < count {
+            if start == end {
+                start = 0
+                end = 0
+            } else if start + count > Self.capacity {
+                // Too near the end: what is held moves to the front to make room.
+                let held = end - start
+                storage.baseAddress!.copyMemory(from: storage.baseAddress! + start, byteCount: held)
+                start = 0
+                end = held
+            }
+            while end - start < count {
+                end += try receiveSome(into: UnsafeMutableRawBufferPointer(rebasing: storage[end...]), mayPoll: mayPoll)
+            }
+        }
+        defer { start += count }
+        return UnsafeRawBufferPointer(rebasing: storage[start..<start + count])
+    }
+
     /// How many bytes the read-ahead holds, not yet handed out.
     var bufferedCount: Int { end - start }
 

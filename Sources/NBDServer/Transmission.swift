@@ -196,7 +196,13 @@ final class Transmission: Sendable {
                 let storable = storesAsRead(request)
                 // (The backend's storage is asked for only once the payload is all here: making
                 // it ready may fault its pages in.)
-                if storable, input.bufferedCount >= Int(request.length),
+                if storable, inline, Int(request.length) <= ReceiveBuffer.capacity / 2 {
+                    // Served by this thread anyway: a small payload is gathered whole in the
+                    // read-ahead and stored from there, one copy; a client that goes away in the
+                    // middle of it leaves the disk as it was.
+                    let payload = try input.readBuffered(count: Int(request.length), mayPoll: true)
+                    buffer.receivedInPlace = store(payload, offset: request.offset)
+                } else if storable, input.bufferedCount >= Int(request.length),
                    let storage = session.backend.storage(offset: request.offset, length: request.length),
                    let payload = input.takeBuffered(count: storage.count) {
                     // Arrived whole: stored now, so a client that goes away in the middle of a
@@ -326,6 +332,26 @@ final class Transmission: Sendable {
     private func storesAsRead(_ r: RequestHeader) -> Bool {
         !r.flags.contains(.fua) && !server.shuttingDown.load(ordering: .relaxed)
             && server.threadModel != .serializeAllRequests
+    }
+
+    /// Stores a write's payload (without FUA) before its request is served: through the backend's
+    /// storage if it offers it, else with its `pwrite`.
+    private func store(_ payload: UnsafeRawBufferPointer, offset: UInt64) -> Result<Void, BackendError> {
+        let backend = session.backend
+        if let storage = backend.storage(offset: offset, length: UInt32(payload.count)) {
+            storage.copyMemory(from: payload)
+            return .success(())
+        }
+        do {
+            try backend.pwrite(payload, offset: offset, fua: false)
+            return .success(())
+        } catch let e as BackendError {
+            return .failure(e)
+        } catch let e as SystemError {
+            return .failure(BackendError(e))
+        } catch {
+            return .failure(BackendError(.eio, "\(error)"))
+        }
     }
 
     /// Serves one valid request against the backend.

@@ -2,8 +2,9 @@ import XCTest
 import Foundation
 
 /// Writes of 64 KiB and more (without FUA) to a file in memory are moved by the kernel from the
-/// socket through a pipe into the file (`splice`); these check the bytes that land, the requests
-/// that don't take that path, and a write that can't.
+/// socket through a pipe into the file (`splice`), and those up to 8 KiB are stored from the
+/// read-ahead; these check the bytes that land, the requests that take neither path, and writes
+/// that fail.
 final class FileReceiveTests: IntegrationTestCase {
     /// A new file of `size` zero bytes in /dev/shm (tmpfs), removed by the caller.
     private func memoryFile(size: Int) -> String {
@@ -50,6 +51,43 @@ final class FileReceiveTests: IntegrationTestCase {
         assert h.pread(65536, 40 << 20) == image[40 << 20:(40 << 20) + 65536]
         assert pipes() == before + 2, (before, pipes())
         h.flush()
+        assert open(\(Harness.pythonString(path)), 'rb').read() == image, 'the file differs'
+        print('ok')
+        """, timeout: 60)
+        XCTAssertEqual(r.stdout, "ok\n", r.stderr)
+    }
+
+    /// Writes of up to 8 KiB are gathered whole in the read-ahead and stored from there: odd
+    /// sizes and offsets, pipelined among reads and writes just over that size, land exactly.
+    func testSmallWritesLandInTheFile() throws {
+        let size = 12 << 20
+        let path = memoryFile(size: size)
+        defer { try? FileManager.default.removeItem(atPath: path) }
+        let s = try startServer(["file", path])
+        let r = Harness.nbdsh(s.uri, """
+        import os
+        size = \(size)
+        image = bytearray(size)
+        buffers = []
+        reads = []
+        for i in range(700):
+            length = (1, 511, 4096, 8191, 8192, 8193, 12289)[i % 7]
+            offset = i * 16384 + (i * 37) % 3000
+            data = os.urandom(length)
+            buffers.append(nbd.Buffer.from_bytearray(bytearray(data)))
+            h.aio_pwrite(buffers[-1], offset)
+            image[offset:offset + length] = data
+            if i % 10 == 9:
+                reads.append((nbd.Buffer(4096), (i - 5) * 16384))
+                h.aio_pread(reads[-1][0], reads[-1][1])
+            while h.aio_in_flight() > 48:
+                h.poll(-1)
+        while h.aio_in_flight() > 0:
+            h.poll(-1)
+        for buf, offset in reads:
+            assert buf.to_bytearray() == image[offset:offset + 4096], offset
+        h.flush()
+        assert h.pread(size, 0) == image, 'reads differ'
         assert open(\(Harness.pythonString(path)), 'rb').read() == image, 'the file differs'
         print('ok')
         """, timeout: 60)
@@ -153,6 +191,12 @@ final class FileReceiveTests: IntegrationTestCase {
         try:
             h.pwrite(os.urandom(2 << 20), 1 << 20)
             assert False, 'a write larger than the file system succeeded'
+        except nbd.Error as e:
+            assert e.errnum == errno.ENOSPC, e
+        assert h.pread(65536, 0) == first
+        try:
+            h.pwrite(os.urandom(4096), 7 << 20)
+            assert False, 'a small write into a full file system succeeded'
         except nbd.Error as e:
             assert e.errnum == errno.ENOSPC, e
         assert h.pread(65536, 0) == first
