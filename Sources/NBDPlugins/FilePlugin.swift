@@ -104,15 +104,12 @@ extension FilePlugin: PluginFactory {
             guard st.st_mode & S_IFMT == S_IFREG || st.st_mode & S_IFMT == S_IFBLK else {
                 throw ConfigError("file is not regular or block device: \(path)")
             }
-            // Open once now so that an unreadable file is reported at startup, not at first connection.
-            let fd = Glibc.open(path, (options.readonly ? O_RDONLY : O_RDWR) | O_CLOEXEC)
-            if fd < 0 {
-                let e = SystemError("open: \(path)")
-                if !options.readonly && (e.errno == EACCES || e.errno == EROFS || e.errno == EISDIR) {
-                    throw ConfigError("\(e) (use -r to serve it read-only)")
-                }
-                throw ConfigError("\(e)")
-            }
+            // Open once now so that a file that can't be read is reported at startup, not at the
+            // first connection. One that can only be read is served read-only, as nbdkit does
+            // (each connection falls back to opening it so).
+            var fd = Glibc.open(path, (options.readonly ? O_RDONLY : O_RDWR) | O_CLOEXEC)
+            if fd < 0 && !options.readonly { fd = Glibc.open(path, O_RDONLY | O_CLOEXEC) }
+            guard fd >= 0 else { throw ConfigError("\(SystemError("open: \(path)"))") }
             _ = close(fd)
             source = .file(path)
         case (nil, let path?):

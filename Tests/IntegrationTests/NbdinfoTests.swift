@@ -34,6 +34,30 @@ final class NbdinfoTests: IntegrationTestCase {
         XCTAssertEqual(Harness.run(["nbdinfo", "--is", "readonly", m.uri]).status, 2)
     }
 
+    /// As nbdkit: a file the server may read but not write is served read-only without -r (as
+    /// nobody when the tests run as root, who may write anything); one it can't read at all is
+    /// an error at startup.
+    func testFileThatCanOnlyBeReadIsServedReadOnly() throws {
+        let directory = "/dev/shm/nbdkit-test-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: false,
+                                                attributes: [.posixPermissions: 0o755])
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let readable = directory + "/ro.img", unreadable = directory + "/none.img"
+        XCTAssertTrue(FileManager.default.createFile(atPath: readable, contents: Data(count: 1 << 20),
+                                                    attributes: [.posixPermissions: 0o444]))
+        XCTAssertTrue(FileManager.default.createFile(atPath: unreadable, contents: Data(count: 1 << 20),
+                                                    attributes: [.posixPermissions: 0o000]))
+        let asReader = ["/usr/bin/env", "TMPDIR=/tmp"]
+            + (getuid() == 0 ? ["/usr/bin/setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"] : [])
+        let r = Harness.run(asReader + [Harness.nbdkit, "-U", "-", "file", readable, "--run", "nbdinfo --json \"$uri\""],
+                            timeout: 30)
+        XCTAssertEqual(r.status, 0, r.stderr)
+        XCTAssertTrue(r.stdout.contains("\"is_read_only\": true"), r.stdout)
+        let u = Harness.run(asReader + [Harness.nbdkit, "-U", "-", "file", unreadable, "--run", "true"], timeout: 30)
+        XCTAssertEqual(u.status, 1)
+        XCTAssertEqual(u.stderr, "nbdkit: error: open: \(unreadable): Permission denied\n")
+    }
+
     /// As nbdkit 1.32: pattern without a size serves an empty disk; a size may have white space
     /// and a + before it.
     func testPatternWithoutSizeIsEmpty() {
