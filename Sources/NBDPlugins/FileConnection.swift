@@ -78,7 +78,8 @@ final class FileConnection: BackendConnection, @unchecked Sendable {
 
     func canWrite() throws -> Bool { !readonly }
     func canFlush() throws -> Bool { true }
-    func canTrim() throws -> Bool { !isBlockDevice }
+    /// As nbdkit: trim is offered on any file or block device, and is advisory (see `trim`).
+    func canTrim() throws -> Bool { true }
     func canZero() throws -> Bool { true }
     func canFastZero() throws -> Bool { isMemoryDisk }
     func canFUA() throws -> FUASupport { .native }
@@ -251,10 +252,13 @@ final class FileConnection: BackendConnection, @unchecked Sendable {
 
     func trim(offset: UInt64, length: UInt32, fua: Bool) throws {
         if memoryDisk?.locks == true { return try zero(offset: offset, length: length, mayTrim: true, fua: fua, fastZero: false) }
-        // Trim is advisory: a filesystem that can't punch holes simply keeps the data.
+        // Trim is advisory: a filesystem that can't punch holes simply keeps the data, and so
+        // does a block device that can't discard, or can't discard a range not aligned to its
+        // sectors (EINVAL).
         if CNBDShim_punch_hole(fd, Int64(offset), Int64(length)) == -1 {
             let e = CNBDShim_errno()
-            if e != EOPNOTSUPP && e != ENOSYS { throw BackendError(SystemError("fallocate: \(path)", errno: e)) }
+            let advisory = e == EOPNOTSUPP || e == ENOSYS || (isBlockDevice && e == EINVAL)
+            if !advisory { throw BackendError(SystemError("fallocate: \(path)", errno: e)) }
         }
         if fua { try flush() }
     }

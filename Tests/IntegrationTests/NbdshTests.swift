@@ -22,6 +22,35 @@ final class NbdshTests: IntegrationTestCase {
         XCTAssertEqual(r.stdout, "ok\n")
     }
 
+    /// A block device (a loop device over a file of random bytes; needs root) is served with its
+    /// size, its data and trim, as nbdkit does: a trimmed range reads as zeros (the loop device
+    /// punches a hole in its file), and a trim the device can't take (not aligned to its
+    /// sectors) is dropped, as trim is advisory.
+    func testBlockDeviceIsServedWithTrim() throws {
+        let backing = randomFile("backing.img", count: 8 << 20)
+        let attach = Harness.run(["losetup", "--find", "--show", backing])
+        guard getuid() == 0, attach.status == 0 else { throw XCTSkip("needs root and a free loop device: \(attach.stderr)") }
+        let device = attach.stdout.trimmingCharacters(in: .whitespacesAndNewlines)
+        defer { XCTAssertEqual(Harness.run(["losetup", "--detach", device]).status, 0) }
+        let s = try startServer(["file", device])
+        let r = Harness.nbdsh(s.uri, """
+        original = open(\(Harness.pythonString(backing)), 'rb').read()
+        assert h.get_size() == 8 << 20, h.get_size()
+        assert h.can_trim() and h.can_zero() and not h.is_read_only()
+        assert h.pread(65536, 1 << 20) == original[1 << 20:(1 << 20) + 65536]
+        h.trim(1 << 20, 1 << 20)
+        assert h.pread(1 << 20, 1 << 20) == bytes(1 << 20)
+        h.set_strict_mode(0)
+        h.trim(1000, 100)
+        h.pwrite(b'x' * 4096, 3 << 20, nbd.CMD_FLAG_FUA)
+        assert h.pread(4096, 3 << 20) == b'x' * 4096
+        assert h.pread(4096, 0) == original[:4096]
+        print('ok')
+        """)
+        XCTAssertEqual(r.stdout, "ok\n", r.stderr)
+        XCTAssertFalse(s.stderr.contains("error"), s.stderr)
+    }
+
     /// The memory plugin's disk is a memory file: trimming 64 MiB, or zeroing it, gives that
     /// memory back to the kernel (the file's allocated blocks fall), and pages partly covered
     /// by a trim or a zero read as zeros there and keep the rest.
