@@ -3,8 +3,8 @@ import NBDServer
 import NBDProtocol
 
 /// `file file=PATH` serves a regular file or block device; `file dir=DIR` serves each regular
-/// file or block device in DIR whose name doesn't start with "." as an export named after it,
-/// and refuses every other name, the default export "" too. Each connection opens the file itself. `cache=` and `fadvise=`
+/// file or block device in DIR (hidden ones too, as nbdkit) as an export named after it, and
+/// refuses every other name, the default export "" too. Each connection opens the file itself. `cache=` and `fadvise=`
 /// (`FileCaching`) apply to every file served.
 public final class FilePlugin: Backend {
     public let name = "file"
@@ -33,7 +33,7 @@ public final class FilePlugin: Backend {
         case .file(let p):
             path = p
         case .directory(let dir):
-            // Exactly the listed names: never a hidden file, subdirectory, FIFO or path outside DIR.
+            // Exactly the listed names: never a subdirectory, FIFO or path outside DIR.
             let name = request.exportName
             guard !name.contains("/"), try Self.entries(of: dir).contains(name) else {
                 throw BackendError(.einval, "no regular file or block device named '\(name)' in \(dir)")
@@ -49,14 +49,14 @@ public final class FilePlugin: Backend {
         return connection
     }
 
-    /// Names of the regular files and block devices in `dir`, sorted.
+    /// Names of the regular files and block devices in `dir` ("." and ".." are directories),
+    /// sorted.
     private static func entries(of dir: String) throws -> [String] {
         guard let d = opendir(dir) else { throw BackendError(SystemError("opendir: \(dir)")) }
         defer { closedir(d) }
         var names: [String] = []
         while let entry = readdir(d) {
             let name = withUnsafeBytes(of: entry.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
-            if name.hasPrefix(".") { continue }
             var st = stat()
             guard stat(dir + "/" + name, &st) == 0 else { continue }
             let kind = st.st_mode & S_IFMT

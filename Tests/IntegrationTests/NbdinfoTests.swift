@@ -124,9 +124,9 @@ final class NbdinfoTests: IntegrationTestCase {
         XCTAssertTrue(s.isRunning)
     }
 
-    /// Only the names the listing shows can be opened: the default export "" (as in nbdkit),
-    /// hidden files, subdirectories, FIFOs and paths leaving the directory are refused in
-    /// NBD_OPT_GO, and the server keeps running.
+    /// Only the names the listing shows can be opened, hidden files among them (as nbdkit): the
+    /// default export "" (as in nbdkit), subdirectories, FIFOs and paths leaving the directory
+    /// are refused in NBD_OPT_GO, and the server keeps running.
     func testFileDirectoryRefusesUnlistedNames() throws {
         let d = dir.file("exports")
         try FileManager.default.createDirectory(atPath: d + "/sub", withIntermediateDirectories: true)
@@ -148,10 +148,13 @@ final class NbdinfoTests: IntegrationTestCase {
         """
         let r = Harness.run(["/usr/bin/nbdsh", "-c", script], timeout: 30)
         XCTAssertEqual(r.status, 0, r.stderr)
+        let list = Harness.run(["nbdinfo", "--list", "--json", s.uri])
+        let json = try JSONSerialization.jsonObject(with: Data(list.stdout.utf8)) as! [String: Any]
+        XCTAssertEqual((json["exports"] as! [[String: Any]]).compactMap { $0["export-name"] as? String }, [".hidden", "alpha"])
         XCTAssertEqual(r.stdout, """
         alpha 4096
          refused
-        .hidden refused
+        .hidden 512
         sub refused
         fifo refused
         ../secret refused
