@@ -3,6 +3,13 @@ import CNBDShim
 import NBDServer
 import NBDPlugins
 
+/// A complaint about how the program was run that nbdkit prints after its name alone, without
+/// "error:".
+struct UsageComplaint: Error, CustomStringConvertible {
+    let description: String
+    init(_ description: String) { self.description = description }
+}
+
 /// The start-up order, as nbdkit's: signals, plugin and filters, sockets, `--run`, privileges,
 /// background, pid file, then the accept loop; and the clean-up on every way out.
 struct Startup {
@@ -14,9 +21,9 @@ struct Startup {
         try config.validate()
         guard let pluginName = config.plugin else {
             if config.action == .dumpPlugin {
-                throw ConfigError("use 'nbdkit plugin --dump-plugin' to find out about a plugin,\nor --dump-config to find out about the server")
+                throw UsageComplaint("use 'nbdkit plugin --dump-plugin' or\n'nbdkit /path/to/plugin.so --dump-plugin' or\nif you want to find out about the server use --dump-config")
             }
-            throw ConfigError("no plugins given on the command line.\nUse 'nbdkit --help' or read the nbdkit(1) manual page for documentation.")
+            throw UsageComplaint("no plugins given on the command line.\n\(Self.readTheManual)")
         }
         guard let factory = Registry.plugin(named: pluginName) else { throw Self.unknownPlugin(pluginName) }
         if config.action == .dumpPlugin {
@@ -166,7 +173,21 @@ struct Startup {
     }
 
     static func unknownPlugin(_ name: String) -> ConfigError {
-        ConfigError("cannot open plugin '\(name)': no such built-in plugin (available: \(Registry.plugins.map { $0.name }.joined(separator: ", ")))")
+        ConfigError("cannot open plugin '\(name)': no such built-in plugin (available: \(Registry.plugins.map { $0.name }.joined(separator: ", ")))\n\(readTheManual)")
+    }
+
+    static let readTheManual = "Use 'nbdkit --help' or read the nbdkit(1) manual page for documentation."
+
+    /// The plugin and the filters named on the command line, checked in nbdkit's order (the
+    /// plugin first); nil if none was named.
+    static func components(_ config: Configuration) throws -> (plugin: any PluginFactory.Type, filters: [any FilterFactory.Type])? {
+        guard let name = config.plugin else { return nil }
+        guard let plugin = Registry.plugin(named: name) else { throw unknownPlugin(name) }
+        let filters = try config.filters.map { name in
+            guard let filter = Registry.filter(named: name) else { throw unknownFilter(name) }
+            return filter
+        }
+        return (plugin, filters)
     }
 
     static func unknownFilter(_ name: String) -> ConfigError {

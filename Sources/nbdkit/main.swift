@@ -29,21 +29,19 @@ func main() -> Int32 {
     case .help, .shortOptions, .longOptions: break
     }
     switch config.action {
-    case .help: print(Help.usage + Help.componentHelp(config), terminator: ""); return 0
-    case .version:
-        // As nbdkit: with a plugin, a line for each filter and then the plugin; nothing on
-        // standard output if one of them is unknown.
-        var names: [String] = []
-        if let plugin = config.plugin {
-            for name in config.filters {
-                guard let filter = Registry.filter(named: name) else { Logger().error("\(Startup.unknownFilter(name))"); return 1 }
-                names.append(filter.name)
+    case .help, .version:
+        // As nbdkit: nothing on standard output if the plugin or a filter named is unknown.
+        let components: (plugin: any PluginFactory.Type, filters: [any FilterFactory.Type])?
+        do { components = try Startup.components(config) } catch { Logger().error("\(error)"); return 1 }
+        if config.action == .help {
+            print(Help.usage + Help.componentHelp(config), terminator: "")
+        } else {
+            // With a plugin, a line for each filter and then the plugin.
+            print("nbdkit \(Help.version) (swift-nbdkit)")
+            for name in (components?.filters.map { $0.name } ?? []) + [components?.plugin.name].compactMap({ $0 }) {
+                print("\(name) \(Help.version)")
             }
-            guard let factory = Registry.plugin(named: plugin) else { Logger().error("\(Startup.unknownPlugin(plugin))"); return 1 }
-            names.append(factory.name)
         }
-        print("nbdkit \(Help.version) (swift-nbdkit)")
-        for name in names { print("\(name) \(Help.version)") }
         return 0
     case .dumpConfig: print(Help.dumpConfig(binary: executablePath()), terminator: ""); return 0
     case .shortOptions: OptionParser.shortOptions.forEach { print($0) }; return 0
@@ -55,6 +53,9 @@ func main() -> Int32 {
     signal(SIGXFSZ, SIG_IGN)
     do {
         return try Startup(config: config.withAbsolutePaths(), logger: logger).run()
+    } catch let complaint as UsageComplaint {
+        Logger().raw("nbdkit: \(complaint)\n")
+        return 1
     } catch {
         logger.error("\(error)")
         return 1

@@ -23,6 +23,7 @@ final class CommandLineTests: IntegrationTestCase {
              "nbdkit: error: exit-when-process-exits: /proc/999999999/stat: No such file or directory\n"),
             (["-f", "/usr/lib/nbdkit/plugins/nbdkit-nosuch-plugin.so"], "nbdkit: error: cannot open plugin '/usr/lib/nbdkit/plugins/nbdkit-nosuch-plugin.so'"),
             (["-f", "nosuchplugin"], "nbdkit: error: cannot open plugin 'nosuchplugin'"),
+            (["-f", "--filter=nosuch", "nosuchplugin"], "nbdkit: error: cannot open plugin 'nosuchplugin'"),
             (["-f", "-p", "notaport", "memory", "1M"], "nbdkit: error: getaddrinfo: <any>: notaport: Servname not supported"),
             // Stricter than nbdkit, whose getaddrinfo takes these (the last two as port 4464).
             (["-f", "-p", "", "memory", "1M"], "nbdkit: error: cannot parse port number ''"),
@@ -42,8 +43,14 @@ final class CommandLineTests: IntegrationTestCase {
             (["-f", "memory", "size=1M", "9x=1"], "nbdkit: error: could not parse size: unknown suffix 'x=1'"),
             (["-f", "example1", "x"], "nbdkit: error:"),
             (["-f", "-U", dir.file("s"), "-p", "1", "memory", "1M"], "nbdkit: error:"),
-            (["-f"], "nbdkit: error: no plugins given on the command line.\nUse 'nbdkit --help' "),
-            (["--dump-plugin"], "nbdkit: error: use 'nbdkit plugin --dump-plugin'"),
+            // As nbdkit: these two without "error:".
+            (["-f"], "nbdkit: no plugins given on the command line.\nUse 'nbdkit --help' or read the nbdkit(1) manual page for documentation.\n"),
+            (["--dump-plugin"], "nbdkit: use 'nbdkit plugin --dump-plugin' or\n'nbdkit /path/to/plugin.so --dump-plugin' or\nif you want to find out about the server use --dump-config\n"),
+            // With an unknown plugin or filter, --help and --version print nothing on stdout;
+            // the plugin is checked first.
+            (["--filter=nosuch", "memory", "--help"], "nbdkit: error: cannot open filter 'nosuch'"),
+            (["nosuchplugin", "--help"], "nbdkit: error: cannot open plugin 'nosuchplugin'"),
+            (["--filter=nosuch", "nosuchplugin", "--version"], "nbdkit: error: cannot open plugin 'nosuchplugin'"),
             (["-D", "file.zero", "-f", "memory", "1M"], "nbdkit: error: -D (Debug Flag) must have the format NAME.FLAG=N"),
             (["-D", ".zero=1", "-f", "memory", "1M"], "nbdkit: error: -D (Debug Flag) must have the format NAME.FLAG=N"),
             (["-D", "file.=1", "-f", "memory", "1M"], "nbdkit: error: -D (Debug Flag) must have the format NAME.FLAG=N"),
