@@ -106,9 +106,12 @@ struct Handshake {
             switch code {
             case .exportName:
                 let name = try utf8(payload[...])
+                // A meta context set for this export applies (proto.md: "NBD_OPT_GO (or
+                // NBD_OPT_EXPORT_NAME)"), as with NBD_OPT_GO.
                 let session = try Session.open(server: server, exportName: try resolve(name),
                                                structuredReplies: structuredReplies,
-                                               allocationContextID: nil, isTLS: isTLS)
+                                               allocationContextID: metaContext.flatMap { $0.exportName == name ? $0.id : nil },
+                                               isTLS: isTLS)
                 do {
                     try transport.send(Negotiation.exportNameReply(size: session.size, flags: session.flags,
                                                                    noZeroes: noZeroes))
@@ -181,7 +184,8 @@ struct Handshake {
                 }
                 do {
                     try reply(.info, Negotiation.infoExport(size: session.size, flags: session.flags))
-                    for item in Set(request.requests) {
+                    // One reply per request, in the client's order, as nbdkit.
+                    for item in request.requests {
                         switch InfoType(rawValue: item) {
                         case .name: try reply(.info, Negotiation.infoString(.name, name))
                         case .description:

@@ -140,6 +140,53 @@ final class HostileClientTests: IntegrationTestCase {
         assertServerHealthy(s)
     }
 
+    /// NBD_OPT_INFO's information requests get one reply each, in the client's order,
+    /// duplicates too (as nbdkit), after NBD_INFO_EXPORT; unknown ones none. The same every run.
+    func testInfoRequestsAreAnsweredInOrder() throws {
+        let s = try startServer(["memory", "size=1M"])
+        for _ in 0..<3 {
+            let c = try RawClient(s.socket)
+            defer { c.close() }
+            try c.startNegotiation()
+            let requests: [UInt16] = [3, 1, 99, 2, 1, 3]
+            XCTAssertTrue(c.send(Wire.option(6, Wire.u32(0) + Wire.u16(UInt16(requests.count)) + requests.flatMap(Wire.u16))))
+            var types: [UInt16] = []
+            while let r = c.readOptionReply(), r.type == 3 {
+                types.append(UInt16(r.payload[0]) << 8 | UInt16(r.payload[1]))
+            }
+            // (NBD_INFO_DESCRIPTION, 2, is not sent: no backend has one.)
+            XCTAssertEqual(types, [0, 3, 1, 1, 3])
+        }
+        assertServerHealthy(s)
+    }
+
+    /// A meta context set for the export still applies when the handshake ends with
+    /// NBD_OPT_EXPORT_NAME (proto.md allows either way): BLOCK_STATUS answers with it.
+    func testMetaContextSurvivesExportName() throws {
+        let s = try startServer(["memory", "size=1M"])
+        let c = try RawClient(s.socket)
+        defer { c.close() }
+        try c.startNegotiation()
+        XCTAssertTrue(c.send(Wire.option(8, [])))
+        XCTAssertEqual(try XCTUnwrap(c.readOptionReply()).type, 1)
+        let query = Array("base:allocation".utf8)
+        XCTAssertTrue(c.send(Wire.option(10, Wire.u32(0) + Wire.u32(1) + Wire.u32(UInt32(query.count)) + query)))
+        let context = try XCTUnwrap(c.readOptionReply())
+        XCTAssertEqual(context.type, 4, "NBD_REP_META_CONTEXT")
+        let id = Wire.be32(context.payload, 0)
+        XCTAssertEqual(try XCTUnwrap(c.readOptionReply()).type, 1)
+        XCTAssertTrue(c.send(Wire.option(1, [])))
+        XCTAssertNotNil(c.readExactly(10), "export reply")
+        XCTAssertTrue(c.send(Wire.request(command: 7, cookie: 5, offset: 0, length: 4096)))
+        // A structured NBD_REPLY_TYPE_BLOCK_STATUS chunk (type 5) with the context's ID.
+        let header = try XCTUnwrap(c.readExactly(20))
+        XCTAssertEqual(Wire.be32(header, 0), 0x668e33ef, "structured reply magic")
+        XCTAssertEqual(UInt16(header[6]) << 8 | UInt16(header[7]), 5, "chunk type")
+        let chunk = try XCTUnwrap(c.readExactly(Int(Wire.be32(header, 16))))
+        XCTAssertEqual(Wire.be32(chunk, 0), id)
+        assertServerHealthy(s)
+    }
+
     func testTooManyOptionsEndConnection() throws {
         let s = try startServer(["memory", "size=1M"])
         let c = try RawClient(s.socket)
