@@ -131,7 +131,7 @@ struct Handshake {
                 do {
                     exports = try server.backend.listExports(readonly: server.readonly, isTLS: isTLS)
                 } catch {
-                    server.logger.error("list_exports: \(error)")
+                    server.logger.error(in: label, "list_exports: \(error)")
                     try reply(.errPlatform)
                     continue
                 }
@@ -178,7 +178,7 @@ struct Handshake {
                     session = try Session.open(server: server, exportName: name, structuredReplies: structuredReplies,
                                                allocationContextID: contextID, isTLS: isTLS)
                 } catch {
-                    server.logger.error("cannot open export '\(request.exportName)': \(error)")
+                    server.logger.error(in: label, "cannot open export '\(request.exportName)': \(error)")
                     try reply(.errUnknown)
                     continue
                 }

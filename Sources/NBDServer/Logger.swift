@@ -19,6 +19,8 @@ public struct Logger: Sendable {
     }
 
     public func error(_ message: String) { emit(level: "error", priority: LOG_ERR, message) }
+    /// An error about one connection, labelled as nbdkit labels it: `nbdkit: memory[1]: error: ...`.
+    public func error(in label: String, _ message: String) { emit(label: label, level: "error", priority: LOG_ERR, message) }
     public func warning(_ message: String) { emit(level: "warning", priority: LOG_WARNING, message) }
 
     /// A debug line, written only with `-v`, and always to stderr whatever `--log` says (as
@@ -36,14 +38,15 @@ public struct Logger: Sendable {
         }
     }
 
-    private func emit(level: String, priority: Int32, _ message: String) {
+    private func emit(label: String? = nil, level: String, priority: Int32, _ message: String) {
+        let prefix = label.map { "\($0): " } ?? ""
         switch destination {
         case .null:
             return
         case .syslog:
-            CNBDShim_syslog(priority, "\(level): \(message)")
+            CNBDShim_syslog(priority, "\(prefix)\(level): \(message)")
         case .stderr:
-            raw("nbdkit: \(level): \(message)\n")
+            raw("nbdkit: \(prefix)\(level): \(message)\n")
         }
     }
 

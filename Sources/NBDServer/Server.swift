@@ -154,13 +154,13 @@ public final class Server: Sendable {
             logger.debug("\(label): client closed the connection during negotiation")
             return handshake.transport
         } catch {
-            logger.error("\(label): negotiation failed: \(error)")
+            logger.error(in: label, "negotiation failed: \(error)")
             return handshake.transport
         }
         let transport = handshake.transport
         let transmission = Transmission(server: context, transport: transport, session: session, label: label)
         transmission.serve()
-        if let failure = transport.unreportedFailure { logger.error("\(label): \(failure)") }
+        if let failure = transport.unreportedFailure { logger.error(in: label, "\(failure)") }
         session.backend.close()
         logger.debug("\(label): connection closed")
         return transport

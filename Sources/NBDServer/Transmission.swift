@@ -133,7 +133,7 @@ final class Transmission: Sendable {
             // The server's own doing, and a client may send many more before it disconnects.
             server.logger.debug("\(label): \(commandName(request.rawCommand)) refused: the server is shutting down")
         } else if case .failure(let errno, let message) = outcome {
-            server.logger.error("\(label): \(commandName(request.rawCommand)) offset=\(request.offset) count=\(request.length): \(errno.name): \(message)")
+            server.logger.error(in: label, "\(commandName(request.rawCommand)) offset=\(request.offset) count=\(request.length): \(errno.name): \(message)")
         }
         let sent = writeLock.withLock { sendReply(request, outcome, buffer) }
         buffer.releaseLargePayload()
@@ -158,7 +158,7 @@ final class Transmission: Sendable {
             // that fails to decrypt) is logged, the TLS failure even once the connection is
             // closing (it may be why: a reply could not be sent on the session it ended).
             if case TransportError.endOfFile = error {} else if error is TLSError || !closed.load(ordering: .relaxed) {
-                server.logger.error("\(label): \(error)")
+                server.logger.error(in: label, "\(error)")
             }
             closed.store(true, ordering: .relaxed)
             return false
@@ -167,7 +167,7 @@ final class Transmission: Sendable {
         do {
             request = try RequestHeader(decoding: UnsafeRawBufferPointer(headerBytes))
         } catch {
-            server.logger.error("\(label): invalid request: bad magic; closing the connection")
+            server.logger.error(in: label, "invalid request: bad magic; closing the connection")
             closed.store(true, ordering: .relaxed)
             return false
         }
@@ -184,7 +184,7 @@ final class Transmission: Sendable {
             // refused is read and dropped, up to twice the largest request (as nbdkit); a longer
             // one means the stream can't be trusted, so the connection ends instead.
             guard buffer.invalid == nil || request.length <= 2 * NBDSize.maxRequest else {
-                server.logger.error("\(label): invalid request: write of \(request.length) bytes is too large to skip; closing the connection")
+                server.logger.error(in: label, "invalid request: write of \(request.length) bytes is too large to skip; closing the connection")
                 closed.store(true, ordering: .relaxed)
                 return false
             }
@@ -235,14 +235,14 @@ final class Transmission: Sendable {
                 // Once shutdown has begun, the server itself stops reading a client that has not
                 // sent its whole payload within the grace.
                 if server.shuttingDown.load(ordering: .relaxed) {
-                    server.logger.error("\(label): a write's payload had not all arrived when the connection ended during shutdown")
+                    server.logger.error(in: label, "a write's payload had not all arrived when the connection ended during shutdown")
                 } else {
-                    server.logger.error("\(label): client went away in the middle of a write payload")
+                    server.logger.error(in: label, "client went away in the middle of a write payload")
                 }
                 closed.store(true, ordering: .relaxed)
                 return false
             } catch {
-                server.logger.error("\(label): receiving a write payload: \(error); closing the connection")
+                server.logger.error(in: label, "receiving a write payload: \(error); closing the connection")
                 closed.store(true, ordering: .relaxed)
                 return false
             }
@@ -495,7 +495,7 @@ final class Transmission: Sendable {
                         rest = try buffer.payload(count: count - sent)
                         try session.backend.pread(into: rest, offset: r.offset + UInt64(sent))
                     } catch {
-                        server.logger.error("\(label): NBD_CMD_READ offset=\(r.offset) count=\(count): \(error) after the reply began; closing the connection")
+                        server.logger.error(in: label, "NBD_CMD_READ offset=\(r.offset) count=\(count): \(error) after the reply began; closing the connection")
                         return false
                     }
                     try transport.send(UnsafeRawBufferPointer(rest), none)

@@ -86,7 +86,8 @@ final class TarFilterTests: IntegrationTestCase {
             let s = try startServer(["-r", "file", dir.file(archive), "--filter=tar", "tar-entry=disk"],
                                     socketName: archive + ".sock")
             XCTAssertNotEqual(Harness.run(["nbdinfo", s.uri]).status, 0, archive)
-            XCTAssertTrue(s.stderr.contains("nbdkit: error: cannot open export"), archive + ": " + s.stderr)
+            // As nbdkit labels a connection's errors: the plugin and connection, then "error:".
+            XCTAssertTrue(s.stderr.contains("nbdkit: file[1]: error: cannot open export"), archive + ": " + s.stderr)
             XCTAssertTrue(s.isRunning, archive)
             XCTAssertEqual(s.stop(), 0, archive)
         }
