@@ -105,6 +105,8 @@ struct Handshake {
 
             switch code {
             case .exportName:
+                // As in NBD_OPT_INFO and NBD_OPT_GO (and nbdkit): no name over 4096 bytes.
+                guard payload.count <= NBDSize.maxString else { throw HandshakeError("export name too long") }
                 let name = try utf8(payload[...])
                 // A meta context set for this export applies (proto.md: "NBD_OPT_GO (or
                 // NBD_OPT_EXPORT_NAME)"), as with NBD_OPT_GO.
@@ -157,8 +159,10 @@ struct Handshake {
                 metaContext = nil
 
             case .structuredReply:
+                // (A payload is invalid first, as nbdkit checks, even where the option is unsupported.)
+                guard payload.isEmpty else { try reply(.errInvalid); continue }
                 guard server.offersStructuredReplies else { try reply(.errUnsup); continue }
-                guard payload.isEmpty, !structuredReplies else { try reply(.errInvalid); continue }
+                guard !structuredReplies else { try reply(.errInvalid); continue }
                 structuredReplies = true
                 try reply(.ack)
 

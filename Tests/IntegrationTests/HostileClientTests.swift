@@ -187,6 +187,32 @@ final class HostileClientTests: IntegrationTestCase {
         assertServerHealthy(s)
     }
 
+    /// As nbdkit: NBD_OPT_EXPORT_NAME with a name over 4096 bytes ends the connection (4096 is
+    /// served); NBD_OPT_STRUCTURED_REPLY with a payload is invalid even under --no-sr.
+    func testExportNameLimitAndStructuredReplyPayload() throws {
+        let s = try startServer(["memory", "size=1M"])
+        for (length, served) in [(4096, true), (4097, false)] {
+            let c = try RawClient(s.socket)
+            defer { c.close() }
+            try c.startNegotiation()
+            XCTAssertTrue(c.send(Wire.option(1, [UInt8](repeating: 0x61, count: length))))
+            if served {
+                XCTAssertEqual(c.readExactly(10).map { Wire.be64($0, 0) }, 1 << 20, "export size")
+            } else {
+                XCTAssertTrue(c.readToEOF().closed)
+            }
+        }
+        XCTAssertTrue(s.stderr.contains("export name too long"), s.stderr)
+        let n = try startServer(["--no-sr", "memory", "size=1M"], socketName: "nosr")
+        let c = try RawClient(n.socket)
+        defer { c.close() }
+        try c.startNegotiation()
+        XCTAssertTrue(c.send(Wire.option(8, [0])))
+        XCTAssertEqual(c.readOptionReply()?.type, 0x8000_0003, "NBD_REP_ERR_INVALID")
+        XCTAssertTrue(c.send(Wire.option(8, [])))
+        XCTAssertEqual(c.readOptionReply()?.type, 0x8000_0001, "NBD_REP_ERR_UNSUP")
+    }
+
     func testTooManyOptionsEndConnection() throws {
         let s = try startServer(["memory", "size=1M"])
         let c = try RawClient(s.socket)
