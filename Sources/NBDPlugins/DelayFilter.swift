@@ -6,8 +6,8 @@ import NBDServer
 final class DelayFilter: PassthroughFilter, @unchecked Sendable {
     /// The delays in microseconds, by the call they slow down.
     struct Delays {
-        var read: UInt32 = 0, write: UInt32 = 0, zero: UInt32 = 0, trim: UInt32 = 0
-        var extents: UInt32 = 0, cache: UInt32 = 0, flush: UInt32 = 0, open: UInt32 = 0, close: UInt32 = 0
+        var read: UInt64 = 0, write: UInt64 = 0, zero: UInt64 = 0, trim: UInt64 = 0
+        var extents: UInt64 = 0, cache: UInt64 = 0, flush: UInt64 = 0, open: UInt64 = 0, close: UInt64 = 0
         /// Whether zero requests with NBD_CMD_FLAG_FAST_ZERO are delayed too.
         var delayFastZero = true
     }
@@ -70,7 +70,7 @@ final class DelayFilter: PassthroughFilter, @unchecked Sendable {
 }
 
 /// Sleeps `microseconds` (none for 0), resuming after signals.
-private func pause(_ microseconds: UInt32) {
+private func pause(_ microseconds: UInt64) {
     guard microseconds > 0 else { return }
     var request = timespec(tv_sec: Int(microseconds / 1_000_000), tv_nsec: Int(microseconds % 1_000_000) * 1000)
     var remaining = timespec()
@@ -96,7 +96,7 @@ extension DelayFilter: FilterFactory {
 
     static func make(_ parameters: inout Parameters, next: any Backend, control: ServerControl) throws -> any Backend {
         var d = DelayFilter.Delays()
-        func take(_ key: String) throws -> UInt32? {
+        func take(_ key: String) throws -> UInt64? {
             try parameters.take(key) { try parseDelay($0, key: key) }
         }
         // As nbdkit: wdelay covers writes, zeroing and trims; the specific keys override it.
@@ -120,17 +120,23 @@ extension DelayFilter: FilterFactory {
         return DelayFilter(next: next, delays: d)
     }
 
-    /// nbdkit's delay syntax: whole or fractional seconds ("2", "0.5"), or milliseconds ("10ms").
-    static func parseDelay(_ text: String, key: String) throws -> UInt32 {
+    /// nbdkit's delay syntax, in microseconds: seconds ("2"; fractions too, "0.5") or
+    /// milliseconds ("10ms"), after any white space, up to nbdkit's limits (2^32 - 1
+    /// milliseconds, or as many seconds as fit in that).
+    static func parseDelay(_ text: String, key: String) throws -> UInt64 {
+        let number = text.drop { $0 == " " || $0 == "\t" || $0 == "\n" }
         let micros: Double?
-        if text.hasSuffix("ms") {
-            micros = Double(text.dropLast(2)).map { $0 * 1000 }
+        let limit: Double
+        if number.hasSuffix("ms") {
+            micros = Double(number.dropLast(2)).map { $0 * 1000 }
+            limit = Double(UInt32.max) * 1000
         } else {
-            micros = Double(text).map { $0 * 1_000_000 }
+            micros = Double(number).map { $0 * 1_000_000 }
+            limit = Double(UInt32.max / 1000) * 1_000_000
         }
-        guard let micros, micros >= 0, micros <= Double(UInt32.max) else {
+        guard let micros, micros >= 0, micros <= limit else {
             throw ConfigError("delay: could not parse \(key)=\(text): expected seconds or a number followed by 'ms'")
         }
-        return UInt32(micros)
+        return UInt64(micros)
     }
 }

@@ -720,6 +720,13 @@ final class NbdshTests: IntegrationTestCase {
         let bad = Harness.run([Harness.nbdkit, "-U", "-", "--filter=delay", "memory", "1M", "rdelay=soon", "--run", "true"])
         XCTAssertEqual(bad.status, 1)
         XCTAssertTrue(bad.stderr.contains("nbdkit: error: delay: could not parse rdelay=soon"), bad.stderr)
+        // nbdkit's limit of 4294967 seconds, white space before the number; up to 2^32 - 1
+        // milliseconds (nbdkit 1.32 takes more).
+        for (value, valid) in [("4294967", true), ("4294968", false), ("4294967295ms", true), ("5000000ms", true),
+                               (" 1", true), ("-1", false)] {
+            let r = Harness.run([Harness.nbdkit, "-U", "-", "--filter=delay", "memory", "1M", "delay-close=\(value)", "--run", "true"])
+            XCTAssertEqual(r.status, valid ? 0 : 1, "delay-close=\(value): \(r.stderr)")
+        }
         // --help after the plugin name lists the filter's and the plugin's parameters, as nbdkit.
         let help = Harness.run([Harness.nbdkit, "--filter=delay", "memory", "--help"]).stdout
         XCTAssertTrue(help.contains("\nfilter: delay\nrdelay=<NN>[ms]"), help)
