@@ -13,68 +13,88 @@ final class DelayFilter: PassthroughFilter, @unchecked Sendable {
     }
 
     private let delays: Delays
+    private let control: ServerControl
 
-    init(next: any Backend, delays: Delays) {
+    init(next: any Backend, delays: Delays, control: ServerControl) {
         self.delays = delays
+        self.control = control
         super.init(next: next)
     }
 
     override var name: String { next.name }
 
     override func open(_ request: OpenRequest) throws -> any BackendConnection {
-        pause(delays.open)
-        return Connection(next: try next.open(request), delays: delays)
+        _ = pause(delays.open, unless: control)
+        return Connection(next: try next.open(request), delays: delays, control: control)
     }
 
     final class Connection: PassthroughConnection, @unchecked Sendable {
         private let delays: Delays
+        private let control: ServerControl
 
-        init(next: any BackendConnection, delays: Delays) {
+        init(next: any BackendConnection, delays: Delays, control: ServerControl) {
             self.delays = delays
+            self.control = control
             super.init(next: next)
         }
 
+        /// Delays a request; fails it with ESHUTDOWN, as nbdkit does, if the server begins to
+        /// shut down meanwhile.
+        private func delay(_ microseconds: UInt64) throws {
+            guard pause(microseconds, unless: control) else {
+                throw BackendError(.eshutdown, "delay: the server is shutting down")
+            }
+        }
+
         override func pread(into buffer: UnsafeMutableRawBufferPointer, offset: UInt64) throws {
-            pause(delays.read)
+            try delay(delays.read)
             try next.pread(into: buffer, offset: offset)
         }
         override func pwrite(_ buffer: UnsafeRawBufferPointer, offset: UInt64, fua: Bool) throws {
-            pause(delays.write)
+            try delay(delays.write)
             try next.pwrite(buffer, offset: offset, fua: fua)
         }
         override func flush() throws {
-            pause(delays.flush)
+            try delay(delays.flush)
             try next.flush()
         }
         override func trim(offset: UInt64, length: UInt32, fua: Bool) throws {
-            pause(delays.trim)
+            try delay(delays.trim)
             try next.trim(offset: offset, length: length, fua: fua)
         }
         override func zero(offset: UInt64, length: UInt32, mayTrim: Bool, fua: Bool, fastZero: Bool) throws {
-            if !fastZero || delays.delayFastZero { pause(delays.zero) }
+            if !fastZero || delays.delayFastZero { try delay(delays.zero) }
             try next.zero(offset: offset, length: length, mayTrim: mayTrim, fua: fua, fastZero: fastZero)
         }
         override func extents(offset: UInt64, length: UInt32, reqOne: Bool) throws -> [Extent] {
-            pause(delays.extents)
+            try delay(delays.extents)
             return try next.extents(offset: offset, length: length, reqOne: reqOne)
         }
         override func cache(offset: UInt64, length: UInt32) throws {
-            pause(delays.cache)
+            try delay(delays.cache)
             try next.cache(offset: offset, length: length)
         }
         override func close() {
-            pause(delays.close)
+            _ = pause(delays.close, unless: control)
             next.close()
         }
     }
 }
 
-/// Sleeps `microseconds` (none for 0), resuming after signals.
-private func pause(_ microseconds: UInt64) {
-    guard microseconds > 0 else { return }
-    var request = timespec(tv_sec: Int(microseconds / 1_000_000), tv_nsec: Int(microseconds % 1_000_000) * 1000)
-    var remaining = timespec()
-    while nanosleep(&request, &remaining) == -1 && errno == EINTR { request = remaining }
+/// Sleeps `microseconds` (none for 0), resuming after signals, in slices of at most 0.1 s so
+/// that it ends early once `control`'s server begins to shut down. Returns false if it did.
+private func pause(_ microseconds: UInt64, unless control: ServerControl) -> Bool {
+    let slice: UInt64 = 100_000
+    var left = microseconds
+    while left > 0 {
+        if control.isShuttingDown { return false }
+        let now = min(left, slice)
+        var request = timespec(tv_sec: 0, tv_nsec: Int(now) * 1000)
+        var remaining = timespec()
+        while nanosleep(&request, &remaining) == -1 && errno == EINTR { request = remaining }
+        left -= now
+    }
+    return true
 }
 
 extension DelayFilter: FilterFactory {
@@ -117,7 +137,7 @@ extension DelayFilter: FilterFactory {
             }
             d.delayFastZero = flag
         }
-        return DelayFilter(next: next, delays: d)
+        return DelayFilter(next: next, delays: d, control: control)
     }
 
     /// nbdkit's delay syntax, in microseconds: seconds ("2"; fractions too, "0.5") or

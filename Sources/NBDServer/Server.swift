@@ -178,6 +178,7 @@ public final class Server: Sendable {
     private func shutdownConnections() {
         let start = MonotonicClock.milliseconds()
         context.shuttingDown.store(true, ordering: .relaxed)
+        control.beginShutdown()
         while true {
             let elapsed = MonotonicClock.milliseconds() - start
             let graceOver = elapsed >= Self.shutdownGraceMilliseconds

@@ -8,6 +8,7 @@ import CNBDShim
 public final class ServerControl: Sendable {
     let wakeFD: Int32
     private let state = Mutex(State())
+    private let stopping = Atomic<Bool>(false)
 
     private struct State {
         var connections = 0
@@ -34,6 +35,12 @@ public final class ServerControl: Sendable {
         }
         if idle { requestShutdown() }
     }
+
+    /// True once the server has begun to shut down (a signal, or a filter's request): what
+    /// waits for a long while (the delay filter) stops waiting.
+    public var isShuttingDown: Bool { stopping.load(ordering: .relaxed) }
+
+    func beginShutdown() { stopping.store(true, ordering: .relaxed) }
 
     /// True once `drain()` was called.
     public var isDraining: Bool { state.withLock { $0.draining } }
