@@ -252,13 +252,13 @@ final class FileConnection: BackendConnection, @unchecked Sendable {
 
     func trim(offset: UInt64, length: UInt32, fua: Bool) throws {
         if memoryDisk?.locks == true { return try zero(offset: offset, length: length, mayTrim: true, fua: fua, fastZero: false) }
-        // Trim is advisory: a filesystem that can't punch holes simply keeps the data, and so
-        // does a block device that can't discard, or can't discard a range not aligned to its
-        // sectors (EINVAL).
+        // Trim is advisory, as in nbdkit: only EIO and EPERM are errors. A filesystem that
+        // can't punch holes simply keeps the data, and so does a block device that can't
+        // discard (or can't discard a range not aligned to its sectors, EINVAL; ENODEV on
+        // kernels before 4.9).
         if CNBDShim_punch_hole(fd, Int64(offset), Int64(length)) == -1 {
             let e = CNBDShim_errno()
-            let advisory = e == EOPNOTSUPP || e == ENOSYS || (isBlockDevice && e == EINVAL)
-            if !advisory { throw BackendError(SystemError("fallocate: \(path)", errno: e)) }
+            if e == EIO || e == EPERM { throw BackendError(SystemError("fallocate: \(path)", errno: e)) }
         }
         if fua { try flush() }
     }

@@ -188,8 +188,10 @@ struct Handshake {
                 }
                 do {
                     try reply(.info, Negotiation.infoExport(size: session.size, flags: session.flags))
-                    // One reply per request, in the client's order, as nbdkit.
-                    for item in request.requests {
+                    // In the order the client asked, each kind once: nbdkit answers duplicates
+                    // again, but one 64 KiB option could then ask for 30,000 replies.
+                    var answered = Set<UInt16>()
+                    for item in request.requests where answered.insert(item).inserted {
                         switch InfoType(rawValue: item) {
                         case .name: try reply(.info, Negotiation.infoString(.name, name))
                         case .description:
