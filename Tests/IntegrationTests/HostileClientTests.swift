@@ -124,9 +124,7 @@ final class HostileClientTests: IntegrationTestCase {
         let s = try startServer(["memory", "size=1M"])
         let c = try RawClient(s.socket)
         defer { c.close() }
-        try c.startNegotiation()
-        XCTAssertTrue(c.send(Wire.option(8, [])))
-        XCTAssertEqual(try XCTUnwrap(c.readOptionReply()).type, 1, "NBD_OPT_STRUCTURED_REPLY acknowledged")
+        try c.startNegotiationWithStructuredReplies()
         let query = Array("base:allocation".utf8)
         for option: UInt32 in [9, 10] {
             XCTAssertTrue(c.send(Wire.option(option, Wire.u32(0) + Wire.u32(1) + Wire.u32(UInt32(query.count)) + query)))
@@ -167,9 +165,7 @@ final class HostileClientTests: IntegrationTestCase {
         let s = try startServer(["memory", "size=1M"])
         let c = try RawClient(s.socket)
         defer { c.close() }
-        try c.startNegotiation()
-        XCTAssertTrue(c.send(Wire.option(8, [])))
-        XCTAssertEqual(try XCTUnwrap(c.readOptionReply()).type, 1)
+        try c.startNegotiationWithStructuredReplies()
         let query = Array("base:allocation".utf8)
         XCTAssertTrue(c.send(Wire.option(10, Wire.u32(0) + Wire.u32(1) + Wire.u32(UInt32(query.count)) + query)))
         let context = try XCTUnwrap(c.readOptionReply())
@@ -872,6 +868,14 @@ private final class RawClient {
         guard let greeting = readExactly(18) else { throw RawClientError(description: "no greeting (\(lastEnd))") }
         guard greeting == Wire.greeting else { throw RawClientError(description: "bad greeting \(greeting)") }
         guard send(Wire.u32(3)) else { throw RawClientError(description: "cannot send client flags") }
+    }
+
+    /// `startNegotiation`, then NBD_OPT_STRUCTURED_REPLY, which must be acknowledged.
+    func startNegotiationWithStructuredReplies(file: StaticString = #filePath, line: UInt = #line) throws {
+        try startNegotiation()
+        XCTAssertTrue(send(Wire.option(8, [])), file: file, line: line)
+        XCTAssertEqual(try XCTUnwrap(readOptionReply(), file: file, line: line).type, 1,
+                       "NBD_OPT_STRUCTURED_REPLY acknowledged", file: file, line: line)
     }
 
     /// One option reply: header fields checked for the magic, payload read in full.
