@@ -115,7 +115,7 @@ extension FilePlugin: PluginFactory {
         case (nil, let path?):
             var st = stat()
             guard stat(path, &st) == 0, st.st_mode & S_IFMT == S_IFDIR else {
-                throw ConfigError("dir=\(path): not a directory")
+                throw ConfigError("expecting a directory: \(path)")
             }
             source = .directory(path)
         }
@@ -125,6 +125,8 @@ extension FilePlugin: PluginFactory {
 
     /// Resolves `path` now, since a background server changes its directory to /.
     private static func absolutePath(_ path: String) throws -> String {
+        // (nbdkit's words for an empty one.)
+        guard !path.isEmpty else { throw ConfigError("cannot resolve a null or empty path") }
         guard let resolved = realpath(path, nil) else { throw ConfigError("realpath: \(SystemError(path))") }
         defer { free(resolved) }
         return String(cString: resolved)

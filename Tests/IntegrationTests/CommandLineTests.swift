@@ -33,6 +33,9 @@ final class CommandLineTests: IntegrationTestCase {
             (["-f", "-p", "70000", "memory", "1M"], "nbdkit: error: cannot parse port number '70000'"),
             (["-f", "--vsock", "-p", "4294967296", "memory", "1M"], "nbdkit: error: cannot parse port number '4294967296'"),
             (["-f", "file", dir.file("missing.img")], "nbdkit: error: realpath"),
+            (["-f", "file", "file="], "nbdkit: error: cannot resolve a null or empty path\n"),
+            (["-f", "file", "dir="], "nbdkit: error: cannot resolve a null or empty path\n"),
+            (["-f", "file", "dir=\(fifo)"], "nbdkit: error: expecting a directory: \(fifo)\n"),
             // As nbdkit: only a regular file or a block device (a FIFO's open would wait).
             (["-f", "file", dir.path], "nbdkit: error: use dir= to serve files within \(real(dir.path))\n"),
             (["-f", "-r", "file", dir.path], "nbdkit: error: use dir= to serve files within \(real(dir.path))\n"),
