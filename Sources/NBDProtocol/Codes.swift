@@ -13,6 +13,25 @@ public enum OptionCode: UInt32, Sendable {
     case extendedHeaders = 11
 }
 
+extension OptionCode {
+    /// The protocol's name of the option, for log lines.
+    public var name: String {
+        switch self {
+        case .exportName: "NBD_OPT_EXPORT_NAME"
+        case .abort: "NBD_OPT_ABORT"
+        case .list: "NBD_OPT_LIST"
+        case .peekExport: "NBD_OPT_PEEK_EXPORT"
+        case .startTLS: "NBD_OPT_STARTTLS"
+        case .info: "NBD_OPT_INFO"
+        case .go: "NBD_OPT_GO"
+        case .structuredReply: "NBD_OPT_STRUCTURED_REPLY"
+        case .listMetaContext: "NBD_OPT_LIST_META_CONTEXT"
+        case .setMetaContext: "NBD_OPT_SET_META_CONTEXT"
+        case .extendedHeaders: "NBD_OPT_EXTENDED_HEADERS"
+        }
+    }
+}
+
 /// Option reply types; the ones with bit 31 set are errors.
 public enum OptionReplyType: UInt32, Sendable {
     case ack = 1

@@ -63,7 +63,7 @@ struct Handshake {
             do {
                 headerBytes = try transport.receive(count: NBDSize.optionHeader)
             } catch TransportError.endOfFile {
-                server.logger.debug("client closed the connection during negotiation")
+                server.logger.debug(in: label, "client closed the connection during negotiation")
                 return nil
             }
             let (option, length) = try headerBytes.withUnsafeBytes { b throws(NBDDecodeError) in
@@ -74,7 +74,7 @@ struct Handshake {
             }
             let payload = try transport.receive(count: Int(length))
             let code = OptionCode(rawValue: option)
-            server.logger.debug("newstyle negotiation: option \(code.map { "\($0)" } ?? String(option)) length \(length)")
+            server.logger.debug(in: label, "newstyle negotiation: \(code?.name ?? "option \(option)") length \(length)")
 
             let transport = self.transport
             func reply(_ type: OptionReplyType, _ data: [UInt8] = []) throws {
@@ -90,7 +90,7 @@ struct Handshake {
             if server.shuttingDown.load(ordering: .relaxed) {
                 if code == .exportName { throw HandshakeError("server is shutting down") }
                 try? reply(code == .abort ? .ack : .errShutdown)
-                server.logger.debug("\(label): negotiation ended: server is shutting down")
+                server.logger.debug(in: label, "negotiation ended: server is shutting down")
                 return nil
             }
 
@@ -150,7 +150,7 @@ struct Handshake {
                 }
                 try reply(.ack)
                 let tls = try TLSTransport(readFD: descriptors.read, writeFD: descriptors.write, settings: server.tls)
-                server.logger.debug("\(label): TLS established: \(tls.sessionDescription)")
+                server.logger.debug(in: label, "TLS established: \(tls.sessionDescription)")
                 self.transport = tls
                 useDefaultSendBufferForTLS(descriptors.write)
                 isTLS = true

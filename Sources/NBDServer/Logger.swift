@@ -28,6 +28,10 @@ public struct Logger: Sendable {
     public func debug(_ message: @autoclosure () -> String) {
         if verbose { raw("nbdkit: debug: \(message())\n") }
     }
+    /// A debug line about one connection, labelled as nbdkit's: `nbdkit: memory[1]: debug: ...`.
+    public func debug(in label: String, _ message: @autoclosure () -> String) {
+        if verbose { raw("nbdkit: \(label): debug: \(message())\n") }
+    }
 
     /// A line with no level, as nbdkit prints some (`nbdkit: MESSAGE`).
     public func plain(_ message: String) {

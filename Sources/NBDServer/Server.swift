@@ -141,17 +141,17 @@ public final class Server: Sendable {
     /// Negotiates and serves one connection; returns the transport to close (TLS after STARTTLS).
     private func handle(_ plain: any Transport, id: Int) -> any Transport {
         let label = "\(context.backend.name)[\(id)]"
-        logger.debug("\(label): new connection")
+        logger.debug(in: label, "new connection")
         var handshake = Handshake(server: context, transport: plain, label: label)
         let session: Session
         do {
             guard let s = try handshake.run() else {
-                logger.debug("\(label): client ended negotiation")
+                logger.debug(in: label, "client ended negotiation")
                 return handshake.transport
             }
             session = s
         } catch TransportError.endOfFile {
-            logger.debug("\(label): client closed the connection during negotiation")
+            logger.debug(in: label, "client closed the connection during negotiation")
             return handshake.transport
         } catch {
             logger.error(in: label, "negotiation failed: \(error)")
@@ -162,7 +162,7 @@ public final class Server: Sendable {
         transmission.serve()
         if let failure = transport.unreportedFailure { logger.error(in: label, "\(failure)") }
         session.backend.close()
-        logger.debug("\(label): connection closed")
+        logger.debug(in: label, "connection closed")
         return transport
     }
 

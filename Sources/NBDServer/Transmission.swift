@@ -104,7 +104,7 @@ final class Transmission: Sendable {
             spawned.withLock { $0.append(thread) }
         } catch {
             workers.wrappingSubtract(1, ordering: .relaxed)
-            server.logger.debug("\(label): could not start a worker: \(error)")
+            server.logger.debug(in: label, "could not start a worker: \(error)")
         }
     }
 
@@ -131,7 +131,7 @@ final class Transmission: Sendable {
         }
         if case .failure(.eshutdown, _) = outcome {
             // The server's own doing, and a client may send many more before it disconnects.
-            server.logger.debug("\(label): \(commandName(request.rawCommand)) refused: the server is shutting down")
+            server.logger.debug(in: label, "\(commandName(request.rawCommand)) refused: the server is shutting down")
         } else if case .failure(let errno, let message) = outcome {
             server.logger.error(in: label, "\(commandName(request.rawCommand)) offset=\(request.offset) count=\(request.length): \(errno.name): \(message)")
         }
@@ -172,7 +172,7 @@ final class Transmission: Sendable {
             return false
         }
         if request.command == .disconnect {
-            server.logger.debug("\(label): client sent disconnect")
+            server.logger.debug(in: label, "client sent disconnect")
             stop()
             return false
         }
@@ -320,7 +320,7 @@ final class Transmission: Sendable {
             try replies.flush()
             return true
         } catch {
-            server.logger.debug("\(label): could not send a reply: \(error)")
+            server.logger.debug(in: label, "could not send a reply: \(error)")
             return false
         }
     }
@@ -510,7 +510,7 @@ final class Transmission: Sendable {
             }
             return true
         } catch {
-            server.logger.debug("\(label): could not send a reply: \(error)")
+            server.logger.debug(in: label, "could not send a reply: \(error)")
             return false
         }
     }

@@ -341,7 +341,9 @@ final class CommandLineTests: IntegrationTestCase {
                                  "--run", "nbdinfo --size \"$uri\""])
             XCTAssertEqual(r.status, 0, r.stderr)
             XCTAssertEqual(r.stdout, "1048576\n")
-            XCTAssertTrue(r.stderr.contains("nbdkit: debug: memory[1]: new connection\n"), r.stderr)
+            // Labelled as nbdkit's debug lines, options by their protocol names.
+            XCTAssertTrue(r.stderr.contains("nbdkit: memory[1]: debug: new connection\n"), r.stderr)
+            XCTAssertTrue(r.stderr.contains("nbdkit: memory[1]: debug: newstyle negotiation: NBD_OPT_GO length "), r.stderr)
         }
     }
 

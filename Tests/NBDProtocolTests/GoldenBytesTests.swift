@@ -134,4 +134,10 @@ final class GoldenBytesTests: XCTestCase {
         XCTAssertEqual(NBDErrno(systemErrno: 2), .eio)      // ENOENT
         XCTAssertEqual(NBDErrno.eshutdown.rawValue, 108)
     }
+
+    func testOptionNames() {
+        XCTAssertEqual(OptionCode(rawValue: 7)?.name, "NBD_OPT_GO")
+        XCTAssertEqual(OptionCode(rawValue: 9)?.name, "NBD_OPT_LIST_META_CONTEXT")
+        XCTAssertEqual(OptionCode(rawValue: 5)?.name, "NBD_OPT_STARTTLS")
+    }
 }
