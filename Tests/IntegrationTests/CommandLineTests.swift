@@ -481,10 +481,7 @@ final class CommandLineTests: IntegrationTestCase {
         let r = Harness.run(["/usr/bin/python3", "-c", "import subprocess, sys; sys.exit(subprocess.call(sys.argv[1:]))",
                              Harness.nbdkit, "-P", pidFile, "-U", socket, "memory", "1M"], timeout: 20)
         XCTAssertEqual(r.status, 0, r.stderr)
-        let pidText = (try? String(contentsOfFile: pidFile, encoding: .utf8)) ?? ""
-        guard let pid = Int32(pidText.trimmingCharacters(in: .whitespacesAndNewlines)) else {
-            return XCTFail("no pid file: \(pidText)")
-        }
+        guard let pid = Harness.waitForPID(in: pidFile) else { return XCTFail("no pid in \(pidFile)") }
         defer { kill(pid, SIGKILL) }
         XCTAssertEqual(Harness.run(["nbdinfo", "--size", "nbd+unix:///?socket=\(socket)"]).stdout, "1048576\n")
         XCTAssertEqual(kill(pid, SIGTERM), 0)
@@ -512,16 +509,10 @@ final class CommandLineTests: IntegrationTestCase {
                              "import subprocess, sys; sys.exit(subprocess.call(sys.argv[2:], cwd=sys.argv[1]))",
                              dir.path, Harness.nbdkit, "-P", pidName, "-U", "sock", "memory", "1M"], timeout: 20)
         XCTAssertEqual(r.status, 0, r.stderr)
-        // The parent exits as soon as the socket listens; the daemon writes the pid file after.
-        var deadline = Date().addingTimeInterval(10)
-        while !FileManager.default.fileExists(atPath: pidFile) && Date() < deadline { usleep(10_000) }
-        let pidText = (try? String(contentsOfFile: pidFile, encoding: .utf8)) ?? ""
-        guard let pid = Int32(pidText.trimmingCharacters(in: .whitespacesAndNewlines)) else {
-            return XCTFail("no pid file at \(pidFile)")
-        }
+        guard let pid = Harness.waitForPID(in: pidFile) else { return XCTFail("no pid file at \(pidFile)") }
         XCTAssertEqual(Harness.run(["nbdinfo", "--size", "nbd+unix:///?socket=\(socket)"]).stdout, "1048576\n")
         XCTAssertEqual(kill(pid, SIGTERM), 0)
-        deadline = Date().addingTimeInterval(10)
+        let deadline = Date().addingTimeInterval(10)
         while kill(pid, 0) == 0 && Date() < deadline { usleep(10_000) }
         XCTAssertNotEqual(kill(pid, 0), 0, "server still running after SIGTERM")
         XCTAssertFalse(FileManager.default.fileExists(atPath: pidFile), "pid file left behind")

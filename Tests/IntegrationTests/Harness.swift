@@ -132,6 +132,18 @@ enum Harness {
     }
 
     /// `s` as a single-quoted Python string literal.
+    /// The pid a background server wrote to `pidFile`, waiting up to 10 s for it: the parent
+    /// exits as soon as the socket listens, and the daemon writes the file after (as nbdkit's).
+    static func waitForPID(in pidFile: String) -> Int32? {
+        let deadline = Date().addingTimeInterval(10)
+        repeat {
+            if let text = try? String(contentsOfFile: pidFile, encoding: .utf8),
+               let pid = Int32(text.trimmingCharacters(in: .whitespacesAndNewlines)) { return pid }
+            usleep(10_000)
+        } while Date() < deadline
+        return nil
+    }
+
     static func pythonString(_ s: String) -> String { "'" + s.replacingOccurrences(of: "'", with: "\\'") + "'" }
 
     /// A TCP port on 127.0.0.1 that was free a moment ago.

@@ -387,10 +387,7 @@ final class LifecycleTests: IntegrationTestCase {
         let started = Harness.run(["/usr/bin/python3", "-c", "import subprocess, sys; sys.exit(subprocess.call(sys.argv[1:]))",
                                    Harness.nbdkit, "--swap", "-P", pidFile, "-U", socket, "memory", "1M"], timeout: 20)
         XCTAssertEqual(started.status, 0, started.stderr)
-        let pidText = (try? String(contentsOfFile: pidFile, encoding: .utf8)) ?? ""
-        guard let pid = Int32(pidText.trimmingCharacters(in: .whitespacesAndNewlines)) else {
-            return XCTFail("no pid file: \(pidText)")
-        }
+        guard let pid = Harness.waitForPID(in: pidFile) else { return XCTFail("no pid in \(pidFile)") }
         defer { kill(pid, SIGKILL) }
         let status = (try? String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8)) ?? ""
         XCTAssertGreaterThan(lockedKiB(status) ?? 0, 1000, "the background server is not locked")
