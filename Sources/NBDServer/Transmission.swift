@@ -345,12 +345,18 @@ final class Transmission: Sendable {
         do {
             try backend.pwrite(payload, offset: offset, fua: false)
             return .success(())
-        } catch let e as BackendError {
-            return .failure(e)
-        } catch let e as SystemError {
-            return .failure(BackendError(e))
         } catch {
-            return .failure(BackendError(.eio, "\(error)"))
+            return .failure(Self.backendError(error))
+        }
+    }
+
+    /// Any error a backend call throws, as the error its reply carries: a system call's errno
+    /// mapped to the nearest NBD error, anything else EIO.
+    private static func backendError(_ error: any Error) -> BackendError {
+        switch error {
+        case let e as BackendError: e
+        case let e as SystemError: BackendError(e)
+        default: BackendError(.eio, "\(error)")
         }
     }
 
@@ -393,12 +399,9 @@ final class Transmission: Sendable {
                 break
             }
             return .done
-        } catch let e as BackendError {
-            return .failure(e.errno, e.message)
-        } catch let e as SystemError {
-            return .failure(NBDErrno(systemErrno: e.errno), e.description)
         } catch {
-            return .failure(.eio, "\(error)")
+            let e = Self.backendError(error)
+            return .failure(e.errno, e.message)
         }
     }
 
