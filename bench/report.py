@@ -73,6 +73,12 @@ WORKLOADS = [
     ("idle", "Idle memory per connection: server RSS and USS (private pages) before and while K idle connections are open"),
     ("startup", "Captive start-up: `nbdkit -U - null 1M --run true`"),
 ]
+# What a workload measures on a backend that does no work (the null plugin), if it runs there.
+NULL_NOTES = {
+    "seqwrite": "null plugin: the server receives each payload and drops it, so this is the rate the same "
+                "client reaches when the server stores nothing: how near the memory and file rows above come "
+                "to what this client can send to that server",
+}
 PRIMARY = {"seqread": "MB_per_s", "seqwrite": "MB_per_s", "seqwrite-alloc": "MB_per_s", "randread-qd1": "IOPS",
            "randread-qd32": "IOPS", "randwrite-qd1": "IOPS", "randwrite-qd32": "IOPS",
            "connrate": "conn_per_s", "idle": "KiB_USS_per_conn", "startup": "ms_per_run",
@@ -210,7 +216,8 @@ for wl, title in WORKLOADS:
             continue
         w(f"## {wl} — {backend}")
         w("")
-        w(title + ("" if backend == "null" else f" ({backend} backend)"))
+        w(title + (f" ({backend} backend)" if backend != "null" else
+                   f" ({NULL_NOTES[wl]})" if wl in NULL_NOTES else ""))
         w("")
         hdr = "| server | " + " | ".join(f"{METRICS[m][0]} | ratio" for m in metrics) + " |"
         w(hdr)

@@ -191,6 +191,8 @@ start_server() {
         B/memory) taskset -c $SERVER_CPU "$REF"  -f "${nbdkit_args[@]}" memory "$SIZE" >"$slog" 2>&1 & SPID[$l]=$! ;;
         A/file)   taskset -c $SERVER_CPU "$OURS" -f "${nbdkit_args[@]}" file "$DISK" >"$slog" 2>&1 & SPID[$l]=$! ;;
         B/file)   taskset -c $SERVER_CPU "$REF"  -f "${nbdkit_args[@]}" file "$DISK" >"$slog" 2>&1 & SPID[$l]=$! ;;
+        A/null)   taskset -c $SERVER_CPU "$OURS" -f "${nbdkit_args[@]}" null "$SIZE" >"$slog" 2>&1 & SPID[$l]=$! ;;
+        B/null)   taskset -c $SERVER_CPU "$REF"  -f "${nbdkit_args[@]}" null "$SIZE" >"$slog" 2>&1 & SPID[$l]=$! ;;
         C/file)   taskset -c $SERVER_CPU qemu-nbd -f raw -t -e 0 "${qemu_args[@]}" "$DISK" >"$slog" 2>&1 & SPID[$l]=$! ;;
         D/file)
             # nbd-server -d serves a single connection and exits, so it runs as the daemon it
@@ -483,6 +485,15 @@ run_backend_suite() {   # LABEL BACKEND: the plain Unix-socket workloads
     stop_server "$l"
 }
 
+run_null_suite() {      # LABEL: seqwrite to the null plugin, which drops what it receives: the
+    local l=$1          # rate the client reaches when the server stores nothing
+    want seqwrite || return 0
+    log "round $ROUND: ${NAME[$l]} null"
+    start_server "$l" null || return 0
+    wl_seqwrite "$l" null
+    stop_server "$l"
+}
+
 run_tcp_suite() {       # LABEL: file backend over TCP loopback (127.0.0.1, a free port)
     local l=$1
     want tcp-seqread tcp-randread-qd32 || return 0
@@ -545,6 +556,9 @@ for ROUND in $(seq "$ROUNDS"); do
     done
     for l in "${order[@]}"; do
         case $l in A|B) run_backend_suite "$l" memory ;; esac
+    done
+    for l in "${order[@]}"; do
+        case $l in A|B) run_null_suite "$l" ;; esac
     done
     for l in "${order[@]}"; do run_backend_suite "$l" file; done
     for l in "${order[@]}"; do run_tcp_suite "$l"; done
