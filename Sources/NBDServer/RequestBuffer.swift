@@ -16,6 +16,8 @@ final class RequestBuffer {
     /// it was read, or could not be read for want of memory: how that went. Nil for every other
     /// request.
     var receivedInPlace: Result<Void, BackendError>?
+    /// The bytes of the connection's `RequestBudget` this request holds until its reply is sent.
+    var budgeted = 0
     /// 28 bytes: a request header, or a reply header plus a structured read's offset.
     let header = UnsafeMutableRawBufferPointer.allocate(byteCount: 32, alignment: 8)
     private var payload = UnsafeMutableRawBufferPointer(start: nil, count: 0)

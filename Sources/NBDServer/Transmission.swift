@@ -35,6 +35,9 @@ final class Transmission: Sendable {
     /// way while the client sends more, and polling would only burn the processor.
     private static let loneRequestsToPoll = 1024
     private let closed = Atomic<Bool>(false)
+    /// The data of the requests in flight: at most two of the largest requests' worth. Nil
+    /// where only one request is ever in flight (served inline, or one worker).
+    private let budget: RequestBudget?
     private let workers = Atomic<Int>(1)
     private let busy = Atomic<Int>(0)
     private let spawned = Mutex<[JoinableThread]>([])
@@ -48,6 +51,7 @@ final class Transmission: Sendable {
         self.input = ReceiveBuffer(transport, polling: server.pollingAllowance)
         self.inline = server.threadModel != .serializeAllRequests && session.backend.servesWithoutBlocking
         self.replies = ReplyBatch(transport, batching: inline)
+        self.budget = inline || maxWorkers == 1 ? nil : RequestBudget(limit: 2 * Int(NBDSize.maxRequest))
         if inline {
             // Gathered replies go out before each receive: one send answers what one receive
             // brought, and nothing waits while the reader does.
@@ -84,7 +88,7 @@ final class Transmission: Sendable {
             }
             if inline { _ = writeLock.withLock { flushReplies() } }
             readLock.unlock()
-            guard more else { return }
+            guard more else { giveBack(buffer); return }
             // Someone must always be free to read the next request: a slow request (a long
             // flush) must not hold up the ones the client sends after it.
             let nowBusy = busy.wrappingAdd(1, ordering: .relaxed).newValue
@@ -111,7 +115,14 @@ final class Transmission: Sendable {
     /// Stops reading new requests; requests in flight still get their replies.
     func stop() {
         closed.store(true, ordering: .relaxed)
+        budget?.cancel()
         transport.shutdownReceive()
+    }
+
+    /// Returns the request's share of the budget: its reply has been sent, or it won't be served.
+    private func giveBack(_ buffer: RequestBuffer) {
+        budget?.give(buffer.budgeted)
+        buffer.budgeted = 0
     }
 
     /// Serves one request that was read and replies to it. Returns false if the client is gone.
@@ -136,6 +147,7 @@ final class Transmission: Sendable {
             server.logger.error(in: label, "\(commandName(request.rawCommand)) offset=\(request.offset) count=\(request.length): \(errno.name): \(message)")
         }
         let sent = writeLock.withLock { sendReply(request, outcome, buffer) }
+        giveBack(buffer)
         buffer.releaseLargePayload()
         return sent
     }
@@ -179,6 +191,14 @@ final class Transmission: Sendable {
         buffer.request = request
         buffer.invalid = validate(request)
         buffer.receivedInPlace = nil
+        if let budget, buffer.invalid == nil, request.command == .read || request.command == .write {
+            // Waits while the requests in flight hold too much data (see RequestBudget).
+            guard budget.take(Int(request.length)) else {
+                closed.store(true, ordering: .relaxed)
+                return false
+            }
+            buffer.budgeted = Int(request.length)
+        }
         if request.command == .write {
             // The payload must be consumed to stay in step with the client. That of a write
             // refused is read and dropped, up to twice the largest request (as nbdkit); a longer

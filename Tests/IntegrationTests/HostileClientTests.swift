@@ -410,7 +410,9 @@ final class HostileClientTests: IntegrationTestCase {
         let vmSize = status.split(separator: "\n").first { $0.hasPrefix("VmSize:") }
             .flatMap { Int($0.split(separator: " ").dropFirst().first ?? "") } ?? 0
         XCTAssertGreaterThan(vmSize, 0, status)
-        let limit = (vmSize + 200 * 1024) * 1024
+        // Room for one 64 MiB buffer, not two: of the two requests in flight at a time (see
+        // testClientThatTakesNoRepliesHoldsBoundedMemory), one gets ENOMEM.
+        let limit = (vmSize + 100 * 1024) * 1024
         let prlimit = Harness.run(["prlimit", "--pid", "\(s.pid)", "--as=\(limit)"])
         XCTAssertEqual(prlimit.status, 0, prlimit.stderr)
         let r = Harness.nbdsh(s.uri, """
@@ -440,6 +442,54 @@ final class HostileClientTests: IntegrationTestCase {
         XCTAssertEqual(r.stdout, "ok\n", r.stderr)
         XCTAssertTrue(s.isRunning, s.stderr)
         XCTAssertFalse(s.stderr.contains("Fatal error"), s.stderr)
+    }
+
+    /// A client that sends sixteen 64 MiB reads and takes none of the replies holds at most two
+    /// requests' data of the server's memory (each worker would otherwise fill a buffer of its
+    /// own: 1 GiB); the server goes on serving another client meanwhile, and once the client
+    /// reads, every reply arrives whole.
+    func testClientThatTakesNoRepliesHoldsBoundedMemory() throws {
+        let s = try startServer(["pattern", "1G"])
+        let before = try XCTUnwrap(residentKiB(s.pid))
+        let c = try RawClient(s.socket, timeout: 20)
+        defer { c.close() }
+        try c.exportNameHandshake(size: 1 << 30)
+        for i in 0..<16 {
+            XCTAssertTrue(c.send(Wire.request(command: 0, cookie: UInt64(100 + i), offset: UInt64(i) << 26, length: 1 << 26)))
+        }
+        // The server fills buffers for as many requests as it takes (a 64 MiB pattern in tens of
+        // milliseconds each); the largest resident size over two seconds is what they held.
+        var peak = 0
+        for _ in 0..<40 {
+            peak = max(peak, residentKiB(s.pid) ?? 0)
+            usleep(50_000)
+        }
+        XCTAssertLessThan(peak - before, 200 * 1024, "KiB held for a client that takes no replies (two requests: 131,072)")
+        let info = Harness.run(["nbdinfo", "--size", s.uri], timeout: 20)
+        XCTAssertEqual(info.stdout, "1073741824\n", "another client is served meanwhile: \(info.stderr)")
+        var cookies: [UInt64] = []
+        for _ in 0..<16 {
+            let header = try XCTUnwrap(c.readExactly(16), "reply header (\(c.lastEnd))")
+            XCTAssertEqual(Wire.be32(header, 4), 0, "error")
+            let cookie = Wire.be64(header, 8)
+            cookies.append(cookie)
+            let data = try XCTUnwrap(c.readExactly(1 << 26), "reply data (\(c.lastEnd))")
+            // The pattern plugin's bytes: each 8-byte word holds its own offset.
+            let offset = (cookie - 100) << 26
+            XCTAssertEqual(Wire.be64(data, 0), offset)
+            XCTAssertEqual(Wire.be64(data, (1 << 26) - 8), offset + (1 << 26) - 8)
+        }
+        XCTAssertEqual(cookies.sorted(), (0..<16).map { UInt64(100 + $0) })
+        try c.expectRead512Works(cookie: 7)
+        XCTAssertTrue(s.isRunning, s.stderr)
+        XCTAssertFalse(s.stderr.contains("error"), s.stderr)
+    }
+
+    /// The resident size of a process, from /proc/PID/status; nil if unreadable.
+    private func residentKiB(_ pid: pid_t) -> Int? {
+        guard let status = try? String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8) else { return nil }
+        return status.split(separator: "\n").first { $0.hasPrefix("VmRSS:") }
+            .flatMap { Int($0.split(separator: " ").dropFirst().first ?? "") }
     }
 
     func testOversizedWriteClosesConnection() throws {
