@@ -62,7 +62,17 @@ final class DelayFilter: PassthroughFilter, @unchecked Sendable {
             try delay(delays.trim)
             try next.trim(offset: offset, length: length, fua: fua)
         }
+        /// With a zero delay and `delay-fast-zero=false`, fast zeroing is offered and always
+        /// refused at once (ENOTSUP), as by a server for which zeroing is slow (as nbdkit).
+        private var refusesFastZero: Bool { delays.zero > 0 && !delays.delayFastZero }
+
+        override func canFastZero() throws -> Bool {
+            refusesFastZero ? true : try next.canFastZero()
+        }
         override func zero(offset: UInt64, length: UInt32, mayTrim: Bool, fua: Bool, fastZero: Bool) throws {
+            if fastZero && refusesFastZero {
+                throw BackendError(.enotsup, "delay: fast zero refused (delay-fast-zero=false)")
+            }
             if !fastZero || delays.delayFastZero { try delay(delays.zero) }
             try next.zero(offset: offset, length: length, mayTrim: mayTrim, fua: fua, fastZero: fastZero)
         }

@@ -733,4 +733,31 @@ final class NbdshTests: IntegrationTestCase {
         XCTAssertTrue(help.contains("\nfilter: delay\nrdelay=<NN>[ms]"), help)
         XCTAssertTrue(help.contains("\nplugin: memory\n"), help)
     }
+
+    /// As nbdkit: with a zero delay and delay-fast-zero=false, the delay filter offers fast
+    /// zeroing even over a plugin that doesn't (file) and refuses every fast zero at once with
+    /// ENOTSUP, as a server for which zeroing is slow; a plain zero is delayed and done.
+    /// Without a zero delay the plugin's answer stands (and libnbd itself refuses the flag).
+    func testDelayFilterRefusesFastZero() throws {
+        let file = dir.file("fz.img")
+        XCTAssertEqual(Harness.run(["truncate", "-s", "1M", file]).status, 0)
+        let probe = """
+        import errno, time
+        h.pwrite(b'x' * 4096, 0)
+        r = 'fast=%s' % h.can_fast_zero()
+        try:
+            t0 = time.monotonic(); h.zero(4096, 0, nbd.CMD_FLAG_FAST_ZERO)
+            r += ' done'
+        except nbd.Error as e:
+            r += ' refused' if e.errnum == errno.ENOTSUP and time.monotonic() - t0 < 0.2 else ' error %d' % e.errnum
+        h.zero(4096, 0)
+        print(r, h.pread(4096, 0) == bytes(4096))
+        """
+        for (name, args, expected) in [("slow", ["delay-zero=0.2", "delay-fast-zero=false"], "fast=True refused True\n"),
+                                       ("nodelay", ["delay-fast-zero=false"], "fast=False error 22 True\n")] {
+            let s = try startServer(["--filter=delay", "file", file] + args, socketName: "sock-\(name)")
+            let r = Harness.nbdsh(s.uri, probe)
+            XCTAssertEqual(r.stdout, expected, "\(args): \(r.stderr)")
+        }
+    }
 }
