@@ -158,35 +158,47 @@ final class FileConnection: BackendConnection, @unchecked Sendable {
     /// take two copies. (A file on a disk keeps the worker pool's parallel writes instead.)
     var receivesWrites: Bool { inMemory && !mappingTakesAllWrites }
 
+    /// Stores nothing before the whole payload has arrived, so a client that goes away in the
+    /// middle of a write leaves the file as it was (as nbdkit, which reads every payload into a
+    /// buffer first). The payload gathers in the connection's pipe, into which splice moves the
+    /// socket's buffers without copying them, and goes from there into the file with one copy;
+    /// the part that arrived with the request waits in the read-ahead, which splicing leaves
+    /// alone. A payload the pipe can't hold (more pieces than it has slots: a client that sent
+    /// it in many small parts, or a very large one) is gathered in memory instead.
     func receiveWrite(offset: UInt64, length: UInt32, from payload: any WritePayload) throws {
+        let length = Int(length)
+        let readAhead = payload.takeReadAhead(upTo: length)
         guard payload.splices, let pipe = openSplicePipe() else {
             // A socket other than Unix or TCP (vsock), or no descriptor or pipe buffer to
-            // spare: through memory, as other writes go.
-            return try receiveWriteThroughBuffer(offset: offset, length: Int(length), from: payload)
+            // spare: through memory.
+            return try receiveWhole(offset: offset, length: length, readAhead: readAhead, from: payload)
         }
-        var taken = 0
+        var inPipe = 0
         do {
-            // What arrived with the request goes to the file from memory: one copy, where
-            // through the pipe it would take two (into the pipe, then into the file).
-            let readAhead = payload.takeReadAhead(upTo: Int(length))
-            if !readAhead.isEmpty {
-                taken = readAhead.count
-                try pwrite(readAhead, offset: offset, fua: false)
-            }
-            while taken < Int(length) {
-                let n = try payload.spliceAvailable(upTo: Int(length) - taken, into: pipe.write)
-                if n == 0 {
-                    try payload.waitForMore()
+            var emptySplices = 0
+            while readAhead.count + inPipe < length {
+                let n = try payload.spliceAvailable(upTo: length - readAhead.count - inPipe, into: pipe.write)
+                if n > 0 {
+                    inPipe += n
+                    emptySplices = 0
                     continue
                 }
-                taken += n
-                try writeFromPipe(pipe.read, count: n, offset: offset + UInt64(taken - n))
+                emptySplices += 1
+                if emptySplices > 1 {
+                    // Input has arrived (the wait ended) but the pipe takes none of it: full.
+                    return try receiveWhole(offset: offset, length: length, readAhead: readAhead, from: payload,
+                                            after: (pipe.read, inPipe))
+                }
+                try payload.waitForMore()
             }
-        } catch let error as BackendError {
-            // What the pipe still holds goes with it; the rest of the payload is read and dropped.
+        } catch {
+            // The client went away: the part of the payload in the pipe goes with it.
             closeSplicePipe()
-            try payload.discard(Int(length) - taken)
             throw error
+        }
+        do {
+            if !readAhead.isEmpty { try pwrite(readAhead, offset: offset, fua: false) }
+            try writeFromPipe(pipe.read, count: inPipe, offset: offset + UInt64(readAhead.count))
         } catch {
             closeSplicePipe()
             throw error
@@ -203,27 +215,39 @@ final class FileConnection: BackendConnection, @unchecked Sendable {
         return (fds[0], fds[1])
     }
 
-    /// Takes the payload in pieces of up to 256 KiB into a temporary buffer and writes each.
-    private func receiveWriteThroughBuffer(offset: UInt64, length: Int, from payload: any WritePayload) throws {
-        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: min(length, 256 * 1024), alignment: 64)
-        defer { buffer.deallocate() }
-        var taken = 0
-        while taken < length {
-            let piece = UnsafeMutableRawBufferPointer(rebasing: buffer[..<min(buffer.count, length - taken)])
-            var filled = 0
-            while filled < piece.count {
-                let n = try payload.receiveAvailable(into: UnsafeMutableRawBufferPointer(rebasing: piece[filled...]))
-                if n == 0 { try payload.waitForMore() }
-                filled += n
-            }
-            taken += filled
-            do {
-                try pwrite(UnsafeRawBufferPointer(piece), offset: offset + UInt64(taken - filled), fua: false)
-            } catch let error as BackendError {
-                try payload.discard(length - taken)
-                throw error
+    /// Gathers the whole payload in memory: the part read ahead, then `after.count` bytes
+    /// already moved into the pipe `after.pipe`, then the rest as it arrives; only then is it
+    /// stored. Memory that can't be had fails this write alone (ENOMEM), its payload dropped.
+    private func receiveWhole(offset: UInt64, length: Int, readAhead: UnsafeRawBufferPointer,
+                              from payload: any WritePayload, after: (pipe: Int32, count: Int)? = nil) throws {
+        guard let memory = malloc(length) else {
+            // The part in the pipe goes with it.
+            if after != nil { closeSplicePipe() }
+            try payload.discard(length - readAhead.count - (after?.count ?? 0))
+            throw BackendError(.enomem, "cannot allocate \(length) bytes for the write's data")
+        }
+        defer { free(memory) }
+        let buffer = UnsafeMutableRawBufferPointer(start: memory, count: length)
+        buffer.copyMemory(from: readAhead)
+        var filled = readAhead.count
+        if let after {
+            while filled < readAhead.count + after.count {
+                let n = Glibc.read(after.pipe, memory + filled, readAhead.count + after.count - filled)
+                if n > 0 { filled += n; continue }
+                if n < 0 && CNBDShim_errno() == EINTR { continue }
+                // (Can't happen: the pipe holds these bytes.) The stream stays in step.
+                let error = SystemError("read from the splice pipe", errno: n == 0 ? EIO : CNBDShim_errno())
+                closeSplicePipe()
+                try payload.discard(length - readAhead.count - after.count)
+                throw BackendError(error)
             }
         }
+        while filled < length {
+            let n = try payload.receiveAvailable(into: UnsafeMutableRawBufferPointer(rebasing: buffer[filled...]))
+            if n == 0 { try payload.waitForMore() }
+            filled += n
+        }
+        try pwrite(UnsafeRawBufferPointer(buffer), offset: offset, fua: false)
     }
 
     private func closeSplicePipe() {
