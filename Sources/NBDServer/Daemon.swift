@@ -2,6 +2,17 @@ import Glibc
 
 /// Background mode and the pid file.
 public enum Daemon {
+    /// Opens /dev/null on each standard descriptor (0, 1, 2) that is closed, so that none of
+    /// the descriptors the server opens later takes one of those numbers: a signalfd on 0 was
+    /// replaced by /dev/null when the server went into the background (which then spun on it
+    /// and no longer heard SIGTERM), and a socket on 2 would receive the log. Call first.
+    public static func openMissingStandardStreams() {
+        for fd: Int32 in 0...2 where fcntl(fd, F_GETFD) == -1 {
+            // Takes the lowest free number: this one, the lower ones being open by now.
+            _ = open("/dev/null", O_RDWR)
+        }
+    }
+
     /// Forks into the background: the parent exits 0 at once (the sockets already listen), the
     /// child starts a new session with its standard streams on /dev/null (stderr kept with `-v`)
     /// and its working directory at /. Call only while the process has a single thread.

@@ -492,6 +492,34 @@ final class CommandLineTests: IntegrationTestCase {
         XCTAssertFalse(FileManager.default.fileExists(atPath: pidFile))
     }
 
+    /// Started with standard streams closed (`<&-`, a daemon idiom), the server opens /dev/null
+    /// in their place before anything else, so none of its own descriptors takes their numbers:
+    /// its signalfd took 0 and going into the background put /dev/null over it, so the daemon
+    /// spun on it and ignored SIGTERM; with two closed its wake-up descriptor went the same way
+    /// and it exited at once, after its parent had reported success. (nbdkit refuses to start.)
+    func testBackgroundModeWithStandardStreamsClosed() throws {
+        for (index, closing) in ["<&-", "<&- >&-", "<&- >&- 2>&-"].enumerated() {
+            let pidFile = dir.file("closed\(index).pid"), socket = dir.file("closed\(index).sock")
+            let r = Harness.run(["/usr/bin/python3", "-c", "import subprocess, sys; sys.exit(subprocess.call(sys.argv[1:]))",
+                                 "/bin/sh", "-c", "exec \"$0\" \"$@\" \(closing)", Harness.nbdkit,
+                                 "-P", pidFile, "-U", socket, "memory", "1M"], timeout: 20)
+            XCTAssertEqual(r.status, 0, "\(closing): \(r.stderr)")
+            guard let pid = Harness.waitForPID(in: pidFile) else { XCTFail("\(closing): no pid in \(pidFile)"); continue }
+            defer { kill(pid, SIGKILL) }
+            XCTAssertEqual(Harness.run(["nbdinfo", "--size", "nbd+unix:///?socket=\(socket)"]).stdout, "1048576\n", closing)
+            usleep(500_000)
+            let stat = (try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8)) ?? ""
+            let fields = stat.split(separator: ")").last?.split(separator: " ") ?? []
+            let ticks = fields.count > 12 ? (Int(fields[11]) ?? 0) + (Int(fields[12]) ?? 0) : -1
+            XCTAssertTrue((0..<30).contains(ticks), "\(closing): the idle daemon used \(ticks) ticks of CPU")
+            XCTAssertEqual(kill(pid, SIGTERM), 0)
+            let deadline = Date().addingTimeInterval(10)
+            while kill(pid, 0) == 0 && Date() < deadline { usleep(10_000) }
+            XCTAssertNotEqual(kill(pid, 0), 0, "\(closing): server still running after SIGTERM")
+            XCTAssertFalse(FileManager.default.fileExists(atPath: socket), closing)
+        }
+    }
+
     /// Relative -P and -U name files in the starting directory, although the daemon moves to /:
     /// the pid file appears there, and both are removed when SIGTERM stops the server.
     func testBackgroundModeWithRelativePidFileAndSocket() throws {
