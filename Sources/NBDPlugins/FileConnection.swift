@@ -158,47 +158,42 @@ final class FileConnection: BackendConnection, @unchecked Sendable {
     /// take two copies. (A file on a disk keeps the worker pool's parallel writes instead.)
     var receivesWrites: Bool { inMemory && !mappingTakesAllWrites }
 
-    /// Stores nothing before the whole payload has arrived, so a client that goes away in the
-    /// middle of a write leaves the file as it was (as nbdkit, which reads every payload into a
-    /// buffer first). The payload gathers in the connection's pipe, into which splice moves the
-    /// socket's buffers without copying them, and goes from there into the file with one copy;
-    /// the part that arrived with the request waits in the read-ahead, which splicing leaves
-    /// alone. A payload the pipe can't hold (more pieces than it has slots: a client that sent
-    /// it in many small parts, or a very large one) is gathered in memory instead.
+    /// The payload goes into the file as it arrives, piece by piece, so the client's socket
+    /// is drained all the while. A client that goes away in the middle of the payload leaves
+    /// the part received stored (NBD leaves the data of a write that was never answered
+    /// undefined; nbdkit reads every payload whole into a buffer first). Gathering the whole
+    /// payload in the pipe before storing it was measured: the copy into the file at the end
+    /// left the client's socket undrained long enough to stall the client once per request,
+    /// and sequential writes of 256 KiB fell from 2,660 to 1,780 MB/s.
     func receiveWrite(offset: UInt64, length: UInt32, from payload: any WritePayload) throws {
-        let length = Int(length)
-        let readAhead = payload.takeReadAhead(upTo: length)
         guard payload.splices, let pipe = openSplicePipe() else {
             // A socket other than Unix or TCP (vsock), or no descriptor or pipe buffer to
-            // spare: through memory.
-            return try receiveWhole(offset: offset, length: length, readAhead: readAhead, from: payload)
+            // spare: through memory, stored once whole.
+            return try receiveWhole(offset: offset, length: Int(length), from: payload)
         }
-        var inPipe = 0
+        var taken = 0
         do {
-            var emptySplices = 0
-            while readAhead.count + inPipe < length {
-                let n = try payload.spliceAvailable(upTo: length - readAhead.count - inPipe, into: pipe.write)
-                if n > 0 {
-                    inPipe += n
-                    emptySplices = 0
+            // What arrived with the request goes to the file from memory: one copy, where
+            // through the pipe it would take two (into the pipe, then into the file).
+            let readAhead = payload.takeReadAhead(upTo: Int(length))
+            if !readAhead.isEmpty {
+                taken = readAhead.count
+                try pwrite(readAhead, offset: offset, fua: false)
+            }
+            while taken < Int(length) {
+                let n = try payload.spliceAvailable(upTo: Int(length) - taken, into: pipe.write)
+                if n == 0 {
+                    try payload.waitForMore()
                     continue
                 }
-                emptySplices += 1
-                if emptySplices > 1 {
-                    // Input has arrived (the wait ended) but the pipe takes none of it: full.
-                    return try receiveWhole(offset: offset, length: length, readAhead: readAhead, from: payload,
-                                            after: (pipe.read, inPipe))
-                }
-                try payload.waitForMore()
+                taken += n
+                try writeFromPipe(pipe.read, count: n, offset: offset + UInt64(taken - n))
             }
-        } catch {
-            // The client went away: the part of the payload in the pipe goes with it.
+        } catch let error as BackendError {
+            // What the pipe still holds goes with it; the rest of the payload is read and dropped.
             closeSplicePipe()
+            try payload.discard(Int(length) - taken)
             throw error
-        }
-        do {
-            if !readAhead.isEmpty { try pwrite(readAhead, offset: offset, fua: false) }
-            try writeFromPipe(pipe.read, count: inPipe, offset: offset + UInt64(readAhead.count))
         } catch {
             closeSplicePipe()
             throw error
@@ -215,33 +210,18 @@ final class FileConnection: BackendConnection, @unchecked Sendable {
         return (fds[0], fds[1])
     }
 
-    /// Gathers the whole payload in memory: the part read ahead, then `after.count` bytes
-    /// already moved into the pipe `after.pipe`, then the rest as it arrives; only then is it
-    /// stored. Memory that can't be had fails this write alone (ENOMEM), its payload dropped.
-    private func receiveWhole(offset: UInt64, length: Int, readAhead: UnsafeRawBufferPointer,
-                              from payload: any WritePayload, after: (pipe: Int32, count: Int)? = nil) throws {
+    /// Gathers the whole payload in memory, then stores it. Memory that can't be had fails
+    /// this write alone (ENOMEM), its payload dropped.
+    private func receiveWhole(offset: UInt64, length: Int, from payload: any WritePayload) throws {
+        let readAhead = payload.takeReadAhead(upTo: length)
         guard let memory = malloc(length) else {
-            // The part in the pipe goes with it.
-            if after != nil { closeSplicePipe() }
-            try payload.discard(length - readAhead.count - (after?.count ?? 0))
+            try payload.discard(length - readAhead.count)
             throw BackendError(.enomem, "cannot allocate \(length) bytes for the write's data")
         }
         defer { free(memory) }
         let buffer = UnsafeMutableRawBufferPointer(start: memory, count: length)
         buffer.copyMemory(from: readAhead)
         var filled = readAhead.count
-        if let after {
-            while filled < readAhead.count + after.count {
-                let n = Glibc.read(after.pipe, memory + filled, readAhead.count + after.count - filled)
-                if n > 0 { filled += n; continue }
-                if n < 0 && CNBDShim_errno() == EINTR { continue }
-                // (Can't happen: the pipe holds these bytes.) The stream stays in step.
-                let error = SystemError("read from the splice pipe", errno: n == 0 ? EIO : CNBDShim_errno())
-                closeSplicePipe()
-                try payload.discard(length - readAhead.count - after.count)
-                throw BackendError(error)
-            }
-        }
         while filled < length {
             let n = try payload.receiveAvailable(into: UnsafeMutableRawBufferPointer(rebasing: buffer[filled...]))
             if n == 0 { try payload.waitForMore() }

@@ -509,17 +509,17 @@ final class HostileClientTests: IntegrationTestCase {
         assertServerHealthy(s)
     }
 
-    /// A client gone in the middle of a write's payload leaves the disk as it was, on the memory
-    /// plugin and on the file plugin with a file in memory, whatever the size: small payloads
-    /// are stored from the read-ahead once whole, large ones (64 KiB and more) gather in a pipe
-    /// and are stored once whole (they were stored as they arrived, as nbdkit never does).
+    /// A client gone in the middle of a write's payload of less than 64 KiB leaves the disk as it
+    /// was, on the memory plugin and on the file plugin with a file in memory: such payloads are
+    /// stored once whole. (Larger ones go into the file as they arrive, so that the client's
+    /// socket is drained all the while: see FileConnection.receiveWrite.)
     func testClientVanishesMidWrite() throws {
         let file = "/dev/shm/nbdkit-test-\(getpid())-\(UInt32.random(in: 0...UInt32.max)).img"
         XCTAssertTrue(FileManager.default.createFile(atPath: file, contents: Data(count: 1 << 20)))
         defer { try? FileManager.default.removeItem(atPath: file) }
         for plugin in [["memory", "size=1M"], ["file", file]] {
             let s = try startServer(plugin, socketName: plugin[0])
-            for (length, sent) in [(4096, 100), (65536, 40_000), (131_072, 131_071), (1 << 20, 1 << 19)] {
+            for (length, sent) in [(4096, 100), (16384, 16383), (65535, 40_000)] {
                 let gone = s.stderr.components(separatedBy: "client went away in the middle of a write payload").count
                 do {
                     let c = try RawClient(s.socket)
@@ -541,8 +541,8 @@ final class HostileClientTests: IntegrationTestCase {
         }
     }
 
-    /// A large write whose payload comes in many tiny pieces (more than the pipe has slots for)
-    /// is gathered in memory instead, and stored whole once it is complete.
+    /// A large write whose payload comes in many tiny pieces (each a buffer of its own in the
+    /// socket, and a slot of its own in the pipe it is spliced through) is stored whole.
     func testLargeWriteInTinyPiecesIsStoredWhole() throws {
         let s = try startServer(["memory", "size=1M"])
         let c = try RawClient(s.socket)
@@ -560,11 +560,12 @@ final class HostileClientTests: IntegrationTestCase {
         assertServerHealthy(s)
     }
 
-    /// A write of 64 KiB or more gathers in a pipe as it arrives, and holds no lock while it
-    /// waits for more: with a client stalled in the middle of such a payload, another client
-    /// still trims part of the range being written and writes elsewhere. Once the payload is
-    /// complete the write succeeds and is stored whole, after the trim. A client stalled
-    /// mid-payload does not keep the server from stopping on SIGTERM.
+    /// A write of 64 KiB or more goes straight into the memory plugin's file as it arrives, and
+    /// holds no lock while it waits for more: with a client stalled in the middle of such a
+    /// payload, another client still trims part of the range being written and writes elsewhere.
+    /// Once the payload is complete the write succeeds; what arrived after the trim is stored,
+    /// what arrived before it is stored or trimmed (the two requests overlap, so either is
+    /// allowed). A client stalled mid-payload does not keep the server from stopping on SIGTERM.
     func testStalledLargeWriteHoldsNoLock() throws {
         let s = try startServer(["memory", "size=1M"])
         let c = try RawClient(s.socket)
@@ -585,7 +586,9 @@ final class HostileClientTests: IntegrationTestCase {
         XCTAssertTrue(c.send(Wire.request(command: 0, cookie: 10, offset: 0, length: 768 << 10)))
         XCTAssertEqual(c.readExactly(16), Wire.simpleReply(error: 0, cookie: 10))
         let back = try XCTUnwrap(c.readExactly(768 << 10))
-        XCTAssertEqual(back, data, "the write is stored once complete, after the trim")
+        XCTAssertTrue(zip(back[0..<100_000], data[0..<100_000]).allSatisfy { $0 == 0 || $0 == $1 },
+                      "bytes that arrived before the trim are stored or trimmed")
+        XCTAssertEqual(Array(back[100_000...]), Array(data[100_000...]), "bytes that arrived after the trim are stored")
 
         let stalled = try RawClient(s.socket)
         defer { stalled.close() }
