@@ -59,6 +59,9 @@ func main() -> Int32 {
         return 1
     } catch {
         logger.error("\(error)")
+        // Why the server did not start reaches the user whatever --log says, as nbdkit's
+        // start-up errors do (with --log=syslog and no syslog daemon it would be lost).
+        if logger.destination != .stderr { Logger().error("\(error)") }
         return 1
     }
 }

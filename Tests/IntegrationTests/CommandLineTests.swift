@@ -547,6 +547,17 @@ final class CommandLineTests: IntegrationTestCase {
         XCTAssertFalse(FileManager.default.fileExists(atPath: socket), "socket left behind")
     }
 
+    /// Why the server did not start is printed on stderr whatever --log says (as nbdkit's
+    /// start-up errors): with --log=null or --log=syslog it was exit status 1 and nothing else.
+    func testStartupErrorsReachStderrWhateverTheLog() {
+        for log in ["null", "syslog"] {
+            let r = Harness.run([Harness.nbdkit, "--log=\(log)", "-U", dir.file("missing/sock"), "memory", "1M"], timeout: 20)
+            XCTAssertEqual(r.status, 1, log)
+            XCTAssertTrue(r.stderr.contains("nbdkit: error: bind: \(dir.file("missing/sock")): No such file or directory"),
+                          "--log=\(log): \(r.stderr)")
+        }
+    }
+
     func testSigtermStopsForegroundServerCleanly() throws {
         let s = try startServer(["memory", "1M"])
         XCTAssertEqual(Harness.run(["nbdinfo", "--size", s.uri]).stdout, "1048576\n")
