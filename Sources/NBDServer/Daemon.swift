@@ -1,4 +1,5 @@
 import Glibc
+import CNBDShim
 
 /// Background mode and the pid file.
 public enum Daemon {
@@ -13,20 +14,53 @@ public enum Daemon {
         }
     }
 
-    /// Forks into the background: the parent exits 0 at once (the sockets already listen), the
-    /// child starts a new session with its standard streams on /dev/null (stderr kept with `-v`)
-    /// and its working directory at /. Call only while the process has a single thread.
-    public static func detach(keepStderr: Bool) throws(SystemError) {
+    /// Forks into the background. The child, which returns, starts a new session with its
+    /// working directory at /. The parent waits until the child calls `ready` on what this
+    /// returns and exits 0, or exits with the child's status if the child ends first (a
+    /// start-up error, printed on the standard error they share until then). So when the
+    /// command that started nbdkit returns 0, the pid file is written and the server accepts
+    /// connections (nbdkit's parent exits at once). Call only while the process has a single
+    /// thread.
+    public static func detach() throws(SystemError) -> DaemonReadiness {
+        var fds: [Int32] = [-1, -1]
+        try syscall("pipe") { pipe(&fds) }
+        // (Single-threaded here: nothing can exec before close-on-exec is set.)
+        for fd in fds { _ = fcntl(fd, F_SETFD, FD_CLOEXEC) }
         let pid = try syscall("fork") { fork() }
-        if pid > 0 { _exit(0) }
+        if pid > 0 {
+            _ = close(fds[1])
+            var byte: UInt8 = 0
+            var n = 0
+            repeat { n = read(fds[0], &byte, 1) } while n == -1 && CNBDShim_errno() == EINTR
+            if n == 1 { _exit(0) }
+            var status: Int32 = 0
+            while waitpid(pid, &status, 0) == -1 && CNBDShim_errno() == EINTR {}
+            // Exited: its status; killed by a signal: 1.
+            _exit(status & 0x7f == 0 ? (status >> 8) & 0xff : 1)
+        }
+        _ = close(fds[0])
         _ = setsid()
         _ = chdir("/")
-        let null = open("/dev/null", O_RDWR)
-        if null >= 0 {
-            _ = dup2(null, 0)
-            _ = dup2(null, 1)
-            if !keepStderr { _ = dup2(null, 2) }
-            if null > 2 { _ = close(null) }
+        return DaemonReadiness(fd: fds[1])
+    }
+
+    /// The background server's word to its waiting parent that it is ready.
+    public struct DaemonReadiness {
+        let fd: Int32
+
+        /// Puts the standard streams on /dev/null (stderr kept with `keepStderr`, for `-v`) and
+        /// lets the parent exit 0.
+        public func ready(keepStderr: Bool) {
+            let null = open("/dev/null", O_RDWR)
+            if null >= 0 {
+                _ = dup2(null, 0)
+                _ = dup2(null, 1)
+                if !keepStderr { _ = dup2(null, 2) }
+                if null > 2 { _ = close(null) }
+            }
+            var byte: UInt8 = 1
+            _ = write(fd, &byte, 1)
+            _ = close(fd)
         }
     }
 
@@ -40,7 +74,7 @@ public enum Daemon {
             try writePID(to: temp)
         } catch {
             _ = unlink(temp)
-            guard error.errno == EACCES else { throw error }
+            guard error.errno == EACCES else { throw SystemError(path, errno: error.errno) }
             try writePID(to: path)
             return
         }

@@ -98,7 +98,7 @@ struct Startup {
         }
 
         try dropPrivileges(handingOver: temporaryDirectory)
-        if !config.staysInForeground { try Daemon.detach(keepStderr: config.verbose) }
+        let readiness = config.staysInForeground ? nil : try Daemon.detach()
         if let pidFile = config.pidFile { try Daemon.writePIDFile(pidFile) }
         defer { if let pidFile = config.pidFile { _ = unlink(pidFile) } }
         if config.exitWithParent {
@@ -109,6 +109,7 @@ struct Startup {
 
         if config.swap && !config.staysInForeground { try lockMemory() }
         try backend.afterFork()
+        readiness?.ready(keepStderr: config.verbose)
         let server = Server(context: ServerContext(backend: backend, logger: logger, readonly: config.readonly,
                                                    threads: config.threads, style: config.style, tls: tls,
                                                    handshakeFlags: config.handshakeFlags,

@@ -492,6 +492,35 @@ final class CommandLineTests: IntegrationTestCase {
         XCTAssertFalse(FileManager.default.fileExists(atPath: pidFile))
     }
 
+    /// In the background, the command returns only once the server is ready: its pid file is
+    /// written and it accepts connections at once (nbdkit's parent returns at once, and the pid
+    /// file was missing after most starts). A server that fails after going into the background
+    /// (here, its pid file can't be written) makes the command fail with its message and status
+    /// (it returned 0 while nothing served).
+    func testBackgroundCommandReturnsOnceTheServerIsReady() throws {
+        for i in 0..<10 {
+            let pidFile = dir.file("ready\(i).pid"), socket = dir.file("ready\(i).sock")
+            let r = Harness.run(["/usr/bin/python3", "-c", "import subprocess, sys; sys.exit(subprocess.call(sys.argv[1:]))",
+                                 Harness.nbdkit, "-P", pidFile, "-U", socket, "memory", "1M"], timeout: 20)
+            XCTAssertEqual(r.status, 0, r.stderr)
+            let text = (try? String(contentsOfFile: pidFile, encoding: .utf8)) ?? ""
+            guard let pid = Int32(text.trimmingCharacters(in: .whitespacesAndNewlines)), text.hasSuffix("\n") else {
+                // Still stop the server that wrote it late.
+                if let pid = Harness.waitForPID(in: pidFile) { kill(pid, SIGKILL) }
+                XCTFail("start \(i): no pid file when the command returned ('\(text)')")
+                continue
+            }
+            defer { kill(pid, SIGKILL) }
+            XCTAssertEqual(Harness.run(["nbdinfo", "--size", "nbd+unix:///?socket=\(socket)"]).stdout, "1048576\n")
+        }
+        let socket = dir.file("nopid.sock")
+        let r = Harness.run(["/usr/bin/python3", "-c", "import subprocess, sys; sys.exit(subprocess.call(sys.argv[1:]))",
+                             Harness.nbdkit, "-P", dir.file("missing/pid"), "-U", socket, "memory", "1M"], timeout: 20)
+        XCTAssertEqual(r.status, 1, r.stderr)
+        XCTAssertTrue(r.stderr.contains("nbdkit: error: \(dir.file("missing/pid")): No such file or directory"), r.stderr)
+        XCTAssertFalse(FileManager.default.fileExists(atPath: socket), "the server that failed left its socket")
+    }
+
     /// Started with standard streams closed (`<&-`, a daemon idiom), the server opens /dev/null
     /// in their place before anything else, so none of its own descriptors takes their numbers:
     /// its signalfd took 0 and going into the background put /dev/null over it, so the daemon
