@@ -10,6 +10,18 @@ struct UsageComplaint: Error, CustomStringConvertible {
     init(_ description: String) { self.description = description }
 }
 
+/// A failure of the server's own start-up (its TLS files, sockets, -u/-g, pid file) rather than of a
+/// plugin or filter: nbdkit reports these on stderr whatever --log says.
+struct ServerStartupError: Error, CustomStringConvertible {
+    let underlying: any Error
+    var description: String { "\(underlying)" }
+
+    /// Runs `body`, marking what it throws as a `ServerStartupError`.
+    static func marking<T>(_ body: () throws -> T) throws -> T {
+        do { return try body() } catch let e as ServerStartupError { throw e } catch { throw ServerStartupError(underlying: error) }
+    }
+}
+
 /// The start-up order, as nbdkit's: signals, plugin and filters, sockets, `--run`, privileges,
 /// background, pid file, then the accept loop; and the clean-up on every way out.
 struct Startup {
@@ -35,7 +47,7 @@ struct Startup {
             return 0
         }
 
-        let tls = try config.tlsSettings(warn: logger.warning)
+        let tls = try ServerStartupError.marking { try config.tlsSettings(warn: logger.warning) }
         let parentAtStart = getppid()
         let signals = try SignalSource()
         let control = try ServerControl()
@@ -64,16 +76,18 @@ struct Startup {
             for socket in passed { logger.debug("socket activation: serving fd \(socket.fd.raw) (\(socket.name))") }
             listeners = Listeners(sockets: passed.map(\.fd), port: nil, unixPath: nil)
         case .unixTemporary:
-            let dir = try makeTemporaryDirectory()
+            let dir = try ServerStartupError.marking { try makeTemporaryDirectory() }
             temporaryDirectory = dir
-            listeners = try Listeners.bind(.unix(path: dir + "/socket"), label: config.selinuxLabel)
+            listeners = try ServerStartupError.marking { try Listeners.bind(.unix(path: dir + "/socket"), label: config.selinuxLabel) }
         case .unix(let path):
-            listeners = try Listeners.bind(.unix(path: path), label: config.selinuxLabel)
+            listeners = try ServerStartupError.marking { try Listeners.bind(.unix(path: path), label: config.selinuxLabel) }
         case .tcp(let host, let port, let family):
-            listeners = try Listeners.bind(.tcp(host: host, port: port, family: family), label: config.selinuxLabel)
+            listeners = try ServerStartupError.marking {
+                try Listeners.bind(.tcp(host: host, port: port, family: family), label: config.selinuxLabel)
+            }
         case .vsock(let port):
             // As nbdkit: the label is for Unix and TCP sockets only.
-            listeners = try Listeners.bind(.vsock(port: port))
+            listeners = try ServerStartupError.marking { try Listeners.bind(.vsock(port: port)) }
         }
 
         // --swap locks the process that serves: this one unless it forks into the background
@@ -97,9 +111,9 @@ struct Startup {
             }
         }
 
-        try dropPrivileges(handingOver: temporaryDirectory)
+        try ServerStartupError.marking { try dropPrivileges(handingOver: temporaryDirectory) }
         let readiness = config.staysInForeground ? nil : try Daemon.detach()
-        if let pidFile = config.pidFile { try Daemon.writePIDFile(pidFile) }
+        if let pidFile = config.pidFile { try ServerStartupError.marking { try Daemon.writePIDFile(pidFile) } }
         defer { if let pidFile = config.pidFile { _ = unlink(pidFile) } }
         if config.exitWithParent {
             try syscall("prctl") { CNBDShim_set_parent_death_signal(SIGTERM) }

@@ -57,11 +57,12 @@ func main() -> Int32 {
     } catch let complaint as UsageComplaint {
         Logger().raw("nbdkit: \(complaint)\n")
         return 1
+    } catch let failure as ServerStartupError {
+        // As nbdkit's: on stderr whatever --log says.
+        Logger().error("\(failure)")
+        return 1
     } catch {
         logger.error("\(error)")
-        // Why the server did not start reaches the user whatever --log says, as nbdkit's
-        // start-up errors do (with --log=syslog and no syslog daemon it would be lost).
-        if logger.destination != .stderr { Logger().error("\(error)") }
         return 1
     }
 }

@@ -576,14 +576,20 @@ final class CommandLineTests: IntegrationTestCase {
         XCTAssertFalse(FileManager.default.fileExists(atPath: socket), "socket left behind")
     }
 
-    /// Why the server did not start is printed on stderr whatever --log says (as nbdkit's
-    /// start-up errors): with --log=null or --log=syslog it was exit status 1 and nothing else.
+    /// As nbdkit's, the server's own start-up errors (sockets, TLS files, -u/-g, the pid file)
+    /// are printed on stderr whatever --log says: with --log=null or --log=syslog they were exit
+    /// status 1 and nothing else. A plugin's or filter's errors follow --log, as nbdkit's
+    /// (testLogNullKeepsDebugMessagesOnStderr).
     func testStartupErrorsReachStderrWhateverTheLog() {
         for log in ["null", "syslog"] {
             let r = Harness.run([Harness.nbdkit, "--log=\(log)", "-U", dir.file("missing/sock"), "memory", "1M"], timeout: 20)
             XCTAssertEqual(r.status, 1, log)
             XCTAssertTrue(r.stderr.contains("nbdkit: error: bind: \(dir.file("missing/sock")): No such file or directory"),
                           "--log=\(log): \(r.stderr)")
+            let t = Harness.run([Harness.nbdkit, "--log=\(log)", "-U", "-", "--tls=require", "--tls-certificates=\(dir.file("none"))",
+                                 "memory", "1M", "--run", "true"], timeout: 20)
+            XCTAssertEqual(t.status, 1, log)
+            XCTAssertTrue(t.stderr.contains("nbdkit: error: "), "--log=\(log), TLS: \(t.stderr)")
         }
     }
 
