@@ -152,6 +152,36 @@ int CNBDShim_spawn_shell(const char *command, pid_t *pid, char *const envp[], in
   return r;
 }
 
+int CNBDShim_spawn_watcher(const char *exe, int watch_fd, pid_t group, pid_t *pid)
+{
+  posix_spawnattr_t attr;
+  posix_spawn_file_actions_t actions;
+  sigset_t empty, all;
+  int r;
+
+  if ((r = posix_spawnattr_init(&attr)) != 0)
+    return r;
+  if ((r = posix_spawn_file_actions_init(&actions)) != 0) {
+    posix_spawnattr_destroy(&attr);
+    return r;
+  }
+  posix_spawn_file_actions_adddup2(&actions, watch_fd, 3);
+  sigemptyset(&empty);
+  sigfillset(&all);
+  sigdelset(&all, SIGKILL);
+  sigdelset(&all, SIGSTOP);
+  posix_spawnattr_setsigmask(&attr, &empty);
+  posix_spawnattr_setsigdefault(&attr, &all);
+  posix_spawnattr_setpgroup(&attr, group);
+  posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF | POSIX_SPAWN_SETPGROUP);
+  char *argv[] = { "nbdkit-captive-watch", NULL };
+  char *envp[] = { NULL };
+  r = posix_spawn(pid, exe, &actions, &attr, argv, envp);
+  posix_spawn_file_actions_destroy(&actions);
+  posix_spawnattr_destroy(&attr);
+  return r;
+}
+
 int CNBDShim_punch_hole(int fd, int64_t offset, int64_t length)
 {
   return fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset, length);

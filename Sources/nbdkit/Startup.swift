@@ -100,6 +100,7 @@ struct Startup {
                 tls: tls.mode == .off ? nil : (tls.mode == .on ? 1 : 2))
             captive = try CaptiveCommand.spawn(script: script)
         }
+        defer { captive?.dismissWatcher() }
         // Until the server runs, any way out (a start-up error, --exit-with-parent finding the
         // parent gone) takes the command down with it: nothing may outlive nbdkit.
         var commandHandedToServer = false

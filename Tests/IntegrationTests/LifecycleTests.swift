@@ -52,6 +52,36 @@ final class LifecycleTests: IntegrationTestCase {
         XCTAssertFalse(FileManager.default.fileExists(atPath: (socket as NSString).deletingLastPathComponent))
     }
 
+    /// SIGKILL sent to nbdkit's whole process group (`timeout -s KILL`, a cancelled CI job) ends
+    /// the --run command too, although it runs in a process group of its own (so that nbdkit can
+    /// pass signals on to all of it): its watcher ends that group once nbdkit is gone. The command
+    /// and its child outlived nbdkit before.
+    func testSigkillToNbdkitsGroupLeavesNoCommandBehind() throws {
+        let pids = dir.file("gk")
+        let p = Process()
+        // setsid: nbdkit leads a session and process group of its own, which the test kills whole.
+        p.executableURL = URL(fileURLWithPath: "/usr/bin/setsid")
+        p.arguments = [Harness.nbdkit, "-U", "-", "memory", "1M", "--run",
+                       "echo $PPID > \(pids).nbdkit; echo $$ > \(pids).sh; sleep 60 & echo $! > \(pids); wait"]
+        p.standardError = FileHandle.nullDevice
+        try p.run()
+        guard let sleeper = readPID(pids), let shell = readPID(pids + ".sh"), let nbdkit = readPID(pids + ".nbdkit") else {
+            return XCTFail("command did not start")
+        }
+        defer {
+            for pid in [nbdkit, shell, sleeper] { kill(pid, SIGKILL) }
+            p.waitUntilExit()
+        }
+        let stat = (try? String(contentsOfFile: "/proc/\(nbdkit)/stat", encoding: .utf8)) ?? ""
+        let group = Int32(stat.split(separator: ")").last?.split(separator: " ").dropFirst(2).first ?? "") ?? 0
+        guard group == nbdkit else { return XCTFail("nbdkit (\(nbdkit)) does not lead its process group (\(group))") }
+        usleep(200_000)
+        XCTAssertEqual(kill(-group, SIGKILL), 0)
+        XCTAssertTrue(waitGone(nbdkit), "nbdkit survived SIGKILL")
+        XCTAssertTrue(waitGone(shell, seconds: 5), "the command's shell outlived nbdkit")
+        XCTAssertTrue(waitGone(sleeper, seconds: 5), "the command's child outlived nbdkit")
+    }
+
     /// Requests refused with ESHUTDOWN are not errors in the server's log (as nbdkit): a client
     /// may send many before it disconnects, and each would be a line.
     func testRefusalsDuringShutdownDoNotFloodTheLog() throws {
