@@ -23,9 +23,7 @@ public enum Daemon {
     /// thread.
     public static func detach() throws(SystemError) -> DaemonReadiness {
         var fds: [Int32] = [-1, -1]
-        try syscall("pipe") { pipe(&fds) }
-        // (Single-threaded here: nothing can exec before close-on-exec is set.)
-        for fd in fds { _ = fcntl(fd, F_SETFD, FD_CLOEXEC) }
+        try syscall("pipe2") { CNBDShim_pipe_cloexec(&fds) }
         let pid = try syscall("fork") { fork() }
         if pid > 0 {
             _ = close(fds[1])
@@ -36,7 +34,7 @@ public enum Daemon {
             var status: Int32 = 0
             while waitpid(pid, &status, 0) == -1 && CNBDShim_errno() == EINTR {}
             // Exited: its status; killed by a signal: 1.
-            _exit(status & 0x7f == 0 ? (status >> 8) & 0xff : 1)
+            _exit(CNBDShim_wifexited(status) != 0 ? CNBDShim_wexitstatus(status) : 1)
         }
         _ = close(fds[0])
         _ = setsid()
