@@ -56,11 +56,13 @@ struct OptionParser {
             c.threads = n == 0 ? 16 : n
         },
         Spec(short: nil, long: ["tls"], arity: .value) { c, v in
-            switch v.lowercased() {
-            case "off", "no", "false", "0": c.tls = .off
-            case "on", "yes", "true", "1": c.tls = .on
-            case "require", "required", "2": c.tls = .require
-            default: throw ConfigError("--tls flag must be off|on|require")
+            // As nbdkit: require(d) in any case, else any boolean for on or off.
+            if ["require", "required"].contains(v.lowercased()) {
+                c.tls = .require
+            } else if let on = parseBoolean(v) {
+                c.tls = on ? .on : .off
+            } else {
+                throw ConfigError("could not decipher boolean (\(v))")
             }
         },
         Spec(short: nil, long: ["tls-certificates"], arity: .value) { c, v in c.tlsCertificates = v },

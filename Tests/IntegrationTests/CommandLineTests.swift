@@ -216,6 +216,25 @@ final class CommandLineTests: IntegrationTestCase {
             """.split(whereSeparator: { $0 == " " || $0 == "\n" }).joined(separator: "\n") + "\n")
     }
 
+    /// --tls takes what nbdkit takes: require(d) in any case, else any nbdkit boolean for on and
+    /// off (y, T, 1, n...); anything else (2, maybe) is "could not decipher boolean".
+    func testTLSModeSpellings() throws {
+        let psk = dir.file("keys.psk")
+        try "alice:00112233445566778899aabbccddeeff\n".write(toFile: psk, atomically: true, encoding: .utf8)
+        for (value, expected) in [("y", "1"), ("T", "1"), ("1", "1"), ("REQUIRE", "2"), ("Required", "2"),
+                                  ("n", "unset"), ("Off", "unset")] {
+            let r = Harness.run([Harness.nbdkit, "-U", "-", "--tls=\(value)", "--tls-psk=\(psk)", "null", "1M",
+                                 "--run", "echo ${tls-unset}"])
+            XCTAssertEqual(r.status, 0, "--tls=\(value): \(r.stderr)")
+            XCTAssertEqual(r.stdout, expected + "\n", "--tls=\(value)")
+        }
+        for value in ["2", "maybe"] {
+            let r = Harness.run([Harness.nbdkit, "-U", "-", "--tls=\(value)", "null", "1M", "--run", "true"])
+            XCTAssertEqual(r.status, 1, value)
+            XCTAssertEqual(r.stderr, "nbdkit: error: could not decipher boolean (\(value))\n")
+        }
+    }
+
     func testRunVariablesAndURIs() {
         let r = Harness.run([Harness.nbdkit, "-U", "-", "memory", "1M", "--run",
                              "echo \"$uri|$nbd|$port|$unixsocket|$exportname|${tls-unset}\""])
