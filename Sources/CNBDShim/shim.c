@@ -152,7 +152,7 @@ int CNBDShim_spawn_shell(const char *command, pid_t *pid, char *const envp[], in
   return r;
 }
 
-int CNBDShim_spawn_watcher(const char *exe, int watch_fd, pid_t group, pid_t *pid)
+int CNBDShim_spawn_watcher(const char *script, const char *argument, int watch_fd, pid_t group, pid_t *pid)
 {
   posix_spawnattr_t attr;
   posix_spawn_file_actions_t actions;
@@ -166,6 +166,9 @@ int CNBDShim_spawn_watcher(const char *exe, int watch_fd, pid_t group, pid_t *pi
     return r;
   }
   posix_spawn_file_actions_adddup2(&actions, watch_fd, 3);
+  posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDWR, 0);
+  posix_spawn_file_actions_adddup2(&actions, 0, 1);
+  posix_spawn_file_actions_adddup2(&actions, 0, 2);
   sigemptyset(&empty);
   sigfillset(&all);
   sigdelset(&all, SIGKILL);
@@ -174,9 +177,9 @@ int CNBDShim_spawn_watcher(const char *exe, int watch_fd, pid_t group, pid_t *pi
   posix_spawnattr_setsigdefault(&attr, &all);
   posix_spawnattr_setpgroup(&attr, group);
   posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF | POSIX_SPAWN_SETPGROUP);
-  char *argv[] = { "nbdkit-captive-watch", NULL };
+  char *argv[] = { "/bin/sh", "-c", (char *) script, "nbdkit-captive-watch", (char *) argument, NULL };
   char *envp[] = { NULL };
-  r = posix_spawn(pid, exe, &actions, &attr, argv, envp);
+  r = posix_spawn(pid, "/bin/sh", &actions, &attr, argv, envp);
   posix_spawn_file_actions_destroy(&actions);
   posix_spawnattr_destroy(&attr);
   return r;

@@ -28,6 +28,12 @@ public final class MemoryPlugin: Backend, @unchecked Sendable {
         self.fd = fd
         self.allocator = allocator
         sizeToLockOnFault = options.locksMemory && !options.readonly && !allocator.locks ? size : nil
+        // Known now, before the sockets and any --run command: the mapping itself is made
+        // in `afterFork`.
+        if let size = sizeToLockOnFault, size > 0, !SharedMapping.mayMap(size: size) {
+            _ = close(fd)
+            throw ConfigError("memory: --swap: cannot lock the disk's pages into RAM as they are written: \(SharedMapping.mappingConditions)")
+        }
         if allocator.locks && size > 0 {
             do { mapping = try SharedMapping(lockingAllOf: fd, size: size) } catch {
                 _ = close(fd)

@@ -40,9 +40,7 @@ final class SharedMapping: @unchecked Sendable {
     /// through the mapping and taking none now (`--swap`). Throws a `ConfigError` with the
     /// reason where `mayMap(size:)` refuses or the mapping or the lock fails.
     init(lockingOnFault fd: Int32, size: UInt64) throws {
-        guard Self.mayMap(size: size) else {
-            throw ConfigError("it is mapped only when no larger than RAM and 1 TiB, without an address-space limit (ulimit -v) and without strict overcommit")
-        }
+        guard Self.mayMap(size: size) else { throw ConfigError(Self.mappingConditions) }
         guard let start = CNBDShim_map_locking_on_fault(fd, Int(size)) else {
             throw ConfigError("\(SystemError("mmap or mlock2"))")
         }
@@ -66,6 +64,9 @@ final class SharedMapping: @unchecked Sendable {
         CNBDShim_touch_pages(range.baseAddress, range.count)
         return range
     }
+
+    /// Why `mayMap(size:)` may refuse, for messages.
+    static let mappingConditions = "it is mapped only when no larger than RAM and 1 TiB, without an address-space limit (ulimit -v) and without strict overcommit"
 
     /// A file of `size` bytes is mapped only where that costs little more than writing to it:
     /// - no larger than `largestSize` or than the machine's RAM: each 2 MiB of the mapping

@@ -35,48 +35,36 @@ public struct CaptiveCommand: Sendable {
         var pid: pid_t = 0
         let r = CNBDShim_spawn_shell(script, &pid, environ, terminal ?? -1)
         if r != 0 { throw SystemError("posix_spawn: /bin/sh", errno: r) }
-        return CaptiveProcess(pid: pid, terminal: terminal, watcher: CaptiveWatch.start(group: pid))
+        return CaptiveProcess(pid: pid, terminal: terminal)
     }
 }
 
-/// The watcher of a `--run` command: a second nbdkit process in the command's process group
-/// that ends the whole group (SIGKILL) if nbdkit dies without doing so, as when SIGKILL is
-/// sent to nbdkit's own process group (by `timeout -s KILL`, say), which the command, in a
-/// group of its own, would otherwise outlive. It reads a pipe of which nbdkit alone holds the
-/// other end: end of file means nbdkit is gone; a byte, that nbdkit is exiting by its own
+/// The watcher of a `--run` command: a small shell in the command's process group that ends
+/// the whole group (SIGKILL) if nbdkit dies without doing so, as when SIGKILL is sent to
+/// nbdkit's own process group (by `timeout -s KILL`, say), which the command, in a group of its
+/// own, would otherwise outlive. It reads a line from a pipe of which nbdkit alone holds the
+/// other end: end of file means nbdkit is gone; a line, that nbdkit is exiting by its own
 /// doing (which works after nbdkit has dropped privileges with -u, where a signal would not).
-/// It dies on SIGTERM (the group is being ended) and ignores the terminal's SIGINT, SIGQUIT
-/// and SIGHUP, which are the command's to answer.
-public enum CaptiveWatch {
-    /// Its argv[0], by which `main` recognises it.
-    public static let argv0 = "nbdkit-captive-watch"
-    /// Its end of the pipe.
-    static let descriptor: Int32 = 3
+/// It dies on SIGTERM (the group is being ended) and ignores the terminal's other signals,
+/// which are the command's to answer. Before ending the group it removes the private directory
+/// of `-U -` and its socket, which nbdkit would have removed.
+enum CaptiveWatch {
+    static let script = "trap '' INT QUIT HUP TSTP TTIN TTOU; read -r line <&3 || "
+        + "{ if [ -n \"$1\" ]; then rm -f -- \"$1/socket\"; rmdir -- \"$1\"; fi; kill -s KILL 0; }"
 
-    /// Starts a watcher in process group `group`; returns its pid and nbdkit's end of the
-    /// pipe, or nil if it can't be started (then only a signal nbdkit can't catch leaves the
-    /// command behind).
-    static func start(group: pid_t) -> (pid: pid_t, pipe: Int32)? {
+    /// Starts a watcher in process group `group` (removing `temporaryDirectory` if nbdkit
+    /// dies); returns its pid and nbdkit's end of the pipe, or nil if it can't be started.
+    static func start(group: pid_t, temporaryDirectory: String?) -> (pid: pid_t, pipe: Int32)? {
         var fds: [Int32] = [-1, -1]
         guard CNBDShim_pipe_cloexec(&fds) == 0 else { return nil }
         var pid: pid_t = 0
-        let r = CNBDShim_spawn_watcher("/proc/self/exe", fds[0], group, &pid)
+        let r = CNBDShim_spawn_watcher(script, temporaryDirectory ?? "", fds[0], group, &pid)
         _ = close(fds[0])
         guard r == 0 else {
             _ = close(fds[1])
             return nil
         }
         return (pid, fds[1])
-    }
-
-    /// Runs the watcher; never returns.
-    public static func run() -> Never {
-        for sig in [SIGINT, SIGQUIT, SIGHUP] { _ = signal(sig, SIG_IGN) }
-        var byte: UInt8 = 0
-        var n = 0
-        repeat { n = read(descriptor, &byte, 1) } while n == -1 && CNBDShim_errno() == EINTR
-        if n != 1 { _ = kill(0, SIGKILL) }
-        _exit(0)
     }
 }
 
@@ -85,18 +73,35 @@ public struct CaptiveProcess: Sendable {
     public let pid: pid_t
     /// The terminal handed to the command's process group, to take back at the end.
     let terminal: Int32?
-    /// The command's `CaptiveWatch` process and nbdkit's end of its pipe, if it could be started.
-    let watcher: (pid: pid_t, pipe: Int32)?
+    /// The command's `CaptiveWatch` process and nbdkit's end of its pipe, once started.
+    private(set) var watcher: (pid: pid_t, pipe: Int32)? = nil
+
+    init(pid: pid_t, terminal: Int32?) {
+        self.pid = pid
+        self.terminal = terminal
+    }
+
+    /// Starts the command's watcher, while nbdkit still has the privileges the command runs
+    /// with (before -u), so that the watcher can end the command's group. Without one, only a
+    /// signal nbdkit can't catch leaves the command behind.
+    public mutating func startWatcher(temporaryDirectory: String?) {
+        if watcher == nil { watcher = CaptiveWatch.start(group: pid, temporaryDirectory: temporaryDirectory) }
+    }
 
     /// Stops the watcher, before nbdkit exits by its own doing (the command's group stays as
-    /// the exit path leaves it). Call once.
+    /// the exit path leaves it), and reaps it, waiting for that up to a second (a watcher
+    /// stopped with SIGSTOP exits once continued). Call once.
     public func dismissWatcher() {
         guard let watcher else { return }
-        var byte: UInt8 = 0
-        _ = write(watcher.pipe, &byte, 1)
+        var line = UInt8(ascii: "\n")
+        _ = write(watcher.pipe, &line, 1)
         _ = close(watcher.pipe)
         var status: Int32 = 0
-        while waitpid(watcher.pid, &status, 0) == -1 && CNBDShim_errno() == EINTR {}
+        for _ in 0..<1000 {
+            let r = waitpid(watcher.pid, &status, WNOHANG)
+            if r == watcher.pid || (r == -1 && CNBDShim_errno() == ECHILD) { return }
+            usleep(1000)
+        }
     }
 
     /// Sends `signal` to the command's whole process group.

@@ -26,6 +26,12 @@ public enum Daemon {
         try syscall("pipe2") { CNBDShim_pipe_cloexec(&fds) }
         let pid = try syscall("fork") { fork() }
         if pid > 0 {
+            // Interruptible while it waits, with the signals' default actions (the server
+            // blocks them for its signalfd): Ctrl-C or timeout's SIGTERM end this process, and
+            // the server, in a session of its own, carries on as it would have.
+            var none = sigset_t()
+            sigemptyset(&none)
+            pthread_sigmask(SIG_SETMASK, &none, nil)
             _ = close(fds[1])
             var byte: UInt8 = 0
             var n = 0
@@ -39,6 +45,15 @@ public enum Daemon {
         _ = close(fds[0])
         _ = setsid()
         _ = chdir("/")
+        // Standard input and output at once, as nbdkit (a process started while getting ready
+        // must not hold the caller's); standard error once ready, so that a start-up error
+        // still reaches the caller.
+        let null = open("/dev/null", O_RDWR)
+        if null >= 0 {
+            _ = dup2(null, 0)
+            _ = dup2(null, 1)
+            if null > 2 { _ = close(null) }
+        }
         return DaemonReadiness(fd: fds[1])
     }
 
@@ -46,15 +61,15 @@ public enum Daemon {
     public struct DaemonReadiness {
         let fd: Int32
 
-        /// Puts the standard streams on /dev/null (stderr kept with `keepStderr`, for `-v`) and
-        /// lets the parent exit 0.
+        /// Puts standard error on /dev/null (unless `keepStderr`, for `-v`) and lets the parent
+        /// exit 0.
         public func ready(keepStderr: Bool) {
-            let null = open("/dev/null", O_RDWR)
-            if null >= 0 {
-                _ = dup2(null, 0)
-                _ = dup2(null, 1)
-                if !keepStderr { _ = dup2(null, 2) }
-                if null > 2 { _ = close(null) }
+            if !keepStderr {
+                let null = open("/dev/null", O_WRONLY)
+                if null >= 0 {
+                    _ = dup2(null, 2)
+                    if null > 2 { _ = close(null) }
+                }
             }
             var byte: UInt8 = 1
             _ = write(fd, &byte, 1)

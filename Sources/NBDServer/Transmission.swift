@@ -147,8 +147,8 @@ final class Transmission: Sendable {
             server.logger.error(in: label, "\(commandName(request.rawCommand)) offset=\(request.offset) count=\(request.length): \(errno.name): \(message)")
         }
         let sent = writeLock.withLock { sendReply(request, outcome, buffer) }
-        giveBack(buffer)
         buffer.releaseLargePayload()
+        giveBack(buffer)
         return sent
     }
 

@@ -56,8 +56,8 @@ struct OptionParser {
             c.threads = n == 0 ? 16 : n
         },
         Spec(short: nil, long: ["tls"], arity: .value) { c, v in
-            // As nbdkit: require(d) in any case, else any boolean for on or off.
-            if ["require", "required"].contains(v.lowercased()) {
+            // As nbdkit: require, required or force in any case, else any boolean for on or off.
+            if ["require", "required", "force"].contains(v.lowercased()) {
                 c.tls = .require
             } else if let on = parseBoolean(v) {
                 c.tls = on ? .on : .off

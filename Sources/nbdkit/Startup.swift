@@ -10,8 +10,8 @@ struct UsageComplaint: Error, CustomStringConvertible {
     init(_ description: String) { self.description = description }
 }
 
-/// A failure of the server's own start-up (its TLS files, sockets, -u/-g, pid file) rather than of a
-/// plugin or filter: nbdkit reports these on stderr whatever --log says.
+/// A failure of the server's own start-up (TLS files, sockets, -u/-g, forking, --swap, the pid
+/// file) rather than of a plugin or filter: nbdkit reports these on stderr whatever --log says.
 struct ServerStartupError: Error, CustomStringConvertible {
     let underlying: any Error
     var description: String { "\(underlying)" }
@@ -72,7 +72,7 @@ struct Startup {
         case .single:
             break
         case .activated:
-            let passed = try SocketActivation.takeSockets()
+            let passed = try ServerStartupError.marking { try SocketActivation.takeSockets() }
             for socket in passed { logger.debug("socket activation: serving fd \(socket.fd.raw) (\(socket.name))") }
             listeners = Listeners(sockets: passed.map(\.fd), port: nil, unixPath: nil)
         case .unixTemporary:
@@ -92,13 +92,14 @@ struct Startup {
 
         // --swap locks the process that serves: this one unless it forks into the background
         // (memory locks are not inherited), and before any --run command starts.
-        if config.swap && config.staysInForeground { try lockMemory() }
+        if config.swap && config.staysInForeground { try ServerStartupError.marking { try lockMemory() } }
         var captive: CaptiveProcess? = nil
         if let command = config.run, let listeners {
             let script = CaptiveCommand(command: command).script(
                 listeners: listeners, exportName: config.exportName,
                 tls: tls.mode == .off ? nil : (tls.mode == .on ? 1 : 2))
             captive = try CaptiveCommand.spawn(script: script)
+            captive?.startWatcher(temporaryDirectory: temporaryDirectory)
         }
         defer { captive?.dismissWatcher() }
         // Until the server runs, any way out (a start-up error, --exit-with-parent finding the
@@ -113,16 +114,16 @@ struct Startup {
         }
 
         try ServerStartupError.marking { try dropPrivileges(handingOver: temporaryDirectory) }
-        let readiness = config.staysInForeground ? nil : try Daemon.detach()
+        let readiness = config.staysInForeground ? nil : try ServerStartupError.marking { try Daemon.detach() }
         if let pidFile = config.pidFile { try ServerStartupError.marking { try Daemon.writePIDFile(pidFile) } }
         defer { if let pidFile = config.pidFile { _ = unlink(pidFile) } }
         if config.exitWithParent {
-            try syscall("prctl") { CNBDShim_set_parent_death_signal(SIGTERM) }
+            try ServerStartupError.marking { try syscall("prctl") { CNBDShim_set_parent_death_signal(SIGTERM) } }
             // The parent may have died before the signal was armed.
             if getppid() != parentAtStart { return 0 }
         }
 
-        if config.swap && !config.staysInForeground { try lockMemory() }
+        if config.swap && !config.staysInForeground { try ServerStartupError.marking { try lockMemory() } }
         try backend.afterFork()
         readiness?.ready(keepStderr: config.verbose)
         let server = Server(context: ServerContext(backend: backend, logger: logger, readonly: config.readonly,

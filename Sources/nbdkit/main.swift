@@ -4,7 +4,6 @@ import NBDPlugins
 
 /// Parses the command line, then either prints what was asked or runs the server.
 func main() -> Int32 {
-    if CommandLine.arguments == [CaptiveWatch.argv0] { CaptiveWatch.run() }
     Daemon.openMissingStandardStreams()
     let arguments = Array(CommandLine.arguments.dropFirst())
     var config: Configuration

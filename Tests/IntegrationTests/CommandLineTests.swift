@@ -216,12 +216,12 @@ final class CommandLineTests: IntegrationTestCase {
             """.split(whereSeparator: { $0 == " " || $0 == "\n" }).joined(separator: "\n") + "\n")
     }
 
-    /// --tls takes what nbdkit takes: require(d) in any case, else any nbdkit boolean for on and
+    /// --tls takes what nbdkit takes: require(d) or force in any case, else any nbdkit boolean for on and
     /// off (y, T, 1, n...); anything else (2, maybe) is "could not decipher boolean".
     func testTLSModeSpellings() throws {
         let psk = dir.file("keys.psk")
         try "alice:00112233445566778899aabbccddeeff\n".write(toFile: psk, atomically: true, encoding: .utf8)
-        for (value, expected) in [("y", "1"), ("T", "1"), ("1", "1"), ("REQUIRE", "2"), ("Required", "2"),
+        for (value, expected) in [("y", "1"), ("T", "1"), ("1", "1"), ("REQUIRE", "2"), ("Required", "2"), ("force", "2"),
                                   ("n", "unset"), ("Off", "unset")] {
             let r = Harness.run([Harness.nbdkit, "-U", "-", "--tls=\(value)", "--tls-psk=\(psk)", "null", "1M",
                                  "--run", "echo ${tls-unset}"])

@@ -543,7 +543,7 @@ final class HostileClientTests: IntegrationTestCase {
 
     /// A large write whose payload comes in many tiny pieces (each a buffer of its own in the
     /// socket, and a slot of its own in the pipe it is spliced through) is stored whole.
-    func testLargeWriteInTinyPiecesIsStoredWhole() throws {
+    func testLargeWriteSentInTinyPiecesLandsWhole() throws {
         let s = try startServer(["memory", "size=1M"])
         let c = try RawClient(s.socket)
         defer { c.close() }

@@ -55,14 +55,15 @@ final class LifecycleTests: IntegrationTestCase {
     /// SIGKILL sent to nbdkit's whole process group (`timeout -s KILL`, a cancelled CI job) ends
     /// the --run command too, although it runs in a process group of its own (so that nbdkit can
     /// pass signals on to all of it): its watcher ends that group once nbdkit is gone. The command
-    /// and its child outlived nbdkit before.
+    /// and its child outlived nbdkit before. The watcher also removes the private directory of
+    /// `-U -`, which nbdkit can't once killed.
     func testSigkillToNbdkitsGroupLeavesNoCommandBehind() throws {
         let pids = dir.file("gk")
         let p = Process()
         // setsid: nbdkit leads a session and process group of its own, which the test kills whole.
         p.executableURL = URL(fileURLWithPath: "/usr/bin/setsid")
         p.arguments = [Harness.nbdkit, "-U", "-", "memory", "1M", "--run",
-                       "echo $PPID > \(pids).nbdkit; echo $$ > \(pids).sh; sleep 60 & echo $! > \(pids); wait"]
+                       "echo \"$unixsocket\" > \(pids).sock; echo $PPID > \(pids).nbdkit; echo $$ > \(pids).sh; sleep 60 & echo $! > \(pids); wait"]
         p.standardError = FileHandle.nullDevice
         try p.run()
         guard let sleeper = readPID(pids), let shell = readPID(pids + ".sh"), let nbdkit = readPID(pids + ".nbdkit") else {
@@ -80,6 +81,9 @@ final class LifecycleTests: IntegrationTestCase {
         XCTAssertTrue(waitGone(nbdkit), "nbdkit survived SIGKILL")
         XCTAssertTrue(waitGone(shell, seconds: 5), "the command's shell outlived nbdkit")
         XCTAssertTrue(waitGone(sleeper, seconds: 5), "the command's child outlived nbdkit")
+        let socket = (try? String(contentsOfFile: pids + ".sock", encoding: .utf8))?.trimmingCharacters(in: .whitespacesAndNewlines) ?? ""
+        XCTAssertTrue(socket.hasSuffix("/socket"), socket)
+        XCTAssertFalse(FileManager.default.fileExists(atPath: (socket as NSString).deletingLastPathComponent), "\(socket): its directory is left")
     }
 
     /// Requests refused with ESHUTDOWN are not errors in the server's log (as nbdkit): a client

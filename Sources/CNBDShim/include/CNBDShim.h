@@ -68,10 +68,10 @@ int CNBDShim_wtermsig(int status);
  * group becomes the terminal's foreground group. Returns 0 and sets *pid, or an
  * errno value. */
 int CNBDShim_spawn_shell(const char *command, pid_t *pid, char *const envp[], int terminal_fd);
-/* Starts `exe` as the --run command's watcher: argv "nbdkit-captive-watch", `watch_fd` as its
-   descriptor 3, an empty environment, default signal handling, in process group `group`.
-   Returns 0 or an errno. */
-int CNBDShim_spawn_watcher(const char *exe, int watch_fd, pid_t group, pid_t *pid);
+/* Starts `/bin/sh -c script nbdkit-captive-watch argument` as the --run command's watcher:
+   `watch_fd` as its descriptor 3, /dev/null as 0-2, an empty environment, default signal
+   handling, in process group `group`. Returns 0 or an errno. */
+int CNBDShim_spawn_watcher(const char *script, const char *argument, int watch_fd, pid_t group, pid_t *pid);
 
 /* An anonymous in-memory file (memfd_create, close-on-exec) of exactly size bytes, all of
  * them holes, sealed so that its size never changes; the descriptor, or -1 with errno set. */
