@@ -257,6 +257,27 @@ final class LifecycleTests: IntegrationTestCase {
         XCTAssertFalse(FileManager.default.fileExists(atPath: s.socket))
     }
 
+    /// exitwhen's script, run at every poll, leaves nothing running behind it: no process (a
+    /// --run watcher was started with every script and never stopped) and no descriptor.
+    func testExitWhenScriptLeavesNoProcessBehind() throws {
+        let s = try startServer(["--filter=exitwhen", "memory", "1M", "exit-when-poll=1", "exit-when-script=exit 0"])
+        func children() -> [String] {
+            let tasks = (try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(s.pid)/task")) ?? []
+            return tasks.flatMap { task in
+                ((try? String(contentsOfFile: "/proc/\(s.pid)/task/\(task)/children", encoding: .utf8)) ?? "")
+                    .split(separator: " ").map(String.init)
+            }
+        }
+        let descriptors = { (try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(s.pid)/fd"))?.count ?? -1 }
+        usleep(1_500_000)
+        let before = descriptors()
+        usleep(3_000_000)    // three more polls, each running the script
+        XCTAssertEqual(children(), [], "processes left by the script's runs")
+        XCTAssertEqual(descriptors(), before, "descriptors left by the script's runs")
+        XCTAssertTrue(s.isRunning, s.stderr)
+        XCTAssertEqual(s.stop(), 0)
+    }
+
     /// The event is checked again when a client closes its export, so with the default 60 s
     /// poll the server still exits at once when its last client leaves after the event.
     func testExitWhenChecksWhenTheLastClientLeaves() throws {
