@@ -121,54 +121,19 @@ int CNBDShim_wexitstatus(int status) { return WEXITSTATUS(status); }
 int CNBDShim_wifsignaled(int status) { return WIFSIGNALED(status); }
 int CNBDShim_wtermsig(int status) { return WTERMSIG(status); }
 
-int CNBDShim_spawn_shell(const char *command, pid_t *pid, char *const envp[], int terminal_fd)
+/* Starts /bin/sh with `argv` and `envp`, default signal handling and an empty signal mask, in
+   process group `group` (0: a new one of its own), after `actions`; destroys `actions`. */
+static int spawn_shell_in_group(pid_t *pid, posix_spawn_file_actions_t *actions, pid_t group,
+                                char *const argv[], char *const envp[])
 {
   posix_spawnattr_t attr;
-  posix_spawn_file_actions_t actions;
   sigset_t empty, all;
   int r;
 
-  if ((r = posix_spawnattr_init(&attr)) != 0)
-    return r;
-  if ((r = posix_spawn_file_actions_init(&actions)) != 0) {
-    posix_spawnattr_destroy(&attr);
+  if ((r = posix_spawnattr_init(&attr)) != 0) {
+    posix_spawn_file_actions_destroy(actions);
     return r;
   }
-  sigemptyset(&empty);
-  sigfillset(&all);
-  sigdelset(&all, SIGKILL);
-  sigdelset(&all, SIGSTOP);
-  posix_spawnattr_setsigmask(&attr, &empty);
-  posix_spawnattr_setsigdefault(&attr, &all);
-  short flags = POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF | POSIX_SPAWN_SETPGROUP;
-  posix_spawnattr_setpgroup(&attr, 0);
-  if (terminal_fd >= 0)
-    posix_spawn_file_actions_addtcsetpgrp_np(&actions, terminal_fd);
-  posix_spawnattr_setflags(&attr, flags);
-  char *argv[] = { "/bin/sh", "-c", (char *) command, NULL };
-  r = posix_spawn(pid, "/bin/sh", &actions, &attr, argv, envp);
-  posix_spawn_file_actions_destroy(&actions);
-  posix_spawnattr_destroy(&attr);
-  return r;
-}
-
-int CNBDShim_spawn_watcher(const char *script, const char *argument, int watch_fd, pid_t group, pid_t *pid)
-{
-  posix_spawnattr_t attr;
-  posix_spawn_file_actions_t actions;
-  sigset_t empty, all;
-  int r;
-
-  if ((r = posix_spawnattr_init(&attr)) != 0)
-    return r;
-  if ((r = posix_spawn_file_actions_init(&actions)) != 0) {
-    posix_spawnattr_destroy(&attr);
-    return r;
-  }
-  posix_spawn_file_actions_adddup2(&actions, watch_fd, 3);
-  posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDWR, 0);
-  posix_spawn_file_actions_adddup2(&actions, 0, 1);
-  posix_spawn_file_actions_adddup2(&actions, 0, 2);
   sigemptyset(&empty);
   sigfillset(&all);
   sigdelset(&all, SIGKILL);
@@ -177,12 +142,39 @@ int CNBDShim_spawn_watcher(const char *script, const char *argument, int watch_f
   posix_spawnattr_setsigdefault(&attr, &all);
   posix_spawnattr_setpgroup(&attr, group);
   posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF | POSIX_SPAWN_SETPGROUP);
-  char *argv[] = { "/bin/sh", "-c", (char *) script, "nbdkit-captive-watch", (char *) argument, NULL };
-  char *envp[] = { NULL };
-  r = posix_spawn(pid, "/bin/sh", &actions, &attr, argv, envp);
-  posix_spawn_file_actions_destroy(&actions);
+  r = posix_spawn(pid, "/bin/sh", actions, &attr, argv, envp);
+  posix_spawn_file_actions_destroy(actions);
   posix_spawnattr_destroy(&attr);
   return r;
+}
+
+int CNBDShim_spawn_shell(const char *command, pid_t *pid, char *const envp[], int terminal_fd)
+{
+  posix_spawn_file_actions_t actions;
+  int r;
+
+  if ((r = posix_spawn_file_actions_init(&actions)) != 0)
+    return r;
+  if (terminal_fd >= 0)
+    posix_spawn_file_actions_addtcsetpgrp_np(&actions, terminal_fd);
+  char *argv[] = { "/bin/sh", "-c", (char *) command, NULL };
+  return spawn_shell_in_group(pid, &actions, 0, argv, envp);
+}
+
+int CNBDShim_spawn_watcher(const char *script, const char *argument, int watch_fd, pid_t group, pid_t *pid)
+{
+  posix_spawn_file_actions_t actions;
+  int r;
+
+  if ((r = posix_spawn_file_actions_init(&actions)) != 0)
+    return r;
+  posix_spawn_file_actions_adddup2(&actions, watch_fd, 3);
+  posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDWR, 0);
+  posix_spawn_file_actions_adddup2(&actions, 0, 1);
+  posix_spawn_file_actions_adddup2(&actions, 0, 2);
+  char *argv[] = { "/bin/sh", "-c", (char *) script, "nbdkit-captive-watch", (char *) argument, NULL };
+  char *envp[] = { NULL };
+  return spawn_shell_in_group(pid, &actions, group, argv, envp);
 }
 
 int CNBDShim_punch_hole(int fd, int64_t offset, int64_t length)
