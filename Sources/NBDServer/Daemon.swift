@@ -14,6 +14,15 @@ public enum Daemon {
         }
     }
 
+    /// Makes each of the standard descriptors `fds` refer to /dev/null (left as they are if it
+    /// can't be opened).
+    static func putOnDevNull(_ fds: [Int32]) {
+        let null = open("/dev/null", O_RDWR)
+        guard null >= 0 else { return }
+        for fd in fds { _ = dup2(null, fd) }
+        if null > 2 { _ = close(null) }
+    }
+
     /// Forks into the background. The child, which returns, starts a new session with its
     /// working directory at /. The parent waits until the child calls `ready` on what this
     /// returns and exits 0, or exits with the child's status if the child ends first (a
@@ -48,12 +57,7 @@ public enum Daemon {
         // Standard input and output at once, as nbdkit (a process started while getting ready
         // must not hold the caller's); standard error once ready, so that a start-up error
         // still reaches the caller.
-        let null = open("/dev/null", O_RDWR)
-        if null >= 0 {
-            _ = dup2(null, 0)
-            _ = dup2(null, 1)
-            if null > 2 { _ = close(null) }
-        }
+        putOnDevNull([0, 1])
         return DaemonReadiness(fd: fds[1])
     }
 
@@ -64,13 +68,7 @@ public enum Daemon {
         /// Puts standard error on /dev/null (unless `keepStderr`, for `-v`) and lets the parent
         /// exit 0.
         public func ready(keepStderr: Bool) {
-            if !keepStderr {
-                let null = open("/dev/null", O_WRONLY)
-                if null >= 0 {
-                    _ = dup2(null, 2)
-                    if null > 2 { _ = close(null) }
-                }
-            }
+            if !keepStderr { Daemon.putOnDevNull([2]) }
             var byte: UInt8 = 1
             _ = write(fd, &byte, 1)
             _ = close(fd)
