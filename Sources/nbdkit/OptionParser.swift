@@ -36,8 +36,7 @@ struct OptionParser {
         },
         Spec(short: nil, long: ["long-options"], arity: .flag) { c, _ in c.action = c.action.yielding(to: .longOptions) },
         Spec(short: nil, long: ["mask-handshake"], arity: .value) { c, v in
-            guard let mask = parseUnsigned(v) else { throw ConfigError("--mask-handshake: could not parse number: \"\(v)\"") }
-            c.handshakeMask = mask
+            c.handshakeMask = try parseUnsigned("mask-handshake", v)
         },
         Spec(short: "n", long: ["new-style", "newstyle"], arity: .flag) { c, _ in c.style = .newstyle },
         Spec(short: nil, long: ["no-sr"], arity: .flag) { c, _ in c.noStructuredReplies = true },
@@ -52,8 +51,8 @@ struct OptionParser {
         Spec(short: "s", long: ["single", "stdin"], arity: .flag) { c, _ in c.single = true },
         Spec(short: nil, long: ["swap"], arity: .flag) { c, _ in c.swap = true },
         Spec(short: "t", long: ["threads"], arity: .value) { c, v in
-            guard let n = Int(v), n >= 0 else { throw ConfigError("cannot parse number of threads '\(v)'") }
-            c.threads = n == 0 ? 16 : n
+            let n = try parseUnsigned("threads", v)
+            c.threads = n == 0 ? 16 : Int(n)
         },
         Spec(short: nil, long: ["tls"], arity: .value) { c, v in
             // As nbdkit: require, required or force in any case, else any boolean for on or off.
@@ -157,11 +156,11 @@ struct OptionParser {
               let eq = text[dot...].firstIndex(of: "="), eq != text.index(after: dot) else { return false }
         var number = Substring(text[text.index(after: eq)...])
         if number.first == "-" || number.first == "+" { number = number.dropFirst() }
-        return parseUnsigned(String(number)) != nil
+        return digits(String(number)) != nil
     }
 
-    /// An unsigned 32-bit number as C's strtoul reads it with base 0 (decimal, 0x hex, 0 octal).
-    static func parseUnsigned(_ text: String) -> UInt32? {
+    /// Digits as C's strtoul reads them with base 0 (decimal, 0x hex, 0 octal), nothing else.
+    static func digits(_ text: String) -> UInt32? {
         let lower = text.lowercased()
         if lower.hasPrefix("0x") { return UInt32(lower.dropFirst(2), radix: 16) }
         if lower.count > 1 && lower.hasPrefix("0") { return UInt32(lower.dropFirst(), radix: 8) }

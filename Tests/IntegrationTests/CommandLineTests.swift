@@ -33,6 +33,12 @@ final class CommandLineTests: IntegrationTestCase {
             (["-f", "-p", "70000", "memory", "1M"], "nbdkit: error: cannot parse port number '70000'"),
             (["-f", "--vsock", "-p", "4294967296", "memory", "1M"], "nbdkit: error: cannot parse port number '4294967296'"),
             (["-f", "file", dir.file("missing.img")], "nbdkit: error: realpath"),
+            // -t as nbdkit_parse_unsigned reads it.
+            (["-f", "-t", "5x", "memory", "1M"], "nbdkit: error: threads: could not parse number: \"5x\": trailing garbage\n"),
+            (["-f", "-t", " -1", "memory", "1M"], "nbdkit: error: threads: negative numbers are not allowed\n"),
+            (["-f", "-t", "", "memory", "1M"], "nbdkit: error: threads: empty string where we expected a number\n"),
+            (["-f", "-t", "4294967296", "memory", "1M"],
+             "nbdkit: error: threads: could not parse number: \"4294967296\": Numerical result out of range\n"),
             (["-f", "file", "file="], "nbdkit: error: cannot resolve a null or empty path\n"),
             (["-f", "file", "dir="], "nbdkit: error: cannot resolve a null or empty path\n"),
             (["-f", "file", "dir=\(fifo)"], "nbdkit: error: expecting a directory: \(fifo)\n"),
@@ -110,6 +116,15 @@ final class CommandLineTests: IntegrationTestCase {
             let r = Harness.run([Harness.nbdkit, "-U", "-", "memory", size, "--run", "nbdinfo --size \"$uri\""])
             XCTAssertEqual(r.status, 0, r.stderr)
             XCTAssertEqual(r.stdout, "\(bytes)\n", size)
+        }
+    }
+
+    /// -t takes what nbdkit takes: white space and '+' before the number, hexadecimal, octal.
+    func testThreadCountsAsNbdkitReadsThem() {
+        for threads in ["0x4", " 5", "+5", "010", "0", "4294967295"] {
+            let r = Harness.run([Harness.nbdkit, "-t", threads, "-U", "-", "memory", "1M", "--run", "nbdinfo --size \"$uri\""])
+            XCTAssertEqual(r.status, 0, "-t '\(threads)': \(r.stderr)")
+            XCTAssertEqual(r.stdout, "1048576\n", threads)
         }
     }
 

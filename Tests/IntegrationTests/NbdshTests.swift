@@ -383,7 +383,7 @@ final class NbdshTests: IntegrationTestCase {
         XCTAssertTrue(mask0.isRunning && mask1.isRunning && noSR.isRunning)
         let bad = Harness.run([Harness.nbdkit, "--mask-handshake=abc", "-U", "-", "memory", "1M", "--run", "true"])
         XCTAssertEqual(bad.status, 1)
-        XCTAssertTrue(bad.stderr.contains("nbdkit: error: --mask-handshake: could not parse number"), bad.stderr)
+        XCTAssertTrue(bad.stderr.contains("nbdkit: error: mask-handshake: empty string where we expected a number"), bad.stderr)
     }
 
     func testBoundsAndErrorCodes() throws {
