@@ -58,6 +58,7 @@ struct CNBDTLS_session {
   X(gnutls_certificate_allocate_credentials) \
   X(gnutls_certificate_free_credentials) \
   X(gnutls_certificate_server_set_request) \
+  X(gnutls_certificate_set_known_dh_params) \
   X(gnutls_certificate_set_x509_crl_file) \
   X(gnutls_certificate_set_x509_key_file) \
   X(gnutls_certificate_set_x509_trust_file) \
@@ -141,8 +142,6 @@ const char *CNBDTLS_strerror(int code)
   return tls.loaded ? tls.gnutls_strerror(code) : "GnuTLS is not loaded";
 }
 
-static int file_exists(const char *path) { return access(path, R_OK) == 0; }
-
 int CNBDTLS_cpu_accelerates_aes_gcm(void)
 {
 #if defined(__x86_64__) || defined(__i386__)
@@ -176,7 +175,7 @@ CNBDTLS_credentials *CNBDTLS_credentials_x509(const char *dir, const char *prior
     snprintf(failed_file, failed_file_len, "%s", ca);
     goto fail;
   }
-  if (file_exists(crl) && (r = tls.gnutls_certificate_set_x509_crl_file(c->x509, crl, GNUTLS_X509_FMT_PEM)) < 0) {
+  if (access(crl, R_OK) == 0 && (r = tls.gnutls_certificate_set_x509_crl_file(c->x509, crl, GNUTLS_X509_FMT_PEM)) < 0) {
     snprintf(failed_file, failed_file_len, "%s", crl);
     goto fail;
   }
@@ -184,6 +183,8 @@ CNBDTLS_credentials *CNBDTLS_credentials_x509(const char *dir, const char *prior
     snprintf(failed_file, failed_file_len, "%s and %s", cert, key);
     goto fail;
   }
+  /* For DHE key exchanges with clients that don't name an FFDHE group (TLS 1.2). */
+  (void) tls.gnutls_certificate_set_known_dh_params(c->x509, GNUTLS_SEC_PARAM_MEDIUM);
   return c;
 
  fail_priority:

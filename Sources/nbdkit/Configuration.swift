@@ -98,28 +98,29 @@ struct Configuration {
 
     /// The TLS settings, with credentials loaded now so that bad files are found at start-up.
     /// As in nbdkit: `--tls-psk` takes precedence over certificates, and a PSK file that can't
-    /// be loaded is an error unless `--tls=off`. Certificates that are missing are an error
-    /// under `--tls=require`, a warning (`warn`) with TLS off under `--tls=on`, and without
-    /// `--tls` simply leave TLS off (GnuTLS is not even loaded then); certificates that are
-    /// there but don't load (a bad key) are an error whatever the mode. Without `--tls`,
-    /// credentials that load turn TLS on; oldstyle keeps it off.
+    /// be loaded is an error unless `--tls=off`. A certificate directory is one where
+    /// ca-cert.pem, server-cert.pem and server-key.pem can all be read; without one, that is an
+    /// error under `--tls=require`, a warning (`warn`) with TLS off under `--tls=on`, and
+    /// without `--tls` simply leaves TLS off (GnuTLS is not even loaded then). Certificates
+    /// that are there but don't load (a bad key) are an error whatever the mode. Without
+    /// `--tls`, credentials that load turn TLS on (`$tls` 1); an oldstyle server still
+    /// serves plaintext then, having no way to offer TLS.
     func tlsSettings(warn: (String) -> Void) throws -> TLSSettings {
         if tls == .off { return .off }
-        if tls == nil && style == .oldstyle {
-            if let psk = tlsPSK, access(psk, R_OK) != 0 { throw ConfigError("--tls-psk: \(SystemError(psk))") }
-            return .off
-        }
         let credentials: TLSCredentials
         if let psk = tlsPSK {
             credentials = try TLSCredentials(pskFile: psk)
         } else {
-            let directory = tlsCertificates ?? Configuration.defaultCertificateDirectory
-            let missing = ["ca-cert.pem", "server-cert.pem", "server-key.pem"].lazy
-                .map { directory + "/" + $0 }.first { access($0, F_OK) != 0 }
-            if let missing, tls != .require {
+            let candidates = tlsCertificates.map { [$0] } ?? Configuration.defaultCertificateDirectories
+            guard let directory = candidates.first(where: { Self.unreadableCertificate(in: $0) == nil }) else {
+                let reasons = candidates.compactMap { Self.unreadableCertificate(in: $0) }
+                let why = reasons.isEmpty ? "no certificate directory: HOME is not set" : reasons.joined(separator: "; ")
+                if tls == .require {
+                    throw ConfigError("--tls=require but could not load TLS certificates (\(why))\n"
+                                      + "Try setting '--tls-certificates=/path/to/certificates' or read the \"TLS\" section in nbdkit(1).")
+                }
                 if tls == .on {
-                    _ = access(missing, F_OK)
-                    warn("--tls=on but could not load TLS certificates (\(SystemError(missing))); TLS is disabled and TLS connections will be rejected")
+                    warn("--tls=on but could not load TLS certificates (\(why)); TLS is disabled and TLS connections will be rejected")
                 }
                 return .off
             }
@@ -128,13 +129,25 @@ struct Configuration {
         return TLSSettings(mode: tls ?? .on, credentials: credentials, verifyPeer: tlsVerifyPeer)
     }
 
+    /// The first of the three files a certificate directory must hold that can't be read, with
+    /// the reason; nil when all three can.
+    static func unreadableCertificate(in directory: String) -> String? {
+        for name in ["ca-cert.pem", "server-cert.pem", "server-key.pem"] {
+            let path = directory + "/" + name
+            if access(path, R_OK) != 0 { return "\(SystemError(path))" }
+        }
+        return nil
+    }
+
     /// Where root's certificates are looked for when TLS is on and no directory is given.
     static let rootCertificateDirectory = "/etc/pki/nbdkit"
 
-    /// nbdkit's default: /etc/pki/nbdkit for root, $HOME/.pki/nbdkit for anyone else.
-    static var defaultCertificateDirectory: String {
-        if getuid() == 0 { return rootCertificateDirectory }
-        return (getenv("HOME").map { String(cString: $0) } ?? "") + "/.pki/nbdkit"
+    /// nbdkit's defaults, tried in order: /etc/pki/nbdkit when the effective user is root;
+    /// else $HOME/.pki/nbdkit, then $HOME/.config/pki/nbdkit (none without HOME).
+    static var defaultCertificateDirectories: [String] {
+        if geteuid() == 0 { return [rootCertificateDirectory] }
+        guard let home = getenv("HOME").map({ String(cString: $0) }) else { return [] }
+        return [home + "/.pki/nbdkit", home + "/.config/pki/nbdkit"]
     }
 
     /// This configuration with `-P` and `-U` made absolute against the current directory, as
@@ -145,7 +158,8 @@ struct Configuration {
         if let unixSocket, unixSocket != "-" { resolved.unixSocket = try Self.absolutePath(unixSocket) }
         // GnuTLS reads the PSK file again at each handshake, after the move to /.
         if let tlsPSK { resolved.tlsPSK = try Self.absolutePath(tlsPSK) }
-        if let tlsCertificates { resolved.tlsCertificates = try Self.absolutePath(tlsCertificates) }
+        // (An empty directory name is kept: as in nbdkit it names no certificates.)
+        if let tlsCertificates, !tlsCertificates.isEmpty { resolved.tlsCertificates = try Self.absolutePath(tlsCertificates) }
         return resolved
     }
 
@@ -179,8 +193,8 @@ struct Configuration {
         if port != nil && unixSocket != nil {
             throw ConfigError("-p (--port) and -U (--unix) are mutually exclusive")
         }
-        if let tls, tls != .off, style == .oldstyle {
-            throw ConfigError("TLS cannot be used with the oldstyle protocol (-o)")
+        if tls == .require && style == .oldstyle {
+            throw ConfigError("cannot use oldstyle protocol (-o) and require TLS")
         }
         if threads < 1 { throw ConfigError("-t (--threads) must be at least 1") }
     }

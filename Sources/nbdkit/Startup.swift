@@ -17,6 +17,7 @@ struct ServerStartupError: Error, CustomStringConvertible {
     var description: String { "\(underlying)" }
 
     /// Runs `body`, marking what it throws as a `ServerStartupError`.
+    @discardableResult
     static func marking<T>(_ body: () throws -> T) throws -> T {
         do { return try body() } catch let e as ServerStartupError { throw e } catch { throw ServerStartupError(underlying: error) }
     }

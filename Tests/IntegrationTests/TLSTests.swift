@@ -318,8 +318,13 @@ final class TLSTests: IntegrationTestCase {
         let psk = ["--priority", pskPriority, "--pskusername", "alice", "--pskkey"]
         // A client that offers only ChaCha20 still gets it, whatever the server prefers.
         let chachaOnly = ["--priority", pskPriority + ":-CIPHER-ALL:+CHACHA20-POLY1305", "--pskusername", "alice", "--pskkey"]
+        let verified = ["--x509cafile", Self.pki.file("ca-cert.pem"), "--verify-hostname", "localhost"]
+        // DHE over TLS 1.2 with a client that names no FFDHE group: the server's known
+        // parameters are used, as nbdkit's (without them no cipher suite was found).
+        let dheOnly = ["--priority", "NORMAL:-KX-ALL:+DHE-RSA:-VERS-ALL:+VERS-TLS1.2:-GROUP-ALL:+GROUP-SECP256R1"]
         try gnutlsCli(serverTLS: ["--tls-certificates=\(certs)"], cases: [
-            ("- Description: (TLS1.3", ["--x509cafile", Self.pki.file("ca-cert.pem"), "--verify-hostname", "localhost"])])
+            ("- Description: (TLS1.3", verified),
+            ("- Description: (TLS1.2-X.509)-(DHE-CUSTOM2048)", verified + dheOnly)])
         // As in nbdkit, PSK takes precedence and a certificate directory beside it is not read.
         try gnutlsCli(serverTLS: ["--tls-psk=\(pskFile)", "--tls-certificates=\(dir.file("none"))"], cases: [
             ("PSK authentication. Connected as 'alice'", psk + [key(pskFile)]),
@@ -688,13 +693,14 @@ final class TLSTests: IntegrationTestCase {
 
     /// As in nbdkit: certificates that can't be loaded are an error under --tls=require and a
     /// warning naming the file under --tls=on (the server then runs without TLS, `$tls` unset);
-    /// a PSK file that can't be loaded is an error either way, and so is oldstyle with TLS.
+    /// a PSK file that can't be loaded is an error either way. Oldstyle refuses --tls=require
+    /// only: under --tls=on it loads the certificates and serves plaintext.
     func testBadTLSFilesAreStartupErrors() {
         let marker = dir.file("ran")
         let missing = Harness.run([Harness.nbdkit, "-U", "-", "--tls=require", "--tls-certificates=\(dir.file("none"))",
                                    "memory", "1M", "--run", "touch \(marker)"])
         XCTAssertEqual(missing.status, 1)
-        XCTAssertTrue(missing.stderr.contains("nbdkit: error: TLS certificates: \(dir.file("none"))/ca-cert.pem"), missing.stderr)
+        XCTAssertTrue(missing.stderr.hasPrefix("nbdkit: error: --tls=require but could not load TLS certificates (\(dir.file("none"))/ca-cert.pem: No such file or directory)\n"), missing.stderr)
         let warned = Harness.run([Harness.nbdkit, "-U", "-", "--tls=on", "--tls-certificates=\(dir.file("none"))",
                                   "memory", "1M", "--run", "echo \"[$tls]\"; nbdinfo --size \"$uri\""])
         XCTAssertEqual(warned.status, 0, warned.stderr)
@@ -715,10 +721,16 @@ final class TLSTests: IntegrationTestCase {
         let psk = Harness.run([Harness.nbdkit, "-U", "-", "--tls=on", "--tls-psk=\(dir.file("none.psk"))", "memory", "1M", "--run", "touch \(marker)"])
         XCTAssertEqual(psk.status, 1)
         XCTAssertTrue(psk.stderr.contains("none.psk"), psk.stderr)
-        let old = Harness.run([Harness.nbdkit, "-U", "-", "-o", "--tls=on", "--tls-certificates=\(certs)", "memory", "1M", "--run", "touch \(marker)"])
+        let old = Harness.run([Harness.nbdkit, "-U", "-", "-o", "--tls=require", "--tls-certificates=\(certs)", "memory", "1M", "--run", "touch \(marker)"])
         XCTAssertEqual(old.status, 1)
-        XCTAssertTrue(old.stderr.contains("oldstyle"), old.stderr)
+        XCTAssertEqual(old.stderr, "nbdkit: error: cannot use oldstyle protocol (-o) and require TLS\n")
         XCTAssertFalse(FileManager.default.fileExists(atPath: marker))
+        for mode in [["--tls=on"], []] {
+            let plain = Harness.run([Harness.nbdkit, "-U", "-", "-o"] + mode + ["--tls-certificates=\(certs)", "memory", "1M",
+                                    "--run", "echo \"[$tls]\"; nbdinfo --size \"$uri\""])
+            XCTAssertEqual(plain.status, 0, plain.stderr)
+            XCTAssertEqual(plain.stdout, "[1]\n1048576\n", "\(mode)")
+        }
     }
 
     /// Without --tls, TLS is on (optional) when credentials load, as in nbdkit: with --tls-psk
@@ -729,24 +741,51 @@ final class TLSTests: IntegrationTestCase {
         let psk = Harness.run([Harness.nbdkit, "-U", "-", "--tls-psk=\(pskFile)", "memory", "1M", "--run",
                                "echo \"[$tls]\"; nbdinfo --size \"nbds+unix://alice@/?socket=$unixsocket&tls-psk-file=\(pskFile)\"; nbdinfo --size \"$uri\""])
         XCTAssertEqual(psk.stdout, "[1]\n1048576\n1048576\n", psk.stderr)
-        let none = Harness.run([Harness.nbdkit, "-U", "-", "--tls-certificates=\(dir.file("none"))", "memory", "1M", "--run", "echo \"[$tls]\""])
-        XCTAssertEqual(none.stdout, "[]\n", none.stderr)
-        XCTAssertEqual(none.stderr, "")
-        XCTAssertEqual(none.status, 0)
+        for directory in [dir.file("none"), ""] {
+            let none = Harness.run([Harness.nbdkit, "-U", "-", "--tls-certificates=\(directory)", "memory", "1M", "--run", "echo \"[$tls]\""])
+            XCTAssertEqual(none.stdout, "[]\n", none.stderr)
+            XCTAssertEqual(none.stderr, "")
+            XCTAssertEqual(none.status, 0)
+        }
 
         guard getuid() == 0 else { throw XCTSkip("running the server as another user needs root") }
-        let home = dir.file("home")
-        let r = Harness.run(["/bin/sh", "-c", """
-            set -e
-            mkdir -p "$1/.pki/nbdkit"
-            cp "$2/ca-cert.pem" "$2/server-cert.pem" "$2/server-key.pem" "$1/.pki/nbdkit/"
-            chown -R nobody "$1"
-            chmod 755 "$(dirname "$1")"
+        // nbdkit ($2) as nobody, with HOME=$1 and $4... (more options) before the plugin; the
+        // client trusts the CA in $3.
+        let serveAsNobody = """
+            home=$1 NBDKIT=$2; export CA=$3; shift 3
+            chmod 755 "$(dirname "$home")"
             cd /
-            exec setpriv --reuid=nobody --regid=nogroup --clear-groups env HOME="$1" "$3" -U - memory 1M \\
-              --run 'echo "[$tls]"; nbdinfo --size "nbds+unix:///?socket=$unixsocket&tls-certificates=$HOME/.pki/nbdkit"'
-            """, "sh", home, certs, Harness.nbdkit])
-        XCTAssertEqual(r.stdout, "[1]\n1048576\n", r.stderr)
+            exec setpriv --reuid=nobody --regid=nogroup --clear-groups env HOME="$home" "$NBDKIT" -U - "$@" memory 1M \\
+              --run 'echo "[$tls]"; nbdinfo --size "nbds+unix:///?socket=$unixsocket&tls-certificates=$CA" 2>/dev/null; nbdinfo --size "$uri"'
+            """
+        // The certificates of `subdirectory` of a new home owned by nobody, one of them (`key`)
+        // root's and unreadable to nobody.
+        func home(_ name: String, _ subdirectory: String, unreadableKey: Bool = false) -> String {
+            let home = dir.file(name)
+            let made = Harness.run(["/bin/sh", "-c", """
+                set -e
+                mkdir -p "$1/$2"
+                cp "$3/ca-cert.pem" "$3/server-cert.pem" "$3/server-key.pem" "$1/$2/"
+                chown -R nobody "$1"
+                if [ "$4" = yes ]; then chown root "$1/$2/server-key.pem"; chmod 600 "$1/$2/server-key.pem"; fi
+                """, "sh", home, subdirectory, certs, unreadableKey ? "yes" : "no"])
+            XCTAssertEqual(made.status, 0, made.stderr)
+            return home
+        }
+        // $HOME/.pki/nbdkit, else $HOME/.config/pki/nbdkit.
+        for (name, subdirectory) in [("home", ".pki/nbdkit"), ("config", ".config/pki/nbdkit")] {
+            let r = Harness.run(["/bin/sh", "-c", serveAsNobody, "sh", home(name, subdirectory), Harness.nbdkit, certs])
+            XCTAssertEqual(r.stdout, "[1]\n1048576\n1048576\n", "\(subdirectory): \(r.stderr)")
+        }
+        // A key the server can't read is a missing certificate: TLS off, with a warning under
+        // --tls=on (nbdkit's access(R_OK) test; it was a start-up error).
+        let unreadable = home("unreadable", ".pki/nbdkit", unreadableKey: true)
+        let quiet = Harness.run(["/bin/sh", "-c", serveAsNobody, "sh", unreadable, Harness.nbdkit, certs])
+        XCTAssertEqual(quiet.stdout, "[]\n1048576\n", quiet.stderr)
+        XCTAssertEqual(quiet.stderr, "")
+        let warned = Harness.run(["/bin/sh", "-c", serveAsNobody, "sh", unreadable, Harness.nbdkit, certs, "--tls=on"])
+        XCTAssertEqual(warned.stdout, "[]\n1048576\n", warned.stderr)
+        XCTAssertTrue(warned.stderr.hasPrefix("nbdkit: warning: --tls=on but could not load TLS certificates (\(unreadable)/.pki/nbdkit/server-key.pem: Permission denied; \(unreadable)/.config/pki/nbdkit/ca-cert.pem: No such file or directory)"), warned.stderr)
     }
 
     /// A relative --tls-psk path still works once the server is in the background (in /):
