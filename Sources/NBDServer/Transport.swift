@@ -78,10 +78,18 @@ extension Transport {
         try bytes.withUnsafeBytes { try send($0, UnsafeRawBufferPointer(start: nil, count: 0)) }
     }
 
-    /// Receives exactly `count` bytes into a new array (negotiation messages).
+    /// Receives exactly `count` bytes into a new array (negotiation messages). The array grows
+    /// as the bytes arrive (4 KiB, then doubling), so a client that announces a long message
+    /// and sends little of it holds little of the server's memory.
     public func receive(count: Int) throws -> [UInt8] {
-        var bytes = [UInt8](repeating: 0, count: count)
-        if count > 0 { try bytes.withUnsafeMutableBytes { try receive(into: $0) } }
+        var bytes: [UInt8] = []
+        var piece = 4096
+        while bytes.count < count {
+            let start = bytes.count, end = min(count, start + piece)
+            bytes.append(contentsOf: repeatElement(0, count: end - start))
+            try bytes.withUnsafeMutableBytes { try receive(into: UnsafeMutableRawBufferPointer(rebasing: $0[start..<end])) }
+            piece *= 2
+        }
         return bytes
     }
 }
