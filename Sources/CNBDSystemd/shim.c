@@ -9,10 +9,9 @@
 #include <systemd/sd-daemon.h>
 
 /* libsystemd and its dependencies (libgcrypt, libzstd, liblzma, libcap, ...) cost start-up
- * time in every run, but only socket-activated or supervised servers need them: the library
- * is loaded with dlopen on first use. The prototypes still come from <systemd/sd-daemon.h>. */
+ * time in every run, but only servers that notify a service manager (NOTIFY_SOCKET) need
+ * them: the library is loaded with dlopen on first use. The prototypes still come from <systemd/sd-daemon.h>. */
 static struct {
-  int (*listen_fds_with_names) (int, char ***);
   int (*notify) (int, const char *);
   int (*watchdog_enabled) (int, uint64_t *);
   char error[256];
@@ -26,12 +25,10 @@ static void load_libsystemd(void)
     snprintf(sd.error, sizeof sd.error, "%s", dlerror());
     return;
   }
-  sd.listen_fds_with_names = (int (*) (int, char ***)) dlsym(h, "sd_listen_fds_with_names");
   sd.notify = (int (*) (int, const char *)) dlsym(h, "sd_notify");
   sd.watchdog_enabled = (int (*) (int, uint64_t *)) dlsym(h, "sd_watchdog_enabled");
-  if (!sd.listen_fds_with_names || !sd.notify || !sd.watchdog_enabled) {
+  if (!sd.notify || !sd.watchdog_enabled) {
     snprintf(sd.error, sizeof sd.error, "libsystemd.so.0: missing sd-daemon symbols");
-    sd.listen_fds_with_names = NULL;
     sd.notify = NULL;
     sd.watchdog_enabled = NULL;
   }
@@ -46,23 +43,6 @@ static int loaded(void)
 const char *CNBDSystemd_load_error(void)
 {
   return loaded() ? NULL : sd.error;
-}
-
-int CNBDSystemd_listen_fds_with_names(char ***names)
-{
-  *names = NULL;
-  if (!loaded())
-    return -ELIBACC;
-  return sd.listen_fds_with_names(1, names);
-}
-
-void CNBDSystemd_free_names(char **names)
-{
-  if (names == NULL)
-    return;
-  for (char **p = names; *p != NULL; p++)
-    free(*p);
-  free(names);
 }
 
 int CNBDSystemd_notify(const char *state)

@@ -7,11 +7,13 @@ public enum Daemon {
     /// the descriptors the server opens later takes one of those numbers: a signalfd on 0 was
     /// replaced by /dev/null when the server went into the background (which then spun on it
     /// and no longer heard SIGTERM), and a socket on 2 would receive the log. Call first.
-    public static func openMissingStandardStreams() {
-        for fd: Int32 in 0...2 where fcntl(fd, F_GETFD) == -1 {
-            // Takes the lowest free number: this one, the lower ones being open by now.
-            _ = open("/dev/null", O_RDWR)
-        }
+    /// Returns the descriptors that were closed.
+    @discardableResult
+    public static func openMissingStandardStreams() -> [Int32] {
+        let closed = (0...2).filter { fcntl($0, F_GETFD) == -1 }
+        // Each takes the lowest free number: the next closed one, the lower ones being open by now.
+        for _ in closed { _ = open("/dev/null", O_RDWR) }
+        return closed
     }
 
     /// Makes each of the standard descriptors `fds` refer to /dev/null (left as they are if it

@@ -100,9 +100,39 @@ public final class Server: Sendable {
         return outcome!
     }
 
-    /// Serves one connection on the calling thread (`-s`).
-    public func serve(_ transport: any Transport) {
-        serve(transport, id: register(transport))
+    /// Serves one connection on the calling thread (`-s`). A terminating signal (or a filter's
+    /// request) shuts it down meanwhile, as `run` shuts its connections down.
+    public func serveSingle(_ transport: any Transport, signals: SignalSource) {
+        let id = register(transport)
+        var served = [Int32](repeating: -1, count: 2)
+        let watcher: JoinableThread?
+        if CNBDShim_pipe_cloexec(&served) == 0 {
+            let doneFD = served[0]
+            watcher = try? JoinableThread { [self] in
+                var pollfds = [pollfd(fd: doneFD, events: Int16(POLLIN), revents: 0),
+                               pollfd(fd: signals.fd.raw, events: Int16(POLLIN), revents: 0),
+                               pollfd(fd: control.wakeFD, events: Int16(POLLIN), revents: 0)]
+                while true {
+                    if poll(&pollfds, 3, -1) < 0 { if CNBDShim_errno() == EINTR { continue } else { return } }
+                    if pollfds[0].revents != 0 { return }
+                    if pollfds[1].revents != 0 {
+                        guard let sig = signals.next() else { continue }
+                        if sig == SIGCHLD { continue }
+                        logger.debug("received signal \(sig), shutting down")
+                    } else {
+                        logger.debug("shutdown requested")
+                    }
+                    shutdownConnections()
+                    return
+                }
+            }
+        } else {
+            watcher = nil
+        }
+        serve(transport, id: id)
+        if served[1] >= 0 { _ = close(served[1]) }
+        watcher?.join()
+        if served[0] >= 0 { _ = close(served[0]) }
     }
 
     /// Adds a connection to the live table, which shutdown waits to empty.

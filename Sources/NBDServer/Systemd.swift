@@ -2,37 +2,46 @@ import Glibc
 import CNBDSystemd
 
 /// Socket activation: the listening sockets systemd passed (fd 3 onwards), made close-on-exec,
-/// with LISTEN_* removed from the environment so that no child inherits them.
+/// with LISTEN_* removed from the environment so that no child inherits them. Read as nbdkit
+/// reads them (not through libsystemd, which is loaded only to notify).
 public enum SocketActivation {
-    /// True when systemd passed sockets to this very process.
-    public static var isActive: Bool {
-        guard let pid = getenv("LISTEN_PID").map({ String(cString: $0) }), let fds = getenv("LISTEN_FDS") else { return false }
-        return pid_t(pid) == getpid() && (Int(String(cString: fds)) ?? 0) > 0
-    }
-
     /// A passed socket and its name from LISTEN_FDNAMES (systemd's FileDescriptorName=, or
-    /// "unknown" when none was given).
-    public struct PassedSocket {
+    /// "unknown" when none was given or the names don't match the sockets).
+    public struct PassedSocket: Sendable {
         public let fd: FileDescriptor
         public let name: String
     }
 
-    /// Takes the passed sockets. Wraps sd_listen_fds_with_names.
-    public static func takeSockets() throws -> [PassedSocket] {
-        var names: UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>? = nil
-        let n = CNBDSystemd_listen_fds_with_names(&names)
-        defer { CNBDSystemd_free_names(names) }
-        if let error = CNBDSystemd_load_error() {
-            throw ConfigError("socket activation: cannot load libsystemd: \(String(cString: error))")
+    /// The sockets passed to this process; none when LISTEN_PID or LISTEN_FDS is unset, can't
+    /// be read (said through `report`, as nbdkit's messages without the program name) or
+    /// names another process. Throws when LISTEN_FDS is out of range or a descriptor it counts
+    /// is not open. Call before the process opens any descriptor of its own, which could take
+    /// the number of one that was not passed.
+    public static func takeSockets(report: (String) -> Void) throws -> [PassedSocket] {
+        guard let pidText = environment("LISTEN_PID") else { return [] }
+        let pid: UInt32
+        do { pid = try parseUnsigned("LISTEN_PID", pidText) } catch { report("error: \(error)"); return [] }
+        guard pid_t(bitPattern: pid) == getpid() else {
+            report("LISTEN_PID was not for us (ignored)")
+            return []
         }
-        if n < 0 { throw SystemError("sd_listen_fds", errno: -n) }
-        guard n > 0 else { throw ConfigError("socket activation: no sockets were passed") }
-        return try (0..<Int(n)).map { i in
+        guard let countText = environment("LISTEN_FDS") else { return [] }
+        let count: UInt32
+        do { count = try parseUnsigned("LISTEN_FDS", countText) } catch { report("error: \(error)"); return [] }
+        let names = environment("LISTEN_FDNAMES")?.split(separator: ":", omittingEmptySubsequences: false)
+        for name in ["LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"] { unsetenv(name) }
+        guard count >= 1, count <= UInt32(Int32.max - 3) else { throw ConfigError("LISTEN_FDS=\(countText) out of range") }
+        let total = Int(count)
+        return try (0..<total).map { i in
             let fd = FileDescriptor(3 + Int32(i))
-            try fd.setCloseOnExec(true)
-            return PassedSocket(fd: fd, name: names?[i].map { String(cString: $0) } ?? "unknown")
+            do throws(SystemError) { try fd.setCloseOnExec(true) } catch {
+                throw ConfigError("socket activation: invalid file descriptor fd = \(fd.raw): \(String(cString: strerror(error.errno)))")
+            }
+            return PassedSocket(fd: fd, name: names?.count == total ? String(names![i]) : "unknown")
         }
     }
+
+    private static func environment(_ name: String) -> String? { getenv(name).map { String(cString: $0) } }
 }
 
 /// sd_notify for a Type=notify service: READY=1, STATUS=, STOPPING=1 and watchdog pings.

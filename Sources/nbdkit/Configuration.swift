@@ -81,7 +81,9 @@ struct Configuration {
     var group: String? = nil
     var debugFlags: [String] = []
     /// systemd passed listening sockets to this process.
-    var socketActivated = false
+    /// The sockets systemd passed (socket activation), taken first thing.
+    var activatedSockets: [SocketActivation.PassedSocket] = []
+    var socketActivated: Bool { !activatedSockets.isEmpty }
 
     /// Where to listen, from -U, -s, -p, -i, -4 and -6.
     var listenMode: ListenMode {

@@ -73,7 +73,7 @@ struct Startup {
         case .single:
             break
         case .activated:
-            let passed = try ServerStartupError.marking { try SocketActivation.takeSockets() }
+            let passed = config.activatedSockets
             for socket in passed { logger.debug("socket activation: serving fd \(socket.fd.raw) (\(socket.name))") }
             listeners = Listeners(sockets: passed.map(\.fd), port: nil, unixPath: nil)
         case .unixTemporary:
@@ -133,7 +133,7 @@ struct Startup {
                                                    offersStructuredReplies: !config.noStructuredReplies),
                             control: control)
         guard let listeners else {
-            server.serve(PlainTransport(readFD: 0, writeFD: 1))
+            server.serveSingle(PlainTransport(readFD: 0, writeFD: 1), signals: signals)
             return 0
         }
         commandHandedToServer = true

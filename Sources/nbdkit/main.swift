@@ -4,7 +4,7 @@ import NBDPlugins
 
 /// Parses the command line, then either prints what was asked or runs the server.
 func main() -> Int32 {
-    Daemon.openMissingStandardStreams()
+    let reopened = Daemon.openMissingStandardStreams()
     let arguments = Array(CommandLine.arguments.dropFirst())
     var config: Configuration
     do {
@@ -19,7 +19,21 @@ func main() -> Int32 {
         Logger().error("\(error)")
         return 1
     }
-    config.socketActivated = SocketActivation.isActive
+    if config.action == .serve {
+        // First, before any descriptor of the server's own could take the number of one that
+        // systemd did not pass (a syslog socket included).
+        do {
+            config.activatedSockets = try SocketActivation.takeSockets { Logger().raw("nbdkit: \($0)\n") }
+        } catch {
+            Logger().error("\(error)")
+            return 1
+        }
+        // As nbdkit: -s serves standard input and output, which must be there.
+        if config.single && (reopened.contains(0) || reopened.contains(1)) {
+            Logger().error("expecting stdin/stdout to be opened: \(String(cString: strerror(EBADF)))")
+            return 1
+        }
+    }
     let logger = Logger(destination: config.log, verbose: config.verbose)
     switch config.action {
     case .serve, .dumpPlugin, .dumpConfig, .version:

@@ -479,6 +479,52 @@ final class CommandLineTests: IntegrationTestCase {
         XCTAssertEqual(r.stdout, "1048576\n")
     }
 
+    /// -s: a terminating signal, or the SIGTERM --exit-with-parent arranges when the parent
+    /// dies, shuts the connection down as for any server: requests get ESHUTDOWN and the
+    /// server exits once the client leaves or the grace is over (it served on, signals unread).
+    func testSingleModeShutsDownOnSignals() throws {
+        for (signal, parentDies) in [("SIGTERM", false), ("SIGINT", false), ("SIGKILL", true)] {
+            let r = Harness.run(["/usr/bin/nbdsh", "-c", """
+            import errno, os, signal, subprocess, time
+            # With parentDies, a shell between: the server's parent, killed here. (The socket
+            # passed on through fd 3: a background job's stdin is /dev/null otherwise.)
+            argv = ['\(Harness.nbdkit)', '-s', '--exit-with-parent', 'memory', '1M']
+            h.connect_command(['/bin/sh', '-c', 'exec 3<&0; "$@" <&3 3<&- & wait', 'sh'] + argv if \(parentDies ? "True" : "False") else argv)
+            assert h.pread(2, 0) == b'\\0\\0'
+            target = int(subprocess.check_output(['pgrep', '-f', '^/bin/sh -c', '-P', str(os.getpid())]).split()[0]) if \(parentDies ? "True" : "False") else 0
+            server = int(subprocess.check_output(['pgrep', '-f', '^\(Harness.nbdkit) -s', '-P', str(target or os.getpid())]).split()[0])
+            os.kill(target or server, signal.\(signal))
+            deadline = time.monotonic() + 10
+            while True:
+                try:
+                    h.pread(2, 0)
+                except nbd.Error as e:
+                    print('error', errno.errorcode.get(e.errno, e.errno))
+                    break
+                assert time.monotonic() < deadline, 'requests still served 10 s after the signal'
+                time.sleep(0.02)
+            h.shutdown()
+            def state():
+                try: return [l for l in open('/proc/%d/status' % server) if l.startswith('State:')][0].split()[1]
+                except FileNotFoundError: return 'gone'
+            while state() not in ('Z', 'gone'):
+                assert time.monotonic() < deadline, 'still running after its client left'
+                time.sleep(0.02)
+            print('exited')
+            """], timeout: 30)
+            XCTAssertEqual(r.stdout, "error ESHUTDOWN\nexited\n", "\(signal): \(r.stderr)")
+        }
+    }
+
+    /// As nbdkit: -s needs its standard input and output (closed ones were served as /dev/null).
+    func testSingleModeRefusesClosedStandardStreams() {
+        for redirection in ["<&-", "</dev/null >&-"] {
+            let r = Harness.shell("exec '\(Harness.nbdkit)' -s memory 1M \(redirection)", timeout: 20)
+            XCTAssertEqual(r.status, 1, redirection)
+            XCTAssertEqual(r.stderr, "nbdkit: error: expecting stdin/stdout to be opened: Bad file descriptor\n", redirection)
+        }
+    }
+
     /// -s over pipes (as under ssh), not a socket: a write refused as out of range, whose
     /// payload arrives after its header, gets ENOSPC and the connection goes on.
     func testSingleModeOverPipesSkipsARefusedPayload() throws {

@@ -104,6 +104,41 @@ final class SystemdTests: IntegrationTestCase {
         }
     }
 
+    /// LISTEN_* read as nbdkit reads them: a descriptor counted but not passed (here fd 3, or
+    /// fd 4 beside a passed 3) and a count of 0 are errors (the server's own signalfd and
+    /// eventfd were served instead, silently); LISTEN_PID naming another process or not a
+    /// number is said and ignored; names that don't match the count leave the socket unnamed
+    /// (libsystemd's EINVAL refused to start).
+    func testSocketActivationChecksWhatItIsGiven() throws {
+        let nbdkit = "'\(Harness.nbdkit)'"
+        for (script, message) in [
+            ("exec 3>&-; LISTEN_PID=$$ LISTEN_FDS=1 exec \(nbdkit) -f memory 1M",
+             "nbdkit: error: socket activation: invalid file descriptor fd = 3: Bad file descriptor\n"),
+            ("exec 3</dev/null 4>&-; LISTEN_PID=$$ LISTEN_FDS=2 exec \(nbdkit) -f memory 1M",
+             "nbdkit: error: socket activation: invalid file descriptor fd = 4: Bad file descriptor\n"),
+            ("LISTEN_PID=$$ LISTEN_FDS=0 exec \(nbdkit) -f memory 1M", "nbdkit: error: LISTEN_FDS=0 out of range\n"),
+        ] {
+            let r = Harness.shell(script, timeout: 20)
+            XCTAssertEqual(r.status, 1, script)
+            XCTAssertEqual(r.stderr, message, script)
+        }
+        for (pid, message) in [("1", "nbdkit: LISTEN_PID was not for us (ignored)\n"),
+                               ("x", "nbdkit: error: LISTEN_PID: empty string where we expected a number\n")] {
+            let r = Harness.shell("LISTEN_PID=\(pid) LISTEN_FDS=1 exec \(nbdkit) -U - memory 1M --run 'nbdinfo --size \"$uri\"'", timeout: 20)
+            XCTAssertEqual(r.status, 0, r.stderr)
+            XCTAssertEqual(r.stdout, "1048576\n")
+            XCTAssertEqual(r.stderr, message)
+        }
+        let socket = dir.file("sa.sock")
+        let p = try launch(["/usr/bin/systemd-socket-activate", "-l", socket, "/bin/sh", "-c",
+                            "LISTEN_FDNAMES=a:b exec \"$0\" -v memory 1M", Harness.nbdkit], stderrFile: dir.file("names.stderr"))
+        XCTAssertTrue(waitFor { FileManager.default.fileExists(atPath: socket) })
+        XCTAssertEqual(Harness.run(["nbdinfo", "--size", "nbd+unix:///?socket=\(socket)"]).stdout, "1048576\n")
+        XCTAssertEqual(terminate(p), 0)
+        let log = (try? String(contentsOfFile: dir.file("names.stderr"), encoding: .utf8)) ?? ""
+        XCTAssertTrue(log.contains("nbdkit: debug: socket activation: serving fd 3 (unknown)"), log)
+    }
+
     /// Children (here an exitwhen script) see neither LISTEN_* nor the passed descriptor.
     func testActivatedSocketsAreNotInherited() throws {
         let socket = dir.file("sa.sock"), seen = dir.file("seen")

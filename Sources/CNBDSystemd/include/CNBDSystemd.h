@@ -9,15 +9,6 @@
 /* NULL once libsystemd is loaded, otherwise why it could not be. */
 const char *CNBDSystemd_load_error(void);
 
-/* sd_listen_fds_with_names(1, names): the number of sockets passed by socket activation
- * (starting at fd 3), 0 if none, or a negative errno; *names receives a NULL-terminated array
- * of the LISTEN_FDNAMES entries (free with CNBDSystemd_free_names). Unsets LISTEN_PID,
- * LISTEN_FDS and LISTEN_FDNAMES. */
-int CNBDSystemd_listen_fds_with_names(char ***names);
-
-/* Frees an array from CNBDSystemd_listen_fds_with_names. */
-void CNBDSystemd_free_names(char **names);
-
 /* sd_notify(0, state): > 0 sent, 0 if NOTIFY_SOCKET is unset, negative errno on failure. */
 int CNBDSystemd_notify(const char *state);
 
