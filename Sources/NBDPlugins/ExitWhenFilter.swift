@@ -44,6 +44,9 @@ final class ExitWhenFilter: PassthroughFilter, @unchecked Sendable {
         }
     }
 
+    /// nbdkit's message for a client refused once an event has happened.
+    static let rejection = "exitwhen: nbdkit is exiting: rejecting new connection"
+
     private let events: [Event]
     private let interval: UInt32
     private let control: ServerControl
@@ -76,7 +79,7 @@ final class ExitWhenFilter: PassthroughFilter, @unchecked Sendable {
     }
 
     override func open(_ request: OpenRequest) throws -> any BackendConnection {
-        if check() { throw BackendError(.eshutdown, "exitwhen: nbdkit is exiting: rejecting new connection") }
+        if check() { throw BackendError(.eshutdown, Self.rejection) }
         let connection = try next.open(request)
         opened.wrappingAdd(1, ordering: .relaxed)
         return WatchedConnection(next: connection) { [self] in
@@ -91,7 +94,7 @@ final class ExitWhenFilter: PassthroughFilter, @unchecked Sendable {
         if fired.load(ordering: .relaxed) { return true }
         guard events.contains(where: { $0.happened() }) else { return false }
         if fired.exchange(true, ordering: .relaxed) == false {
-            control.drain()
+            control.drain(rejection: Self.rejection)
             if opened.load(ordering: .relaxed) == 0 { control.requestShutdown() }
         }
         return true

@@ -85,7 +85,8 @@ public final class Server: Sendable {
                     }
                     continue
                 }
-                if control.isDraining {
+                if let rejection = control.rejection {
+                    logger.error(rejection)
                     _ = close(fd)
                     continue
                 }

@@ -13,6 +13,7 @@ public final class ServerControl: Sendable {
     private struct State {
         var connections = 0
         var draining = false
+        var rejection = ""
         var lastClosedObservers: [@Sendable () -> Void] = []
         var countObservers: [@Sendable (Int) -> Void] = []
     }
@@ -27,10 +28,12 @@ public final class ServerControl: Sendable {
         _ = write(wakeFD, &one, 8)
     }
 
-    /// Stops accepting clients and shuts down once the current ones are gone.
-    public func drain() {
+    /// Stops accepting clients and shuts down once the current ones are gone. Each client
+    /// refused meanwhile is logged as an error with `rejection`.
+    public func drain(rejection: String) {
         let idle = state.withLock { s in
             s.draining = true
+            s.rejection = rejection
             return s.connections == 0
         }
         if idle { requestShutdown() }
@@ -42,8 +45,11 @@ public final class ServerControl: Sendable {
 
     func beginShutdown() { stopping.store(true, ordering: .relaxed) }
 
-    /// True once `drain()` was called.
+    /// True once `drain(rejection:)` was called.
     public var isDraining: Bool { state.withLock { $0.draining } }
+
+    /// What to log for a client refused while draining; nil when not draining.
+    var rejection: String? { state.withLock { $0.draining ? $0.rejection : nil } }
 
     /// Calls `observer` (on the closing connection's thread) each time the number of clients drops to zero.
     public func onLastConnectionClosed(_ observer: @escaping @Sendable () -> Void) {

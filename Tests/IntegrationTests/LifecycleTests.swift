@@ -292,6 +292,28 @@ final class LifecycleTests: IntegrationTestCase {
         XCTAssertFalse(FileManager.default.fileExists(atPath: s.socket))
     }
 
+    /// Once the event has happened, a client still connected is served while new ones are
+    /// refused, each refusal logged as nbdkit logs it (the accept loop closed them silently).
+    func testExitWhenRefusesNewClientsWithAMessage() throws {
+        let flag = dir.file("flag")
+        let s = try startServer(["--filter=exitwhen", "memory", "1M", "exit-when-file-created=\(flag)"])
+        let r = Harness.nbdsh(s.uri, """
+        import subprocess
+        open(\(Harness.pythonString(flag)), 'w').close()
+        for _ in range(2):
+            r = subprocess.run(['nbdinfo', '--size', \(Harness.pythonString(s.uri))], capture_output=True, timeout=20)
+            print(r.returncode != 0)
+        print(h.pread(2, 0))
+        """)
+        XCTAssertEqual(r.stdout, "True\nTrue\nbytearray(b'\\x00\\x00')\n", r.stderr)
+        XCTAssertTrue(waitGone(s.pid, seconds: 10))
+        XCTAssertEqual(s.stop(), 0)
+        // The first refused at its open (the event found then), the second as it connects.
+        let lines = s.stderr.split(separator: "\n").filter { $0.hasSuffix("exitwhen: nbdkit is exiting: rejecting new connection") }
+        XCTAssertEqual(lines.count, 2, s.stderr)
+        XCTAssertTrue(lines.contains("nbdkit: error: exitwhen: nbdkit is exiting: rejecting new connection"), s.stderr)
+    }
+
     /// As nbdkit: an event that has already happened when the server gets ready ends the run at
     /// once with status 0, before any socket, pid file or --run command.
     func testExitWhenEventBeforeStartExitsAtOnce() {
