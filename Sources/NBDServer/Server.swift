@@ -106,29 +106,40 @@ public final class Server: Sendable {
     public func serveSingle(_ transport: any Transport, signals: SignalSource) {
         let id = register(transport)
         var served = [Int32](repeating: -1, count: 2)
-        let watcher: JoinableThread?
-        if CNBDShim_pipe_cloexec(&served) == 0 {
+        var watcher: JoinableThread? = nil
+        do {
+            try syscall("pipe") { CNBDShim_pipe_cloexec(&served) }
             let doneFD = served[0]
-            watcher = try? JoinableThread { [self] in
+            watcher = try JoinableThread { [self] in
                 var pollfds = [pollfd(fd: doneFD, events: Int16(POLLIN), revents: 0),
                                pollfd(fd: signals.fd.raw, events: Int16(POLLIN), revents: 0),
                                pollfd(fd: control.wakeFD, events: Int16(POLLIN), revents: 0)]
                 while true {
-                    if poll(&pollfds, 3, -1) < 0 { if CNBDShim_errno() == EINTR { continue } else { return } }
+                    if poll(&pollfds, 3, -1) < 0 {
+                        if CNBDShim_errno() != EINTR {
+                            logger.error("poll: \(SystemError("poll"))")
+                            usleep(100_000)
+                        }
+                        continue
+                    }
                     if pollfds[0].revents != 0 { return }
                     if pollfds[1].revents != 0 {
                         guard let sig = signals.next() else { continue }
                         if sig == SIGCHLD { continue }
                         logger.debug("received signal \(sig), shutting down")
                     } else {
+                        // (A filter's request as the connection closes needs no shutdown.)
+                        if live.withLock({ $0.isEmpty }) { return }
                         logger.debug("shutdown requested")
                     }
                     shutdownConnections()
                     return
                 }
             }
-        } else {
-            watcher = nil
+        } catch {
+            // Signals then end the process by their default actions rather than go unread.
+            logger.error("cannot watch for signals: \(error)")
+            signals.restoreDefaultActions()
         }
         serve(transport, id: id)
         if served[1] >= 0 { _ = close(served[1]) }
@@ -205,7 +216,9 @@ public final class Server: Sendable {
     /// from now on, and all get up to `shutdownGraceMilliseconds` to disconnect themselves; then
     /// reading stops, and each connection closes once its requests in flight have their replies.
     /// A connection still open after twice the grace (a client that stopped reading its replies)
-    /// is disconnected hard, so shutdown always ends. Returns when every connection has closed.
+    /// is disconnected hard, so shutdown ends, except for `-s` over pipes, which can't be shut
+    /// down: a read already waiting there ends only when the client sends or closes (as in
+    /// nbdkit). Returns when every connection has closed.
     private func shutdownConnections() {
         let start = MonotonicClock.milliseconds()
         context.shuttingDown.store(true, ordering: .relaxed)

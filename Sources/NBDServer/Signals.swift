@@ -14,6 +14,16 @@ public struct SignalSource: Sendable {
         fd = FileDescriptor(try syscall("signalfd") { signals.withUnsafeBufferPointer { CNBDShim_signalfd_for($0.baseAddress) } })
     }
 
+    /// Lets the handled signals through again to the calling thread (and threads it starts
+    /// later), to their default actions (SIGPIPE stays ignored): for when nothing can read the
+    /// signalfd.
+    public func restoreDefaultActions() {
+        var set = sigset_t()
+        sigemptyset(&set)
+        for s in [SIGINT, SIGTERM, SIGQUIT, SIGHUP] { sigaddset(&set, s) }
+        pthread_sigmask(SIG_UNBLOCK, &set, nil)
+    }
+
     /// The next pending signal, or nil when none is pending.
     public func next() -> Int32? {
         let s = CNBDShim_signalfd_read(fd.raw)

@@ -14,8 +14,8 @@ public enum SocketActivation {
 
     /// The sockets passed to this process; none when LISTEN_PID or LISTEN_FDS is unset, can't
     /// be read (said through `report`, as nbdkit's messages without the program name) or
-    /// names another process. Throws when LISTEN_FDS is out of range or a descriptor it counts
-    /// is not open. Call before the process opens any descriptor of its own, which could take
+    /// names another process. Throws, with nbdkit's message, when LISTEN_FDS is out of range
+    /// or a descriptor it counts is not open. Call before the process opens any descriptor of its own, which could take
     /// the number of one that was not passed.
     public static func takeSockets(report: (String) -> Void) throws -> [PassedSocket] {
         guard let pidText = environment("LISTEN_PID") else { return [] }
@@ -30,7 +30,10 @@ public enum SocketActivation {
         do { count = try parseUnsigned("LISTEN_FDS", countText) } catch { report("error: \(error)"); return [] }
         let names = environment("LISTEN_FDNAMES")?.split(separator: ":", omittingEmptySubsequences: false)
         for name in ["LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"] { unsetenv(name) }
-        guard count >= 1, count <= UInt32(Int32.max - 3) else { throw ConfigError("LISTEN_FDS=\(countText) out of range") }
+        // (nbdkit 1.32 also refuses more than 16.)
+        guard count >= 1, count <= UInt32(Int32.max - 3) else {
+            throw ConfigError("socket activation: LISTEN_FDS=\(countText) out of range")
+        }
         let total = Int(count)
         return try (0..<total).map { i in
             let fd = FileDescriptor(3 + Int32(i))

@@ -80,7 +80,6 @@ struct Configuration {
     var user: String? = nil
     var group: String? = nil
     var debugFlags: [String] = []
-    /// systemd passed listening sockets to this process.
     /// The sockets systemd passed (socket activation), taken first thing.
     var activatedSockets: [SocketActivation.PassedSocket] = []
     var socketActivated: Bool { !activatedSockets.isEmpty }
@@ -196,7 +195,7 @@ struct Configuration {
             throw ConfigError("-p (--port) and -U (--unix) are mutually exclusive")
         }
         if tls == .require && style == .oldstyle {
-            throw ConfigError("cannot use oldstyle protocol (-o) and require TLS")
+            throw UsageComplaint("cannot use oldstyle protocol (-o) and require TLS")
         }
         if threads < 1 { throw ConfigError("-t (--threads) must be at least 1") }
     }

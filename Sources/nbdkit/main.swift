@@ -25,12 +25,14 @@ func main() -> Int32 {
         do {
             config.activatedSockets = try SocketActivation.takeSockets { Logger().raw("nbdkit: \($0)\n") }
         } catch {
-            Logger().error("\(error)")
+            // As nbdkit's messages, without "error:".
+            Logger().raw("nbdkit: \(error)\n")
             return 1
         }
-        // As nbdkit: -s serves standard input and output, which must be there.
+        // -s serves standard input and output, which must be there: refused with nbdkit's
+        // message (nbdkit refuses closed ones in every mode; other modes take /dev/null).
         if config.single && (reopened.contains(0) || reopened.contains(1)) {
-            Logger().error("expecting stdin/stdout to be opened: \(String(cString: strerror(EBADF)))")
+            Logger().raw("expecting stdin/stdout to be opened: \(String(cString: strerror(EBADF)))\n")
             return 1
         }
     }

@@ -113,10 +113,10 @@ final class SystemdTests: IntegrationTestCase {
         let nbdkit = "'\(Harness.nbdkit)'"
         for (script, message) in [
             ("exec 3>&-; LISTEN_PID=$$ LISTEN_FDS=1 exec \(nbdkit) -f memory 1M",
-             "nbdkit: error: socket activation: invalid file descriptor fd = 3: Bad file descriptor\n"),
+             "nbdkit: socket activation: invalid file descriptor fd = 3: Bad file descriptor\n"),
             ("exec 3</dev/null 4>&-; LISTEN_PID=$$ LISTEN_FDS=2 exec \(nbdkit) -f memory 1M",
-             "nbdkit: error: socket activation: invalid file descriptor fd = 4: Bad file descriptor\n"),
-            ("LISTEN_PID=$$ LISTEN_FDS=0 exec \(nbdkit) -f memory 1M", "nbdkit: error: LISTEN_FDS=0 out of range\n"),
+             "nbdkit: socket activation: invalid file descriptor fd = 4: Bad file descriptor\n"),
+            ("LISTEN_PID=$$ LISTEN_FDS=0 exec \(nbdkit) -f memory 1M", "nbdkit: socket activation: LISTEN_FDS=0 out of range\n"),
         ] {
             let r = Harness.shell(script, timeout: 20)
             XCTAssertEqual(r.status, 1, script)

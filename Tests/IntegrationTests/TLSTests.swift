@@ -723,7 +723,7 @@ final class TLSTests: IntegrationTestCase {
         XCTAssertTrue(psk.stderr.contains("none.psk"), psk.stderr)
         let old = Harness.run([Harness.nbdkit, "-U", "-", "-o", "--tls=require", "--tls-certificates=\(certs)", "memory", "1M", "--run", "touch \(marker)"])
         XCTAssertEqual(old.status, 1)
-        XCTAssertEqual(old.stderr, "nbdkit: error: cannot use oldstyle protocol (-o) and require TLS\n")
+        XCTAssertEqual(old.stderr, "nbdkit: cannot use oldstyle protocol (-o) and require TLS\n")
         XCTAssertFalse(FileManager.default.fileExists(atPath: marker))
         for mode in [["--tls=on"], []] {
             let plain = Harness.run([Harness.nbdkit, "-U", "-", "-o"] + mode + ["--tls-certificates=\(certs)", "memory", "1M",
