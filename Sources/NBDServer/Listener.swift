@@ -76,7 +76,9 @@ public struct Listeners: Sendable {
 
     private static func bindTCP(host: String?, port: String, family: AddressFamily) throws -> Listeners {
         var hints = addrinfo()
-        hints.ai_flags = AI_PASSIVE | AI_ADDRCONFIG
+        // (Not AI_ADDRCONFIG, as nbdkit: with it, a machine whose only address is loopback has
+        // nothing to listen on.)
+        hints.ai_flags = AI_PASSIVE
         hints.ai_family = switch family { case .any: AF_UNSPEC; case .ipv4: AF_INET; case .ipv6: AF_INET6 }
         hints.ai_socktype = Int32(SOCK_STREAM.rawValue)
         var list: UnsafeMutablePointer<addrinfo>? = nil

@@ -290,6 +290,25 @@ final class CommandLineTests: IntegrationTestCase {
         XCTAssertEqual(r.stdout, "nbd://localhost:\(port)|\(port)\n1048576\n")
     }
 
+    /// On a machine whose only addresses are loopback (here a network namespace of its own
+    /// with only lo up), the server listens on every address of each family, as nbdkit does:
+    /// with -4 and neither a client reaches it at `$uri`, with -6 at ::1 (port 10809, free in
+    /// the new namespace). (getaddrinfo's AI_ADDRCONFIG found no address there to listen on.)
+    func testTCPListensWhereOnlyLoopbackIsUp() throws {
+        guard getuid() == 0, Harness.run(["unshare", "-n", "true"]).status == 0 else {
+            throw XCTSkip("needs root and unshare(CLONE_NEWNET) for a network with only loopback")
+        }
+        let r = Harness.run(["unshare", "-n", "/bin/sh", "-c", """
+            ip link set lo up || exit 99
+            for family in -4 ""; do
+                "$0" $family memory 1M --run 'nbdinfo --size "$uri"' || exit 1
+            done
+            "$0" -6 memory 1M --run 'nbdinfo --size "nbd://[::1]"' || exit 1
+            """, Harness.nbdkit])
+        XCTAssertEqual(r.status, 0, r.stderr)
+        XCTAssertEqual(r.stdout, "1048576\n1048576\n1048576\n")
+    }
+
     /// `-p` takes a service name, which getaddrinfo looks up in /etc/services: `$port` and
     /// `$uri` then carry the number bound.
     func testPortByServiceName() throws {
