@@ -57,6 +57,8 @@ struct Startup {
         // As nbdkit: a filter that asked to exit while getting ready (exitwhen, whose event
         // already happened) ends the run here, with status 0: no socket, no pid file, no --run.
         if control.isDraining { return 0 }
+        // (nbdkit finds an unknown -u or -g name only once its --run command has started.)
+        let ids = try ServerStartupError.marking { try userAndGroupIDs() }
 
         var temporaryDirectory: String? = nil
         var listeners: Listeners? = nil
@@ -114,7 +116,7 @@ struct Startup {
             }
         }
 
-        try ServerStartupError.marking { try dropPrivileges(handingOver: temporaryDirectory) }
+        try ServerStartupError.marking { try dropPrivileges(to: ids, handingOver: temporaryDirectory) }
         let readiness = config.staysInForeground ? nil : try ServerStartupError.marking { try Daemon.detach() }
         if let pidFile = config.pidFile { try ServerStartupError.marking { try Daemon.writePIDFile(pidFile) } }
         defer { if let pidFile = config.pidFile { _ = unlink(pidFile) } }
@@ -219,26 +221,32 @@ struct Startup {
         return String(decoding: template.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
     }
 
+    /// The ids `-g` and `-u` name (a name, or else a number), nil where not given.
+    private func userAndGroupIDs() throws -> (gid: gid_t?, uid: uid_t?) {
+        var ids: (gid: gid_t?, uid: uid_t?) = (nil, nil)
+        if let group = config.group {
+            if let g = getgrnam(group) { ids.gid = g.pointee.gr_gid } else if let n = UInt32(group) { ids.gid = n } else {
+                throw ConfigError("-g option: \(group) is not a valid group name or gid")
+            }
+        }
+        if let user = config.user {
+            if let p = getpwnam(user) { ids.uid = p.pointee.pw_uid } else if let n = UInt32(user) { ids.uid = n } else {
+                throw ConfigError("-u option: \(user) is not a valid user name or uid")
+            }
+        }
+        return ids
+    }
+
     /// `-g` then `-u`, after binding and before serving. `directory` (the private directory of
     /// `-U -`) is given to the new user first, so that the socket can still be removed at exit.
-    private func dropPrivileges(handingOver directory: String?) throws {
-        var newGID: gid_t? = nil
-        if let group = config.group {
-            let gid: gid_t
-            if let g = getgrnam(group) { gid = g.pointee.gr_gid } else if let n = UInt32(group) { gid = n } else {
-                throw ConfigError("-g option: unknown group: \(group)")
-            }
-            newGID = gid
+    private func dropPrivileges(to ids: (gid: gid_t?, uid: uid_t?), handingOver directory: String?) throws {
+        if let gid = ids.gid {
             try syscall("setgroups") { setgroups(1, [gid]) }
             try syscall("setgid") { setgid(gid) }
         }
-        if let user = config.user {
-            let uid: uid_t
-            if let p = getpwnam(user) { uid = p.pointee.pw_uid } else if let n = UInt32(user) { uid = n } else {
-                throw ConfigError("-u option: unknown user: \(user)")
-            }
+        if let uid = ids.uid {
             if let directory {
-                try syscall("chown: \(directory)") { chown(directory, uid, newGID ?? gid_t.max) }
+                try syscall("chown: \(directory)") { chown(directory, uid, ids.gid ?? gid_t.max) }
             }
             try syscall("setuid") { setuid(uid) }
         }

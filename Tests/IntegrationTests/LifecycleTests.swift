@@ -397,14 +397,21 @@ final class LifecycleTests: IntegrationTestCase {
         XCTAssertFalse(FileManager.default.fileExists(atPath: socket))
     }
 
+    /// An unknown -u or -g name is a start-up error, found before anything starts: no socket
+    /// is left, and a --run command never runs (nbdkit 1.32 runs it first).
     func testBadUserAndGroupAreErrors() {
         let u = Harness.run([Harness.nbdkit, "-f", "-U", dir.file("s"), "-u", "no-such-user-x", "memory", "1M"], timeout: 20)
         XCTAssertEqual(u.status, 1)
-        XCTAssertTrue(u.stderr.contains("nbdkit: error: -u option: unknown user: no-such-user-x"), u.stderr)
+        XCTAssertTrue(u.stderr.contains("nbdkit: error: -u option: no-such-user-x is not a valid user name or uid"), u.stderr)
         let g = Harness.run([Harness.nbdkit, "-f", "-U", dir.file("s"), "-g", "no-such-group-x", "memory", "1M"], timeout: 20)
         XCTAssertEqual(g.status, 1)
-        XCTAssertTrue(g.stderr.contains("unknown group"), g.stderr)
+        XCTAssertTrue(g.stderr.contains("nbdkit: error: -g option: no-such-group-x is not a valid group name or gid"), g.stderr)
         XCTAssertFalse(FileManager.default.fileExists(atPath: dir.file("s")), "socket removed after a start-up failure")
+        for option in [["-u", "no-such-user-x"], ["-g", "no-such-group-x"]] {
+            let r = Harness.run([Harness.nbdkit, "-U", "-"] + option + ["memory", "1M", "--run", "echo ran"], timeout: 20)
+            XCTAssertEqual(r.status, 1, r.stderr)
+            XCTAssertEqual(r.stdout, "", "\(option): the command ran")
+        }
     }
 
     /// As root: -u/-g take effect before the first client is served (the command's nbdinfo
