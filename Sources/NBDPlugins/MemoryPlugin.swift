@@ -73,7 +73,7 @@ extension MemoryPlugin: PluginFactory {
     public static let dumpPluginFields = ["mlock=yes", "zstd=no"]
     public static let threadModel = ThreadModel.parallel
     public static let callbacks: Set<PluginCallback> = [
-        .config, .configComplete, .configHelp, .open, .getSize, .canFastZero, .canFUA, .canMultiConn,
+        .dumpPlugin, .config, .configComplete, .configHelp, .open, .getSize, .canFastZero, .canFUA, .canMultiConn,
         .canCache, .pread, .pwrite, .flush, .trim, .zero, .extents,
     ]
 

@@ -148,7 +148,7 @@ final class CommandLineTests: IntegrationTestCase {
         let head = "version=1.32.5\napi_version=2\nmax_thread_model=parallel\nthread_model=parallel\nerrno_is_preserved=1\n"
         let expected = [
             "memory": "name=memory\n" + head + "magic_config_key=size\n" + [
-                "config", "config_complete", "config_help", "open", "get_size", "can_fast_zero", "can_fua",
+                "dump_plugin", "config", "config_complete", "config_help", "open", "get_size", "can_fast_zero", "can_fua",
                 "can_multi_conn", "can_cache", "pread", "pwrite", "flush", "trim", "zero", "extents",
             ].map { "has_\($0)=1\n" }.joined() + "mlock=yes\nzstd=no\n",
             "file": "name=file\n" + head + "magic_config_key=file\n" + [
