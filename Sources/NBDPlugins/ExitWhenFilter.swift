@@ -121,8 +121,9 @@ extension ExitWhenFilter: FilterFactory {
 
     static func make(_ parameters: inout Parameters, next: any Backend, control: ServerControl) throws -> any Backend {
         var events: [Event] = []
-        events += parameters.takeAll("exit-when-file-created").map { .fileCreated($0) }
-        events += parameters.takeAll("exit-when-file-deleted").map { .fileDeleted($0) }
+        // Made absolute now, as nbdkit does: a background server moves to /.
+        events += try parameters.takeAll("exit-when-file-created").map { .fileCreated(try absolutePath($0)) }
+        events += try parameters.takeAll("exit-when-file-deleted").map { .fileDeleted(try absolutePath($0)) }
         // nbdkit's other spellings: exit-when-fd-closed, exit-when-pid-exits.
         for fd in parameters.takeAll("exit-when-pipe-closed") + parameters.takeAll("exit-when-fd-closed") {
             guard let n = Int32(fd), n >= 0 else { throw ConfigError("exitwhen: could not parse exit-when-pipe-closed=\(fd)") }

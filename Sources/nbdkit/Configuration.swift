@@ -155,23 +155,13 @@ struct Configuration {
     /// nbdkit_absolute_path does, so they name the same files after the daemon moves to /.
     func withAbsolutePaths() throws(ConfigError) -> Configuration {
         var resolved = self
-        if let pidFile { resolved.pidFile = try Self.absolutePath(pidFile) }
-        if let unixSocket, unixSocket != "-" { resolved.unixSocket = try Self.absolutePath(unixSocket) }
+        if let pidFile { resolved.pidFile = try absolutePath(pidFile) }
+        if let unixSocket, unixSocket != "-" { resolved.unixSocket = try absolutePath(unixSocket) }
         // GnuTLS reads the PSK file again at each handshake, after the move to /.
-        if let tlsPSK { resolved.tlsPSK = try Self.absolutePath(tlsPSK) }
+        if let tlsPSK { resolved.tlsPSK = try absolutePath(tlsPSK) }
         // (An empty directory name is kept: as in nbdkit it names no certificates.)
-        if let tlsCertificates, !tlsCertificates.isEmpty { resolved.tlsCertificates = try Self.absolutePath(tlsCertificates) }
+        if let tlsCertificates, !tlsCertificates.isEmpty { resolved.tlsCertificates = try absolutePath(tlsCertificates) }
         return resolved
-    }
-
-    /// `path` prefixed with the current directory unless it is absolute; not otherwise normalised.
-    static func absolutePath(_ path: String) throws(ConfigError) -> String {
-        guard !path.isEmpty else { throw ConfigError("cannot convert null or empty path to an absolute path") }
-        if path.hasPrefix("/") { return path }
-        guard let cwd = getcwd(nil, 0) else { throw ConfigError("\(SystemError("getcwd"))") }
-        defer { free(cwd) }
-        let base = String(cString: cwd)
-        return (base.hasSuffix("/") ? base : base + "/") + path
     }
 
     /// Cross-option checks nbdkit makes before starting.

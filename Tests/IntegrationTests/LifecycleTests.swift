@@ -257,6 +257,26 @@ final class LifecycleTests: IntegrationTestCase {
         XCTAssertFalse(FileManager.default.fileExists(atPath: s.socket))
     }
 
+    /// Relative exit-when-file-deleted and -created paths name files in the directory nbdkit
+    /// was started in, also once the server has gone into the background and moved to / (as
+    /// nbdkit, which makes them absolute at start-up).
+    func testExitWhenRelativePathsInTheBackground() throws {
+        _ = FileManager.default.createFile(atPath: dir.file("keep"), contents: nil)
+        // (Through Python, which passes the daemon no descriptor but 0-2: see
+        // CommandLineTests.testBackgroundModeWithPidFile.)
+        let r = Harness.run(["/usr/bin/python3", "-c", "import subprocess, sys; sys.exit(subprocess.call(sys.argv[2:], cwd=sys.argv[1]))",
+                             dir.path, Harness.nbdkit, "-P", "pid", "-U", "sock", "--filter=exitwhen", "memory", "1M",
+                             "exit-when-file-deleted=keep", "exit-when-file-created=stop", "exit-when-poll=1"], timeout: 20)
+        XCTAssertEqual(r.status, 0, r.stderr)
+        let pid = try XCTUnwrap(Harness.waitForPID(in: dir.file("pid")), "no pid file")
+        defer { kill(pid, SIGKILL) }
+        XCTAssertEqual(Harness.run(["nbdinfo", "--size", "nbd+unix:///?socket=\(dir.file("sock"))"]).stdout, "1048576\n")
+        usleep(1_200_000)
+        XCTAssertTrue(kill(pid, 0) == 0 && !waitGone(pid, seconds: 0.1), "exited before the event")
+        _ = FileManager.default.createFile(atPath: dir.file("stop"), contents: nil)
+        XCTAssertTrue(waitGone(pid, seconds: 10), "exit-when-file-created=stop did not see the file")
+    }
+
     /// exitwhen's script, run at every poll, leaves nothing running behind it: no process (a
     /// --run watcher was started with every script and never stopped) and no descriptor.
     func testExitWhenScriptLeavesNoProcessBehind() throws {
