@@ -77,29 +77,29 @@ public enum Daemon {
         }
     }
 
-    /// Writes this process's id to `path` (replacing any old file) with one write and a rename,
-    /// so a reader never sees it half written. Where the directory can't take a new file (after
-    /// `-u`, a pid file made beforehand in a directory only root may write to, as for nbdkit,
-    /// which opens it in place), the file is rewritten in place instead.
+    /// Writes this process's id and a newline to `path` with one write, opening it in place as
+    /// nbdkit does: a file is created or truncated, and a device or a symlink's target is
+    /// written through, never replaced. (A pid file made beforehand also works after `-u`, in a
+    /// directory only root may write to.)
     public static func writePIDFile(_ path: String) throws(SystemError) {
-        let temp = path + ".tmp\(getpid())"
-        do {
-            try writePID(to: temp)
-        } catch {
-            _ = unlink(temp)
-            guard error.errno == EACCES else { throw SystemError(path, errno: error.errno) }
-            try writePID(to: path)
-            return
-        }
-        try syscall("rename: \(path)") { rename(temp, path) }
-    }
-
-    /// Writes this process's id, and a newline, over the file at `path` with one write.
-    private static func writePID(to path: String) throws(SystemError) {
-        let fd = try syscall("open: \(path)") { open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644) }
+        let fd = try syscall(path) { open(path, O_WRONLY | O_CREAT | O_TRUNC | O_NOCTTY | O_CLOEXEC, 0o644) }
         defer { _ = close(fd) }
         var text = "\(getpid())\n"
         let n = text.withUTF8 { write(fd, $0.baseAddress, $0.count) }
         if n < 0 { throw SystemError("write: \(path)") }
+    }
+
+    /// Removes the pid file at exit, only where `path` itself is still a regular file that
+    /// holds this process's id: a device, a symlink, or a file rewritten since, stays.
+    public static func removePIDFile(_ path: String) {
+        var st = stat()
+        guard lstat(path, &st) == 0, st.st_mode & S_IFMT == S_IFREG, st.st_size < 64 else { return }
+        let fd = open(path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC)
+        guard fd >= 0 else { return }
+        var bytes = [UInt8](repeating: 0, count: 64)
+        let n = read(fd, &bytes, bytes.count)
+        _ = close(fd)
+        guard n > 0, bytes[0..<n].elementsEqual("\(getpid())\n".utf8) else { return }
+        _ = unlink(path)
     }
 }

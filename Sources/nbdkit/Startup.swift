@@ -119,7 +119,7 @@ struct Startup {
         try ServerStartupError.marking { try dropPrivileges(to: ids, handingOver: temporaryDirectory) }
         let readiness = config.staysInForeground ? nil : try ServerStartupError.marking { try Daemon.detach() }
         if let pidFile = config.pidFile { try ServerStartupError.marking { try Daemon.writePIDFile(pidFile) } }
-        defer { if let pidFile = config.pidFile { _ = unlink(pidFile) } }
+        defer { if let pidFile = config.pidFile { Daemon.removePIDFile(pidFile) } }
         if config.exitWithParent {
             try ServerStartupError.marking { try syscall("prctl") { CNBDShim_set_parent_death_signal(SIGTERM) } }
             // The parent may have died before the signal was armed.

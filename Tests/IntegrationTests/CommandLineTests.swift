@@ -573,6 +573,37 @@ final class CommandLineTests: IntegrationTestCase {
         XCTAssertEqual(r.stdout, "ok\n", r.stderr)
     }
 
+    /// -P opens its path in place, as nbdkit: a symlink is written through and a device is
+    /// written to, and both are left as they were at exit (the pid file was a new file renamed
+    /// over the path and removed at exit, which turned a /dev/null into a file and deleted it).
+    /// A pid file that is still the server's is removed at exit; one rewritten since is left.
+    func testPidFileIsWrittenInPlace() throws {
+        func kind(_ path: String) -> mode_t? {
+            var st = stat()
+            return lstat(path, &st) == 0 ? st.st_mode & S_IFMT : nil
+        }
+        let target = dir.file("target"), link = dir.file("link")
+        try FileManager.default.createSymbolicLink(atPath: link, withDestinationPath: target)
+        var r = Harness.run([Harness.nbdkit, "-P", link, "-U", "-", "null", "--run", "cat \(target)"])
+        XCTAssertEqual(r.status, 0, r.stderr)
+        XCTAssertNotNil(Int32(r.stdout.trimmingCharacters(in: .newlines)), "the pid through the link: \(r.stdout)")
+        XCTAssertEqual(kind(link), S_IFLNK, "the symlink was replaced or removed")
+        if getuid() == 0 {
+            let device = dir.file("null")
+            XCTAssertEqual(Harness.run(["mknod", "-m", "666", device, "c", "1", "3"]).status, 0)
+            r = Harness.run([Harness.nbdkit, "-P", device, "-U", "-", "null", "--run", "test -c \(device)"])
+            XCTAssertEqual(r.status, 0, "the device was replaced: \(r.stderr)")
+            XCTAssertEqual(kind(device), S_IFCHR, "the device was replaced or removed")
+        }
+        let own = dir.file("own.pid")
+        r = Harness.run([Harness.nbdkit, "-P", own, "-U", "-", "null", "--run", "test -s \(own)"])
+        XCTAssertEqual(r.status, 0, r.stderr)
+        XCTAssertNil(kind(own), "the server's own pid file is removed at exit")
+        r = Harness.run([Harness.nbdkit, "-P", own, "-U", "-", "null", "--run", "echo other > \(own)"])
+        XCTAssertEqual(r.status, 0, r.stderr)
+        XCTAssertEqual(try String(contentsOfFile: own, encoding: .utf8), "other\n", "a rewritten pid file is left")
+    }
+
     func testBackgroundModeWithPidFile() throws {
         let pidFile = dir.file("pid")
         let socket = dir.file("sock")
