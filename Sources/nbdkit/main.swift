@@ -4,6 +4,9 @@ import NBDPlugins
 
 /// Parses the command line, then either prints what was asked or runs the server.
 func main() -> Int32 {
+    // As nbdkit: whatever the caller's umask, sockets, pid files and the --run command's files
+    // get the usual 022 (a Unix socket made under 000 let every local user connect).
+    umask(0o022)
     let reopened = Daemon.openMissingStandardStreams()
     let arguments = Array(CommandLine.arguments.dropFirst())
     var config: Configuration

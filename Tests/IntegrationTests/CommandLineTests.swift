@@ -604,6 +604,19 @@ final class CommandLineTests: IntegrationTestCase {
         XCTAssertEqual(try String(contentsOfFile: own, encoding: .utf8), "other\n", "a rewritten pid file is left")
     }
 
+    /// As nbdkit, the server sets its umask to 022 whatever it was started with: a Unix socket
+    /// is writable (so connectable) by its owner only, the pid file is 0644, and the --run
+    /// command inherits 022.
+    func testUmaskIs022() throws {
+        let socket = dir.file("sock"), pidFile = dir.file("pid")
+        for outer in ["000", "077"] {
+            let r = Harness.run(["/bin/sh", "-c", "umask \(outer); exec \"$0\" -U \(socket) -P \(pidFile) null --run " +
+                                 "'umask; stat -c %A \(socket) \(pidFile)'", Harness.nbdkit])
+            XCTAssertEqual(r.status, 0, r.stderr)
+            XCTAssertEqual(r.stdout, "0022\nsrwxr-xr-x\n-rw-r--r--\n", "started under umask \(outer)")
+        }
+    }
+
     func testBackgroundModeWithPidFile() throws {
         let pidFile = dir.file("pid")
         let socket = dir.file("sock")
