@@ -582,9 +582,13 @@ final class CommandLineTests: IntegrationTestCase {
             var st = stat()
             return lstat(path, &st) == 0 ? st.st_mode & S_IFMT : nil
         }
+        // (The --run command starts before the pid file is written, as in nbdkit.)
+        func whenWritten(_ path: String, _ then: String) -> String {
+            "for i in $(seq 1000); do test -s \(path) && break; sleep 0.01; done; \(then)"
+        }
         let target = dir.file("target"), link = dir.file("link")
         try FileManager.default.createSymbolicLink(atPath: link, withDestinationPath: target)
-        var r = Harness.run([Harness.nbdkit, "-P", link, "-U", "-", "null", "--run", "cat \(target)"])
+        var r = Harness.run([Harness.nbdkit, "-P", link, "-U", "-", "null", "--run", whenWritten(target, "cat \(target)")])
         XCTAssertEqual(r.status, 0, r.stderr)
         XCTAssertNotNil(Int32(r.stdout.trimmingCharacters(in: .newlines)), "the pid through the link: \(r.stdout)")
         XCTAssertEqual(kind(link), S_IFLNK, "the symlink was replaced or removed")
@@ -596,10 +600,10 @@ final class CommandLineTests: IntegrationTestCase {
             XCTAssertEqual(kind(device), S_IFCHR, "the device was replaced or removed")
         }
         let own = dir.file("own.pid")
-        r = Harness.run([Harness.nbdkit, "-P", own, "-U", "-", "null", "--run", "test -s \(own)"])
+        r = Harness.run([Harness.nbdkit, "-P", own, "-U", "-", "null", "--run", whenWritten(own, "test -s \(own)")])
         XCTAssertEqual(r.status, 0, r.stderr)
         XCTAssertNil(kind(own), "the server's own pid file is removed at exit")
-        r = Harness.run([Harness.nbdkit, "-P", own, "-U", "-", "null", "--run", "echo other > \(own)"])
+        r = Harness.run([Harness.nbdkit, "-P", own, "-U", "-", "null", "--run", whenWritten(own, "echo other > \(own)")])
         XCTAssertEqual(r.status, 0, r.stderr)
         XCTAssertEqual(try String(contentsOfFile: own, encoding: .utf8), "other\n", "a rewritten pid file is left")
     }
