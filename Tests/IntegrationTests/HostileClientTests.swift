@@ -573,22 +573,35 @@ final class HostileClientTests: IntegrationTestCase {
     }
 
     /// A large write whose payload comes in many tiny pieces (each a buffer of its own in the
-    /// socket, and a slot of its own in the pipe it is spliced through) is stored whole.
+    /// socket, and a slot of its own in the pipe it is spliced through) is stored whole by the
+    /// memory plugin and dropped whole by the null plugin, in step with the next request; one
+    /// that stops in the middle as its client goes is logged and leaves the server serving.
     func testLargeWriteSentInTinyPiecesLandsWhole() throws {
-        let s = try startServer(["memory", "size=1M"])
-        let c = try RawClient(s.socket)
-        defer { c.close() }
-        try c.exportNameHandshake()
-        let data = (0..<(128 << 10)).map { UInt8(truncatingIfNeeded: $0 &* 7 &+ 3) }
-        let message = Wire.request(command: 1, cookie: 12, offset: 4096, length: UInt32(data.count)) + data
-        for start in stride(from: 0, to: message.count, by: 7) {
-            XCTAssertTrue(c.send(Array(message[start..<min(start + 7, message.count)])))
+        for plugin in ["memory", "null"] {
+            let s = try startServer([plugin, "size=1M"], socketName: plugin)
+            let data = (0..<(128 << 10)).map { UInt8(truncatingIfNeeded: $0 &* 7 &+ 3) }
+            let message = Wire.request(command: 1, cookie: 12, offset: 4096, length: UInt32(data.count)) + data
+            do {
+                let c = try RawClient(s.socket)
+                defer { c.close() }
+                try c.exportNameHandshake()
+                for start in stride(from: 0, to: message.count, by: 7) {
+                    XCTAssertTrue(c.send(Array(message[start..<min(start + 7, message.count)])))
+                }
+                XCTAssertEqual(c.readExactly(16), Wire.simpleReply(error: 0, cookie: 12), plugin)
+                XCTAssertTrue(c.send(Wire.request(command: 0, cookie: 13, offset: 4096, length: UInt32(data.count))))
+                XCTAssertEqual(c.readExactly(16), Wire.simpleReply(error: 0, cookie: 13), plugin)
+                XCTAssertEqual(c.readExactly(data.count), plugin == "null" ? [UInt8](repeating: 0, count: data.count) : data, plugin)
+                // Half of the next large payload, in pieces, then the client goes.
+                for start in stride(from: 0, to: message.count / 2, by: 4093) {
+                    XCTAssertTrue(c.send(Array(message[start..<min(start + 4093, message.count / 2)])))
+                }
+            }
+            let deadline = Date().addingTimeInterval(5)
+            while !s.stderr.contains("client went away in the middle of a write payload") && Date() < deadline { usleep(20_000) }
+            XCTAssertTrue(s.stderr.contains("client went away in the middle of a write payload"), "\(plugin): \(s.stderr)")
+            assertServerHealthy(s, reads: plugin == "null" ? "bytes(512)" : "b'x'*512")
         }
-        XCTAssertEqual(c.readExactly(16), Wire.simpleReply(error: 0, cookie: 12))
-        XCTAssertTrue(c.send(Wire.request(command: 0, cookie: 13, offset: 4096, length: UInt32(data.count))))
-        XCTAssertEqual(c.readExactly(16), Wire.simpleReply(error: 0, cookie: 13))
-        XCTAssertEqual(c.readExactly(data.count), data)
-        assertServerHealthy(s)
     }
 
     /// A write of 64 KiB or more goes straight into the memory plugin's file as it arrives, and
@@ -831,8 +844,9 @@ final class HostileClientTests: IntegrationTestCase {
     // MARK: Helpers
 
     /// The same server still serves a fresh, well-behaved client.
-    private func assertServerHealthy(_ s: ServerProcess, file: StaticString = #filePath, line: UInt = #line) {
-        let r = Harness.nbdsh(s.uri, "h.pwrite(b'x'*512, 0); assert h.pread(512, 0) == b'x'*512; print('ok')",
+    /// A new client writes 512 bytes of 'x' and reads back what `reads` (Python) says.
+    private func assertServerHealthy(_ s: ServerProcess, reads: String = "b'x'*512", file: StaticString = #filePath, line: UInt = #line) {
+        let r = Harness.nbdsh(s.uri, "h.pwrite(b'x'*512, 0); assert h.pread(512, 0) == \(reads); print('ok')",
                               timeout: 30, file: file, line: line)
         XCTAssertEqual(r.stdout, "ok\n", "fresh client failed: \(r.stderr)", file: file, line: line)
         XCTAssertTrue(s.isRunning, "server died:\n\(s.stderr)", file: file, line: line)

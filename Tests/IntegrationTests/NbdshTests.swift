@@ -530,6 +530,46 @@ final class NbdshTests: IntegrationTestCase {
         XCTAssertEqual(r.stdout, "ok\n")
     }
 
+    /// The null plugin drops writes of 64 KiB and more (without FUA) as they arrive, without
+    /// copying them (spliced from the socket through a pipe to /dev/null; the pipe made at the
+    /// first such write): writes of every size up to 64 MiB, pipelined with reads, stay in step
+    /// with the requests around them, and everything reads back as zeros.
+    func testNullPluginDropsLargeWritesInStep() throws {
+        let s = try startServer(["null", "size=256M"])
+        let r = Harness.nbdsh(s.uri, """
+        import os, errno
+        \(Harness.pythonPipeCount(pid: s.pid))
+        size = 256 << 20
+        before = pipes()
+        h.pwrite(b'x' * 4096, 0)
+        h.pwrite(os.urandom(65535), 1)
+        h.pwrite(os.urandom(1 << 20), 12345, nbd.CMD_FLAG_FUA)
+        assert pipes() == before, 'a pipe for a small or FUA write'
+        h.pwrite(os.urandom(1 << 20), 12345)
+        assert pipes() == before + 2, (before, pipes())
+        writes = []
+        reads = []
+        for i in range(60):
+            length = (4096, 65536, 300001, 1 << 20, 8191, 64 << 20 if i % 10 == 5 else 65537)[i % 6]
+            offset = (i * 3000017) % (size - length)
+            writes.append(nbd.Buffer.from_bytearray(bytearray(os.urandom(length))))
+            h.aio_pwrite(writes[-1], offset)
+            reads.append(nbd.Buffer(100000))
+            h.aio_pread(reads[-1], offset)
+            while h.aio_in_flight() > 16:
+                h.poll(-1)
+        \(Harness.pythonDrainThenLargeWritePastTheEnd)
+        for b in reads:
+            assert b.to_bytearray() == bytes(100000)
+        assert pipes() == before + 2, (before, pipes())
+        h.flush()
+        assert h.pread(1 << 20, 12345) == bytes(1 << 20)
+        print('ok')
+        """, timeout: 90)
+        XCTAssertEqual(r.stdout, "ok\n", r.stderr)
+        XCTAssertTrue(s.isRunning)
+    }
+
     func testOffsetFilter() throws {
         let s = try startServer(["--filter=offset", "pattern", "size=1M", "offset=4096", "range=8192"])
         let r = Harness.nbdsh(s.uri, """
