@@ -17,6 +17,8 @@ final class FileConnection: BackendConnection, @unchecked Sendable {
     /// The memory plugin's disk, and its allocator: see `init(descriptor:name:readonly:memoryDisk:)`.
     private let memoryDisk: MemoryAllocator?
     private var isMemoryDisk: Bool { memoryDisk != nil }
+    /// A sparse memory disk's pages that read as zeros; nil for other files.
+    private let zeroPages: ZeroPages?
     /// The pipe that `receiveWrite` moves payloads through (read end, write end), made at the
     /// first such write; empty between calls.
     private var splicePipe: SplicePipe?
@@ -57,6 +59,7 @@ final class FileConnection: BackendConnection, @unchecked Sendable {
         self.path = name
         self.readonly = readonly
         self.memoryDisk = memoryDisk
+        self.zeroPages = memoryDisk != nil && memoryDisk?.isWhole == false ? ZeroPages(fd: fd, mapping: mapping) : nil
         self.isBlockDevice = st.st_mode & S_IFMT == S_IFBLK
         self.isRegularOrBlockDevice = st.st_mode & S_IFMT == S_IFBLK || st.st_mode & S_IFMT == S_IFREG
         self.inMemory = memoryDisk != nil || st.st_mode & S_IFMT == S_IFREG && CNBDShim_file_system_in_memory(fd) == 1
@@ -239,6 +242,8 @@ final class FileConnection: BackendConnection, @unchecked Sendable {
         if CNBDShim_punch_hole(fd, Int64(offset), Int64(length)) == -1 {
             let e = CNBDShim_errno()
             if e == EIO || e == EPERM { throw BackendError(SystemError("fallocate: \(path)", errno: e)) }
+        } else if let zeroPages {
+            zeroPages.releaseEdges(offset: offset, length: length, size: try size())
         }
         if fua { try flush() }
     }
@@ -254,6 +259,7 @@ final class FileConnection: BackendConnection, @unchecked Sendable {
             guard CNBDShim_punch_hole(fd, Int64(offset), Int64(length)) == 0 else {
                 throw BackendError(SystemError("fallocate: \(path)"))
             }
+            zeroPages?.releaseEdges(offset: offset, length: length, size: try size())
             return
         }
         if mayTrim && !isBlockDevice && CNBDShim_punch_hole(fd, Int64(offset), Int64(length)) == 0 {
@@ -281,6 +287,7 @@ final class FileConnection: BackendConnection, @unchecked Sendable {
         let end = off_t(offset) + off_t(length)
         var position = off_t(offset)
         var result: [Extent] = []
+        var scanBudget = ZeroPages.scanLimit
         while position < end {
             guard position < Self.seekLimit else {
                 result.append(Extent(length: UInt64(end - position), flags: []))
@@ -304,7 +311,13 @@ final class FileConnection: BackendConnection, @unchecked Sendable {
             }
             var hole = lseek(fd, position, 4 /* SEEK_HOLE */)
             if hole == -1 || hole <= position { hole = end }
-            result.append(Extent(length: UInt64(min(hole, end) - position), flags: []))
+            if let zeroPages {
+                // As nbdkit's memory plugin: allocated pages of zeros read as zeros.
+                let scanned = try zeroPages.appendExtents(from: position, to: min(hole, end), into: &result, budget: &scanBudget)
+                if !scanned || reqOne { break }
+            } else {
+                result.append(Extent(length: UInt64(min(hole, end) - position), flags: []))
+            }
             position = min(hole, end)
             if reqOne { break }
         }

@@ -84,6 +84,38 @@ final class NbdshTests: IntegrationTestCase {
         XCTAssertEqual(r.stdout, "ok\n", r.stderr)
     }
 
+    /// As nbdkit's memory plugin: a page that a partial zero or trim leaves all zeros is given
+    /// back (a hole again), pages written with zeros are reported as zero though allocated, and
+    /// a page with any data left is data. One request scans at most 64 MiB of data: its reply
+    /// ends there.
+    func testMemoryReportsPagesOfZerosAsZeros() throws {
+        let s = try startServer(["memory", "size=128M"])
+        let r = Harness.run(["/usr/bin/nbdsh", "-c", """
+        h.add_meta_context('base:allocation')
+        h.connect_uri(\(Harness.pythonString(s.uri)))
+        def status(count, offset):
+            found = []
+            h.block_status(count, offset, lambda ctx, off, entries, err: found.extend(entries))
+            return found
+        h.pwrite(b'x' * 512, 0)
+        h.zero(512, 0)
+        h.pwrite(b'x' * 512, 8192)
+        h.trim(512, 8192)
+        h.pwrite(bytes(65536), 65536)
+        h.pwrite(b'x' * 100, 200000)
+        h.zero(10, 200000)
+        assert status(65536, 0) == [65536, 3], status(65536, 0)
+        assert status(65536, 65536) == [65536, 2], status(65536, 65536)
+        assert status(100, 65537) == [100, 2], status(100, 65537)
+        assert status(8192, 196608) == [4096, 0, 4096, 3], status(8192, 196608)
+        for i in range(100):
+            h.pwrite(b'y' * (1 << 20), (20 << 20) + (i << 20))
+        assert status(100 << 20, 20 << 20) == [64 << 20, 0], status(100 << 20, 20 << 20)
+        print('ok')
+        """], timeout: 60)
+        XCTAssertEqual(r.stdout, "ok\n", r.stderr)
+    }
+
     /// Block status at the very end of the largest disk (2^63-1 bytes), where the kernel's
     /// SEEK_DATA and SEEK_HOLE answer wrongly: written bytes are never reported as a hole, a
     /// hole well before them still is, and the server survives.

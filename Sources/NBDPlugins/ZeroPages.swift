@@ -1,0 +1,101 @@
+import Glibc
+import CNBDShim
+import NBDServer
+import NBDProtocol
+
+/// Pages of a memory disk's file that read as zeros, seen as nbdkit's memory plugin sees them:
+/// reported as zero in block status although allocated, and given back when a zero or a trim
+/// leaves a partly covered page all zeros.
+struct ZeroPages {
+    static let pageSize = 4096
+    /// The most data one block-status request scans; its reply ends where the scan stopped.
+    static let scanLimit = 64 << 20
+    let fd: Int32
+    /// The file mapped whole, where it is: pages are checked in place, each up to its first byte
+    /// of data (no copy, and a page of random data costs a few loads); else they are read.
+    let mapping: SharedMapping?
+
+    /// Appends extents for the allocated range [start, end) of the file: runs of 4 KiB pages
+    /// (clipped to the range) that read as zeros are `.zero`, the rest data. Scans at most
+    /// `budget` bytes, lowering it by what it read; returns false if it stopped before `end`.
+    func appendExtents(from start: off_t, to end: off_t, into result: inout [Extent], budget: inout Int) throws -> Bool {
+        let chunk = 64 * 1024
+        let scratch = mapping == nil ? UnsafeMutableRawBufferPointer.allocate(byteCount: chunk, alignment: 64) : nil
+        defer { scratch?.deallocate() }
+        var position = start
+        while position < end {
+            guard budget > 0 else { return false }
+            let count = Int(min(end - position, off_t(chunk)))
+            let buffer: UnsafeRawBufferPointer
+            if let mapping {
+                buffer = UnsafeRawBufferPointer(mapping.range(offset: UInt64(position), length: UInt32(count)))
+            } else {
+                try read(into: UnsafeMutableRawBufferPointer(rebasing: scratch![0..<count]), at: position)
+                buffer = UnsafeRawBufferPointer(rebasing: scratch![0..<count])
+            }
+            budget -= count
+            // Page by page, on the file's page boundaries.
+            var at = 0
+            while at < count {
+                let intoPage = Int((position + off_t(at)) % off_t(Self.pageSize))
+                let piece = UnsafeRawBufferPointer(rebasing: buffer[at..<min(at + Self.pageSize - intoPage, count)])
+                let flags: AllocationFlags = Self.isZero(piece) ? [.zero] : []
+                if let last = result.last, last.flags == flags {
+                    result[result.count - 1].length += UInt64(piece.count)
+                } else {
+                    result.append(Extent(length: UInt64(piece.count), flags: flags))
+                }
+                at += piece.count
+            }
+            position += off_t(count)
+        }
+        return true
+    }
+
+    /// After [offset, offset+length) was punched out of a file of `size` bytes: the pages at
+    /// either edge that the range covered only in part are punched too if they now read as zeros.
+    func releaseEdges(offset: UInt64, length: UInt32, size: UInt64) {
+        let page = UInt64(Self.pageSize)
+        let end = offset + UInt64(length)
+        var edges: [UInt64] = []
+        if offset % page != 0 { edges.append(offset / page * page) }
+        if end % page != 0, end / page * page != edges.first { edges.append(end / page * page) }
+        var bytes = [UInt8](repeating: 0, count: Self.pageSize)
+        for start in edges {
+            let count = Int(min(page, size - start))
+            let zero = bytes.withUnsafeMutableBytes { b -> Bool in
+                let piece = UnsafeMutableRawBufferPointer(rebasing: b[0..<count])
+                guard (try? read(into: piece, at: off_t(start))) != nil else { return false }
+                return Self.isZero(UnsafeRawBufferPointer(piece))
+            }
+            if zero { _ = CNBDShim_punch_hole(fd, Int64(start), Int64(count)) }
+        }
+    }
+
+    private func read(into buffer: UnsafeMutableRawBufferPointer, at offset: off_t) throws {
+        var done = 0
+        while done < buffer.count {
+            let n = pread(fd, buffer.baseAddress! + done, buffer.count - done, offset + off_t(done))
+            if n > 0 { done += n; continue }
+            if n < 0 && CNBDShim_errno() == EINTR { continue }
+            throw BackendError(n == 0 ? SystemError("pread", errno: EIO) : SystemError("pread"))
+        }
+    }
+
+    /// Whether every byte of `bytes` is zero.
+    static func isZero(_ bytes: UnsafeRawBufferPointer) -> Bool {
+        var i = 0
+        var any: UInt64 = 0
+        while i + 32 <= bytes.count {
+            any |= bytes.loadUnaligned(fromByteOffset: i, as: UInt64.self) | bytes.loadUnaligned(fromByteOffset: i + 8, as: UInt64.self)
+                | bytes.loadUnaligned(fromByteOffset: i + 16, as: UInt64.self) | bytes.loadUnaligned(fromByteOffset: i + 24, as: UInt64.self)
+            if any != 0 { return false }
+            i += 32
+        }
+        while i < bytes.count {
+            if bytes[i] != 0 { return false }
+            i += 1
+        }
+        return true
+    }
+}
