@@ -120,6 +120,7 @@ int CNBDShim_wifexited(int status) { return WIFEXITED(status); }
 int CNBDShim_wexitstatus(int status) { return WEXITSTATUS(status); }
 int CNBDShim_wifsignaled(int status) { return WIFSIGNALED(status); }
 int CNBDShim_wtermsig(int status) { return WTERMSIG(status); }
+int CNBDShim_wifstopped(int status) { return WIFSTOPPED(status); }
 
 /* Starts /bin/sh with `argv` and `envp`, default signal handling and an empty signal mask, in
    process group `group` (0: a new one of its own), after `actions`; destroys `actions`. */

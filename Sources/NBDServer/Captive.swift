@@ -102,14 +102,42 @@ public struct CaptiveProcess: Sendable {
         _ = waitpid(watcher.pid, &status, WNOHANG)
     }
 
-    /// Sends `signal` to the command's whole process group.
-    public func signal(_ signal: Int32) { _ = kill(-pid, signal) }
+    /// Sends `signal` to the command's whole process group, then SIGCONT, so that a group
+    /// stopped at the terminal (Ctrl-Z) gets it too.
+    public func signal(_ signal: Int32) {
+        _ = kill(-pid, signal)
+        _ = kill(-pid, SIGCONT)
+    }
 
-    /// Waits for the command to end; returns its wait status.
+    /// Whether wait status `status` says the command stopped, and if so follows it as one
+    /// job with nbdkit: where the command was given the terminal (an interactive shell's
+    /// Ctrl-Z stops the command's group alone), nbdkit takes the terminal back and stops
+    /// itself, so the shell sees its job stopped; once continued (`fg`, `bg`) it gives the
+    /// terminal back to the command if nbdkit has it, and continues the command. A command
+    /// stopped otherwise is left stopped, as nbdkit leaves it.
+    public func followIfStopped(_ status: Int32) -> Bool {
+        guard CNBDShim_wifstopped(status) != 0 else { return false }
+        guard let terminal else { return true }
+        restoreTerminal()
+        _ = kill(getpid(), SIGSTOP)
+        if tcgetpgrp(terminal) == getpgrp() {
+            let old = Glibc.signal(SIGTTOU, SIG_IGN)
+            _ = tcsetpgrp(terminal, pid)
+            _ = Glibc.signal(SIGTTOU, old)
+        }
+        _ = kill(-pid, SIGCONT)
+        return true
+    }
+
+    /// Waits for the command to end (following it when it stops); returns its wait status.
     public func wait() -> Int32 {
         var status: Int32 = 0
-        while waitpid(pid, &status, 0) == -1 && CNBDShim_errno() == EINTR {}
-        return status
+        while true {
+            let r = waitpid(pid, &status, WUNTRACED)
+            if r == -1 && CNBDShim_errno() == EINTR { continue }
+            if r == pid && followIfStopped(status) { continue }
+            return status
+        }
     }
 
     /// Waits for the command to end, passing each terminating signal nbdkit receives meanwhile
@@ -118,7 +146,8 @@ public struct CaptiveProcess: Sendable {
         var pfd = pollfd(fd: signals.fd.raw, events: Int16(POLLIN), revents: 0)
         while true {
             var status: Int32 = 0
-            let r = waitpid(pid, &status, WNOHANG)
+            let r = waitpid(pid, &status, WNOHANG | WUNTRACED)
+            if r == pid && followIfStopped(status) { continue }
             if r == pid || (r == -1 && CNBDShim_errno() == ECHILD) { return status }
             // SIGCHLD stays pending in the signalfd, so an exit after waitpid still wakes the poll.
             _ = poll(&pfd, 1, -1)

@@ -28,9 +28,10 @@ public final class Server: Sendable {
     }
 
     /// Accepts clients on `sockets` until a terminating signal arrives (passed on at once to the
-    /// process group of `captivePID`) or `captivePID` exits, then shuts the connections down
-    /// (see `shutdownConnections`) and returns once every one has closed.
-    public func run(sockets: [FileDescriptor], signals: SignalSource, captivePID: pid_t?,
+    /// process group of the `captive` command) or the command exits, then shuts the connections
+    /// down (see `shutdownConnections`) and returns once every one has closed. A command stopped
+    /// at the terminal stops the server with it (`CaptiveProcess.followIfStopped`).
+    public func run(sockets: [FileDescriptor], signals: SignalSource, captive: CaptiveProcess?,
                     notifier: ServiceNotifier = ServiceNotifier()) -> Outcome {
         control.onConnectionCountChanged { notifier.status(clients: $0) }
         notifier.ready()
@@ -60,9 +61,12 @@ public final class Server: Sendable {
             if pollfds.last!.revents != 0 {
                 while let sig = signals.next() {
                     if sig == SIGCHLD {
-                        if let pid = captivePID {
+                        if let captive {
                             var status: Int32 = 0
-                            if waitpid(pid, &status, WNOHANG) == pid { outcome = .commandEnded(status) }
+                            if waitpid(captive.pid, &status, WNOHANG | WUNTRACED) == captive.pid,
+                               !captive.followIfStopped(status) {
+                                outcome = .commandEnded(status)
+                            }
                         }
                     } else {
                         logger.debug("received signal \(sig), shutting down")
@@ -96,7 +100,7 @@ public final class Server: Sendable {
         }
         notifier.stopping()
         // The command first, so that its own clients go away rather than wait out the grace.
-        if case .signalled(let sig) = outcome, let pid = captivePID { _ = kill(-pid, sig) }
+        if case .signalled(let sig) = outcome, let captive { captive.signal(sig) }
         shutdownConnections()
         return outcome!
     }

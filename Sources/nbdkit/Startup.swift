@@ -139,7 +139,7 @@ struct Startup {
             return 0
         }
         commandHandedToServer = true
-        let outcome = server.run(sockets: listeners.sockets, signals: signals, captivePID: captive?.pid)
+        let outcome = server.run(sockets: listeners.sockets, signals: signals, captive: captive)
         defer { captive?.restoreTerminal() }
         switch outcome {
         case .commandEnded(let status):

@@ -563,6 +563,67 @@ final class LifecycleTests: IntegrationTestCase {
         XCTAssertLessThan(field("VmRSS"), 80_000, "kB resident (all of it locked): \(r.stdout)")
     }
 
+    /// In an interactive shell (bash on a pseudo-terminal), the --run command gets the terminal,
+    /// and Ctrl-Z stops nbdkit with it as one job: the shell says Stopped and prompts again,
+    /// `fg` runs the command on to its end (status 0), and `kill %1` of the stopped job ends
+    /// nbdkit and the command (143), leaving no process behind. (Only the command's group
+    /// stopped, nbdkit waited on, and the shell never prompted again.)
+    func testCtrlZStopsTheCommandAndNbdkitAsOneJob() throws {
+        let marker = "29.\(getpid())"
+        let r = Harness.run(["/usr/bin/python3", "-c", """
+        import os, pty, select, sys, time
+        nbdkit, marker = sys.argv[1].encode(), sys.argv[2].encode()
+        pid, fd = pty.fork()
+        if pid == 0:
+            # (No descriptor of the test's but the terminal: see testBackgroundModeWithPidFile.)
+            os.closerange(3, 65536)
+            os.execvp('bash', ['bash', '--norc', '--noprofile', '-i'])
+        buf = b''
+        def read_until(token, timeout=10):
+            global buf
+            end = time.time() + timeout
+            while token not in buf:
+                ready, _, _ = select.select([fd], [], [], max(0, end - time.time()))
+                if not ready:
+                    os.kill(pid, 9)
+                    sys.exit('waiting for %r, got %r' % (token, buf))
+                buf += os.read(fd, 4096)
+            buf = buf[buf.index(token) + len(token):]
+        os.write(fd, b'PS1=PROMPT:\\n')
+        read_until(b'PROMPT:')
+        read_until(b'PROMPT:')
+        os.write(fd, nbdkit + b" -U - null --run 'echo START''ED; sleep 2; echo FINISH''ED; : " + marker + b"'\\n")
+        read_until(b'STARTED')
+        time.sleep(0.3)
+        os.write(fd, b'\\x1a')
+        read_until(b'Stopped')
+        read_until(b'PROMPT:')
+        os.write(fd, b'fg\\n')
+        read_until(b'FINISHED')
+        os.write(fd, b'echo STATUS=$?.\\n')
+        read_until(b'STATUS=0.')
+        os.write(fd, nbdkit + b" -U - null --run 'echo START''ED; sleep " + marker + b"'\\n")
+        read_until(b'STARTED')
+        time.sleep(0.3)
+        os.write(fd, b'\\x1a')
+        read_until(b'Stopped')
+        read_until(b'PROMPT:')
+        os.write(fd, b'kill %1\\n')
+        read_until(b'PROMPT:')
+        os.write(fd, b'sleep 1\\n')
+        read_until(b'Exit 143')
+        os.write(fd, b'exit\\n')
+        os.waitpid(pid, 0)
+        print('ok')
+        """, Harness.nbdkit, marker], timeout: 60)
+        XCTAssertEqual(r.stdout, "ok\n", r.stderr)
+        let left = Harness.run(["pgrep", "-f", "sleep \(marker)"])
+        XCTAssertEqual(left.stdout, "", "the command outlived nbdkit")
+        // Whatever a failure left stopped (nbdkit, the commands, their watchers) goes.
+        _ = Harness.run(["pkill", "-CONT", "-f", marker])
+        _ = Harness.run(["pkill", "-9", "-f", marker])
+    }
+
     /// A start-up failure after the --run command started (here the pid file cannot be
     /// written) takes the command down too: nbdkit exits 1 and nothing of the command remains.
     func testCommandDoesNotOutliveAFailedStartUp() {

@@ -61,6 +61,7 @@ int CNBDShim_wifexited(int status);
 int CNBDShim_wexitstatus(int status);
 int CNBDShim_wifsignaled(int status);
 int CNBDShim_wtermsig(int status);
+int CNBDShim_wifstopped(int status);
 
 /* posix_spawn of /bin/sh -c command with the default signal dispositions and an
  * empty signal mask, so the child does not inherit the server's blocked or
