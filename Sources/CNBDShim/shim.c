@@ -3,6 +3,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <poll.h>
 #include <pthread.h>
 #include <sched.h>
 #include <spawn.h>
@@ -77,6 +78,12 @@ int CNBDShim_socket_domain(int fd)
 int CNBDShim_eventfd(void) { return eventfd(0, EFD_CLOEXEC); }
 
 ssize_t CNBDShim_recv_nowait(int fd, void *buf, size_t len) { return recv(fd, buf, len, MSG_DONTWAIT); }
+
+int CNBDShim_peer_hung_up(int fd)
+{
+  struct pollfd entry = { .fd = fd, .events = POLLRDHUP };
+  return poll(&entry, 1, 0) == 1 && (entry.revents & (POLLRDHUP | POLLHUP | POLLERR | POLLNVAL)) != 0;
+}
 
 int CNBDShim_usable_cpus(void)
 {

@@ -2,7 +2,8 @@ import Glibc
 import NBDServer
 
 /// `--filter=delay`: sleeps before passing a call on, to simulate a slow or distant backend
-/// (nbdkit-delay-filter). Each delay applies to one kind of request and to every connection.
+/// (nbdkit-delay-filter). Each delay applies to one kind of request and to every connection,
+/// and ends early, failing the request, once the server shuts down or the client hangs up.
 final class DelayFilter: PassthroughFilter, @unchecked Sendable {
     /// The delays in microseconds, by the call they slow down.
     struct Delays {
@@ -24,25 +25,27 @@ final class DelayFilter: PassthroughFilter, @unchecked Sendable {
     override var name: String { next.name }
 
     override func open(_ request: OpenRequest) throws -> any BackendConnection {
-        _ = pause(delays.open, unless: control)
-        return Connection(next: try next.open(request), delays: delays, control: control)
+        _ = pause(delays.open, unless: control, clientGone: request.clientGone)
+        return Connection(next: try next.open(request), delays: delays, control: control, clientGone: request.clientGone)
     }
 
     final class Connection: PassthroughConnection, @unchecked Sendable {
         private let delays: Delays
         private let control: ServerControl
+        private let clientGone: @Sendable () -> Bool
 
-        init(next: any BackendConnection, delays: Delays, control: ServerControl) {
+        init(next: any BackendConnection, delays: Delays, control: ServerControl, clientGone: @escaping @Sendable () -> Bool) {
             self.delays = delays
             self.control = control
+            self.clientGone = clientGone
             super.init(next: next)
         }
 
         /// Delays a request; fails it with ESHUTDOWN, as nbdkit does, if the server begins to
-        /// shut down meanwhile.
+        /// shut down or the client hangs up meanwhile.
         private func delay(_ microseconds: UInt64) throws {
-            guard pause(microseconds, unless: control) else {
-                throw BackendError(.eshutdown, "delay: the server is shutting down")
+            guard pause(microseconds, unless: control, clientGone: clientGone) else {
+                throw BackendError(.eshutdown, "delay: the server is shutting down or the client has gone")
             }
         }
 
@@ -85,19 +88,21 @@ final class DelayFilter: PassthroughFilter, @unchecked Sendable {
             try next.cache(offset: offset, length: length)
         }
         override func close() {
-            _ = pause(delays.close, unless: control)
+            // (The client has gone or is going: only shutdown ends this one early.)
+            _ = pause(delays.close, unless: control, clientGone: { false })
             next.close()
         }
     }
 }
 
 /// Sleeps `microseconds` (none for 0), resuming after signals, in slices of at most 0.1 s so
-/// that it ends early once `control`'s server begins to shut down. Returns false if it did.
-private func pause(_ microseconds: UInt64, unless control: ServerControl) -> Bool {
+/// that it ends early once `control`'s server begins to shut down or `clientGone` says so.
+/// Returns false if it did.
+private func pause(_ microseconds: UInt64, unless control: ServerControl, clientGone: () -> Bool) -> Bool {
     let slice: UInt64 = 100_000
     var left = microseconds
     while left > 0 {
-        if control.isShuttingDown { return false }
+        if control.isShuttingDown || clientGone() { return false }
         let now = min(left, slice)
         var request = timespec(tv_sec: 0, tv_nsec: Int(now) * 1000)
         var remaining = timespec()

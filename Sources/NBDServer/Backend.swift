@@ -84,10 +84,14 @@ public struct OpenRequest: Sendable {
     public var readonly: Bool
     public var exportName: String
     public var isTLS: Bool
-    public init(readonly: Bool, exportName: String, isTLS: Bool = false) {
+    /// True once the client has hung up (asked by a filter that waits, such as delay, so that
+    /// it stops waiting for a client that is gone); never waits.
+    public var clientGone: @Sendable () -> Bool
+    public init(readonly: Bool, exportName: String, isTLS: Bool = false, clientGone: @escaping @Sendable () -> Bool = { false }) {
         self.readonly = readonly
         self.exportName = exportName
         self.isTLS = isTLS
+        self.clientGone = clientGone
     }
 }
 

@@ -36,7 +36,7 @@ struct Handshake {
     private func oldstyle() throws -> Session {
         let exportName = try server.backend.defaultExport(readonly: server.readonly, isTLS: false)
         let session = try Session.open(server: server, exportName: exportName, structuredReplies: false,
-                                       allocationContextID: nil, isTLS: false)
+                                       allocationContextID: nil, isTLS: false, transport: transport)
         do {
             try transport.send(Negotiation.oldstyleGreeting(size: session.size, flags: session.flags))
         } catch {
@@ -113,7 +113,7 @@ struct Handshake {
                 let session = try Session.open(server: server, exportName: try resolve(name),
                                                structuredReplies: structuredReplies,
                                                allocationContextID: metaContext.flatMap { $0.exportName == name ? $0.id : nil },
-                                               isTLS: isTLS)
+                                               isTLS: isTLS, transport: transport)
                 do {
                     try transport.send(Negotiation.exportNameReply(size: session.size, flags: session.flags,
                                                                    noZeroes: noZeroes))
@@ -180,7 +180,7 @@ struct Handshake {
                     name = try resolve(request.exportName)
                     let contextID = metaContext.flatMap { $0.exportName == request.exportName ? $0.id : nil }
                     session = try Session.open(server: server, exportName: name, structuredReplies: structuredReplies,
-                                               allocationContextID: contextID, isTLS: isTLS)
+                                               allocationContextID: contextID, isTLS: isTLS, transport: transport)
                 } catch {
                     server.logger.error(in: label, "cannot open export '\(request.exportName)': \(error)")
                     try reply(.errUnknown)

@@ -18,8 +18,9 @@ struct Session: Sendable {
     /// Opens `exportName` on the backend and works out the transmission flags.
     /// The caller owns the returned session and must `close()` its backend.
     static func open(server: ServerContext, exportName: String, structuredReplies: Bool,
-                     allocationContextID: UInt32?, isTLS: Bool) throws -> Session {
-        let backend = try server.backend.open(OpenRequest(readonly: server.readonly, exportName: exportName, isTLS: isTLS))
+                     allocationContextID: UInt32?, isTLS: Bool, transport: any Transport) throws -> Session {
+        let backend = try server.backend.open(OpenRequest(readonly: server.readonly, exportName: exportName, isTLS: isTLS,
+                                                          clientGone: { [weak transport] in transport?.peerHungUp() ?? true }))
         do {
             let size = try backend.size()
             let readonly = try server.readonly || !backend.canWrite()

@@ -1,5 +1,6 @@
 import Glibc
 import CNBDTLS
+import CNBDShim
 
 /// `--tls`: whether STARTTLS is refused, offered, or required before anything else.
 public enum TLSMode: String, Sendable {
@@ -146,6 +147,8 @@ final class TLSTransport: Transport, @unchecked Sendable {
 
 
     func shutdownReceive() { _ = shutdown(readFD, Int32(SHUT_RD)) }
+
+    func peerHungUp() -> Bool { CNBDShim_peer_hung_up(readFD) == 1 }
 
     func disconnect() {
         _ = shutdown(readFD, Int32(SHUT_RDWR))

@@ -46,6 +46,9 @@ public protocol Transport: AnyObject, Sendable {
     /// True when `waitForInput` would return at once; never waits. Only where
     /// `receivesWithoutWaiting` (the default says true).
     func hasInput() -> Bool
+    /// True once the client has hung up or shut down its sending side (or receiving was shut
+    /// down here); never waits. The default says false.
+    func peerHungUp() -> Bool
     /// A failure met while reading ahead that no receive has reported yet: a TLS record that
     /// failed to decrypt behind requests already received ends the session before their replies
     /// go out. Asked once the connection is done, so that it is logged.
@@ -58,6 +61,8 @@ extension Transport {
     public var unreportedFailure: (any Error)? { nil }
 
     public func hasInput() -> Bool { true }
+
+    public func peerHungUp() -> Bool { false }
 
     public var sendsFromFiles: Bool { false }
 
@@ -187,6 +192,8 @@ public final class PlainTransport: Transport, @unchecked Sendable {
         var entry = pollfd(fd: readFD, events: Int16(POLLIN), revents: 0)
         return poll(&entry, 1, 0) != 0
     }
+
+    public func peerHungUp() -> Bool { CNBDShim_peer_hung_up(readFD) == 1 }
 
     public func waitForInput() throws {
         var entry = pollfd(fd: readFD, events: Int16(POLLIN), revents: 0)

@@ -231,6 +231,23 @@ final class HostileClientTests: IntegrationTestCase {
         XCTAssertEqual(s.stop(), 0)
     }
 
+    /// A delayed request ends early when its client hangs up, as in nbdkit, so that a server
+    /// that exits with its last client (exitlast) does not wait out a 20 s delay.
+    func testDelaysEndWhenTheClientHangsUp() throws {
+        let s = try startServer(["--filter=exitlast", "--filter=delay", "memory", "size=1M", "rdelay=20"])
+        let c = try RawClient(s.socket)
+        defer { c.close() }
+        try c.exportNameHandshake()
+        XCTAssertTrue(c.send(Wire.request(command: 0, cookie: 0x79, offset: 0, length: 512)))
+        usleep(300_000)
+        XCTAssertTrue(s.isRunning, "exited while its client was connected")
+        c.close()
+        let deadline = Date().addingTimeInterval(5)
+        while s.isRunning && Date() < deadline { usleep(10_000) }
+        XCTAssertFalse(s.isRunning, "the server still waits out the delay of a client that has gone")
+        XCTAssertEqual(s.stop(), 0)
+    }
+
     func testTooManyOptionsEndConnection() throws {
         let s = try startServer(["memory", "size=1M"])
         let c = try RawClient(s.socket)

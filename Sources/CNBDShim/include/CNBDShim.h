@@ -27,6 +27,11 @@ int CNBDShim_eventfd(void);
 /* recv(fd, buf, len, MSG_DONTWAIT). */
 ssize_t CNBDShim_recv_nowait(int fd, void *buf, size_t len);
 
+/* 1 if poll(2) says the peer of `fd` has hung up or shut down its sending side (POLLRDHUP,
+ * POLLHUP, POLLERR; also once receives were shut down here) or `fd` is not open (POLLNVAL),
+ * 0 if not; never waits. */
+int CNBDShim_peer_hung_up(int fd);
+
 /* pipe2(fds, O_CLOEXEC | O_NONBLOCK) whose capacity is raised to 256 KiB where the limits allow
  * (F_SETPIPE_SZ; best effort), for moving payloads with splice. */
 int CNBDShim_splice_pipe(int fds[2]);
