@@ -242,8 +242,6 @@ final class FileConnection: BackendConnection, @unchecked Sendable {
         if CNBDShim_punch_hole(fd, Int64(offset), Int64(length)) == -1 {
             let e = CNBDShim_errno()
             if e == EIO || e == EPERM { throw BackendError(SystemError("fallocate: \(path)", errno: e)) }
-        } else if let zeroPages {
-            zeroPages.releaseEdges(offset: offset, length: length, size: try size())
         }
         if fua { try flush() }
     }
@@ -259,7 +257,6 @@ final class FileConnection: BackendConnection, @unchecked Sendable {
             guard CNBDShim_punch_hole(fd, Int64(offset), Int64(length)) == 0 else {
                 throw BackendError(SystemError("fallocate: \(path)"))
             }
-            zeroPages?.releaseEdges(offset: offset, length: length, size: try size())
             return
         }
         if mayTrim && !isBlockDevice && CNBDShim_punch_hole(fd, Int64(offset), Int64(length)) == 0 {

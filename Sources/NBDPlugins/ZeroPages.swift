@@ -4,8 +4,9 @@ import NBDServer
 import NBDProtocol
 
 /// Pages of a memory disk's file that read as zeros, seen as nbdkit's memory plugin sees them:
-/// reported as zero in block status although allocated, and given back when a zero or a trim
-/// leaves a partly covered page all zeros.
+/// reported as zero in block status although allocated. (A page that a partial zero or trim
+/// leaves all zeros is not given back, as nbdkit gives it back under its lock: between the
+/// check and the punch another connection's write to the rest of the page would be lost.)
 struct ZeroPages {
     static let pageSize = 4096
     /// The most data one block-status request scans; its reply ends where the scan stopped.
@@ -50,26 +51,6 @@ struct ZeroPages {
             position += off_t(count)
         }
         return true
-    }
-
-    /// After [offset, offset+length) was punched out of a file of `size` bytes: the pages at
-    /// either edge that the range covered only in part are punched too if they now read as zeros.
-    func releaseEdges(offset: UInt64, length: UInt32, size: UInt64) {
-        let page = UInt64(Self.pageSize)
-        let end = offset + UInt64(length)
-        var edges: [UInt64] = []
-        if offset % page != 0 { edges.append(offset / page * page) }
-        if end % page != 0, end / page * page != edges.first { edges.append(end / page * page) }
-        var bytes = [UInt8](repeating: 0, count: Self.pageSize)
-        for start in edges {
-            let count = Int(min(page, size - start))
-            let zero = bytes.withUnsafeMutableBytes { b -> Bool in
-                let piece = UnsafeMutableRawBufferPointer(rebasing: b[0..<count])
-                guard (try? read(into: piece, at: off_t(start))) != nil else { return false }
-                return Self.isZero(UnsafeRawBufferPointer(piece))
-            }
-            if zero { _ = CNBDShim_punch_hole(fd, Int64(start), Int64(count)) }
-        }
     }
 
     private func read(into buffer: UnsafeMutableRawBufferPointer, at offset: off_t) throws {

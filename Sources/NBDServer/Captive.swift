@@ -155,9 +155,10 @@ public struct CaptiveProcess: Sendable {
         }
     }
 
-    /// Gives the terminal back to nbdkit's process group.
+    /// Gives the terminal back to nbdkit's process group, where the command's group has it (not
+    /// from a shell that has it while nbdkit runs in the background after `bg`).
     public func restoreTerminal() {
-        guard let terminal else { return }
+        guard let terminal, tcgetpgrp(terminal) == pid else { return }
         let old = Glibc.signal(SIGTTOU, SIG_IGN)
         _ = tcsetpgrp(terminal, getpgrp())
         _ = Glibc.signal(SIGTTOU, old)

@@ -90,6 +90,7 @@ public struct Listeners: Sendable {
         var sockets: [FileDescriptor] = []
         var boundPort: Int? = nil
         var addressInUse = false
+        var addressMissing = false
         var cursor = list
         do {
             while let ai = cursor {
@@ -109,11 +110,12 @@ public struct Listeners: Sendable {
                 // With port 0, every address family shares the port the first bind chose.
                 if let boundPort, port == "0" { setPort(ai.pointee.ai_addr, boundPort) }
                 // As nbdkit: an address whose port is taken is skipped (the server listens on
-                // the others); only when every one is taken is that an error.
+                // the others); only when every one is taken is that an error. So is one this
+                // machine does not have (::1 for "localhost" where IPv6 is disabled).
                 if Glibc.bind(fd, ai.pointee.ai_addr, ai.pointee.ai_addrlen) == -1 {
                     let e = CNBDShim_errno()
-                    guard e == EADDRINUSE else { throw SystemError("bind", errno: e) }
-                    addressInUse = true
+                    guard e == EADDRINUSE || e == EADDRNOTAVAIL else { throw SystemError("bind", errno: e) }
+                    if e == EADDRINUSE { addressInUse = true } else { addressMissing = true }
                     sockets.removeLast().close()
                     continue
                 }
@@ -127,6 +129,7 @@ public struct Listeners: Sendable {
         if sockets.isEmpty && addressInUse {
             throw ConfigError("unable to bind to any sockets on port \(port): \(SystemError("bind", errno: EADDRINUSE))")
         }
+        if sockets.isEmpty && addressMissing { throw SystemError("bind", errno: EADDRNOTAVAIL) }
         guard !sockets.isEmpty else { throw ConfigError("no addresses to listen on for \(host ?? "*"):\(port)") }
         return Listeners(sockets: sockets, port: boundPort, unixPath: nil)
     }

@@ -169,20 +169,17 @@ struct Configuration {
         if socketActivated && (port != nil || ipaddr != nil || unixSocket != nil || run != nil || single || vsock) {
             throw ConfigError("socket activation cannot be used with -p, -i, -U, --run, -s or --vsock")
         }
-        if vsock && (unixSocket != nil || single) {
-            throw ConfigError("--vsock cannot be combined with -U or -s")
-        }
-        if single && (port != nil || unixSocket != nil || run != nil) {
-            throw ConfigError("-s (--single) cannot be combined with -p, -U or --run")
+        // nbdkit's one message (without "error:") for where to listen given twice, or -s with
+        // --run or --dump-plugin.
+        if vsock && (unixSocket != nil || single) || port != nil && unixSocket != nil
+            || single && (port != nil || unixSocket != nil || run != nil || action == .dumpPlugin) {
+            throw UsageComplaint("--dump-plugin, -p, --run, -s, -U or --vsock options cannot be used in this combination")
         }
         // A vsock port is a 32-bit number; a TCP port a 16-bit one or a service name (which
         // starts with a letter), which getaddrinfo looks up (`-p nbd`). Anything else would
         // reach getaddrinfo too, which reads ' 70000' or '+70000' as a number and truncates it.
         if let port, vsock ? UInt32(port) == nil : !(port.first?.isLetter ?? false) && UInt16(port) == nil {
             throw ConfigError("cannot parse port number '\(port)'")
-        }
-        if port != nil && unixSocket != nil {
-            throw ConfigError("-p (--port) and -U (--unix) are mutually exclusive")
         }
         if tls == .require && style == .oldstyle {
             throw UsageComplaint("cannot use oldstyle protocol (-o) and require TLS")
