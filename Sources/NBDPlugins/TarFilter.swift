@@ -31,7 +31,10 @@ extension TarFilter: FilterFactory {
     static let configHelp = "tar-entry=<PATH>  (required) The path inside the tar file to serve.\ntar=<PATH>  Accepted for compatibility; the index is read without GNU tar."
 
     static func make(_ parameters: inout Parameters, next: any Backend, control: ServerControl) throws -> any Backend {
-        guard let entry = parameters.take("tar-entry") else {
+        let entries = parameters.takeAll("tar-entry")
+        // (As nbdkit: once only.)
+        guard entries.count <= 1 else { throw ConfigError("only one tar-entry parameter can be given") }
+        guard let entry = entries.first else {
             throw ConfigError("tar-entry parameter must be set to the path of the file inside the tar file")
         }
         _ = parameters.take("tar")

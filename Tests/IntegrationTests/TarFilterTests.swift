@@ -106,7 +106,7 @@ final class TarFilterTests: IntegrationTestCase {
     }
 
     /// A missing entry, or data that is not a tar file, fails the open with the reason logged;
-    /// the server goes on. A missing tar-entry= is a start-up error.
+    /// the server goes on. A missing tar-entry=, or two, is a start-up error.
     func testBadEntryOrArchiveFailsTheOpen() throws {
         makeArchives()
         let missing = try startServer(["file", dir.file("gnu.tar"), "--filter=tar", "tar-entry=nope"], socketName: "missing")
@@ -120,6 +120,11 @@ final class TarFilterTests: IntegrationTestCase {
         let r = Harness.run([Harness.nbdkit, "-U", "-", "file", dir.file("gnu.tar"), "--filter=tar", "--run", "true"])
         XCTAssertEqual(r.status, 1)
         XCTAssertTrue(r.stderr.contains("nbdkit: error: tar-entry parameter must be set"), r.stderr)
+        // As nbdkit: tar-entry= twice is an error (the last one was served).
+        let twice = Harness.run([Harness.nbdkit, "-U", "-", "file", dir.file("gnu.tar"), "--filter=tar",
+                                 "tar-entry=disk.img", "tar-entry=disk.img", "--run", "true"])
+        XCTAssertEqual(twice.status, 1)
+        XCTAssertEqual(twice.stderr, "nbdkit: error: only one tar-entry parameter can be given\n")
     }
 
 }
