@@ -310,7 +310,8 @@ final class FileConnection: BackendConnection, @unchecked Sendable {
             if hole == -1 || hole <= position { hole = end }
             if let zeroPages {
                 // As nbdkit's memory plugin: allocated pages of zeros read as zeros.
-                let scanned = try zeroPages.appendExtents(from: position, to: min(hole, end), into: &result, budget: &scanBudget)
+                let scanned = try zeroPages.appendExtents(from: position, to: min(hole, end), into: &result, budget: &scanBudget,
+                                                          firstOnly: reqOne)
                 if !scanned || reqOne { break }
             } else {
                 result.append(Extent(length: UInt64(min(hole, end) - position), flags: []))

@@ -18,8 +18,11 @@ struct ZeroPages {
 
     /// Appends extents for the allocated range [start, end) of the file: runs of 4 KiB pages
     /// (clipped to the range) that read as zeros are `.zero`, the rest data. Scans at most
-    /// `budget` bytes, lowering it by what it read; returns false if it stopped before `end`.
-    func appendExtents(from start: off_t, to end: off_t, into result: inout [Extent], budget: inout Int) throws -> Bool {
+    /// `budget` bytes, lowering it by what it read, and with `firstOnly` stops where the first
+    /// extent it appends ends; returns false if it stopped before `end`.
+    func appendExtents(from start: off_t, to end: off_t, into result: inout [Extent], budget: inout Int,
+                       firstOnly: Bool = false) throws -> Bool {
+        let appendedFrom = result.count
         let chunk = 64 * 1024
         let scratch = mapping == nil ? UnsafeMutableRawBufferPointer.allocate(byteCount: chunk, alignment: 64) : nil
         defer { scratch?.deallocate() }
@@ -44,6 +47,7 @@ struct ZeroPages {
                 if let last = result.last, last.flags == flags {
                     result[result.count - 1].length += UInt64(piece.count)
                 } else {
+                    if firstOnly && result.count > appendedFrom { return false }
                     result.append(Extent(length: UInt64(piece.count), flags: flags))
                 }
                 at += piece.count

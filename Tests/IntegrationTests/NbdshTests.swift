@@ -93,9 +93,9 @@ final class NbdshTests: IntegrationTestCase {
         let r = Harness.run(["/usr/bin/nbdsh", "-c", """
         h.add_meta_context('base:allocation')
         h.connect_uri(\(Harness.pythonString(s.uri)))
-        def status(count, offset):
+        def status(count, offset, flags=0):
             found = []
-            h.block_status(count, offset, lambda ctx, off, entries, err: found.extend(entries))
+            h.block_status(count, offset, lambda ctx, off, entries, err: found.extend(entries), flags)
             return found
         h.pwrite(b'x' * 512, 0)
         h.zero(512, 0)
@@ -108,6 +108,10 @@ final class NbdshTests: IntegrationTestCase {
         assert status(65536, 65536) == [65536, 2], status(65536, 65536)
         assert status(100, 65537) == [100, 2], status(100, 65537)
         assert status(8192, 196608) == [4096, 0, 4096, 3], status(8192, 196608)
+        h.pwrite(bytes(4096), 204800)
+        assert status(12288, 196608, nbd.CMD_FLAG_REQ_ONE) == [4096, 0], status(12288, 196608, nbd.CMD_FLAG_REQ_ONE)
+        assert status(12288, 200704, nbd.CMD_FLAG_REQ_ONE) == [4096, 3], status(12288, 200704, nbd.CMD_FLAG_REQ_ONE)
+        assert status(12288, 204800, nbd.CMD_FLAG_REQ_ONE) == [4096, 2], status(12288, 204800, nbd.CMD_FLAG_REQ_ONE)
         for i in range(100):
             h.pwrite(b'y' * (1 << 20), (20 << 20) + (i << 20))
         assert status(100 << 20, 20 << 20) == [64 << 20, 0], status(100 << 20, 20 << 20)
