@@ -27,13 +27,16 @@ public struct CaptiveCommand: Sendable {
 
     /// Starts `/bin/sh -c script` with the server's environment and default signal handling,
     /// in a process group of its own so that the whole command can be signalled at once. When
-    /// nbdkit runs in the terminal's foreground, the command's group takes the terminal (as a
-    /// shell's job would), so it can read from it and gets the terminal's Ctrl-C itself;
-    /// `takeTerminal: false` (for helper scripts) leaves the terminal where it is.
+    /// standard input is nbdkit's controlling terminal, the command's group is given it whenever
+    /// nbdkit has it (now, if nbdkit runs in the terminal's foreground; else once a shell brings
+    /// nbdkit there: see `CaptiveProcess.followIfStopped`), as a shell gives it to a job, so it
+    /// can read from it and gets the terminal's Ctrl-C itself; `takeTerminal: false` (for
+    /// helper scripts) leaves the terminal where it is.
     public static func spawn(script: String, takeTerminal: Bool = true) throws(SystemError) -> CaptiveProcess {
-        let terminal: Int32? = takeTerminal && isatty(0) != 0 && tcgetpgrp(0) == getpgrp() ? 0 : nil
+        let terminal: Int32? = takeTerminal && isatty(0) != 0 && tcgetpgrp(0) != -1 ? 0 : nil
+        let foreground = terminal != nil && tcgetpgrp(0) == getpgrp()
         var pid: pid_t = 0
-        let r = CNBDShim_spawn_shell(script, &pid, environ, terminal ?? -1)
+        let r = CNBDShim_spawn_shell(script, &pid, environ, foreground ? 0 : -1)
         if r != 0 { throw SystemError("posix_spawn: /bin/sh", errno: r) }
         return CaptiveProcess(pid: pid, terminal: terminal)
     }
@@ -110,16 +113,23 @@ public struct CaptiveProcess: Sendable {
     }
 
     /// Whether wait status `status` says the command stopped, and if so follows it as one
-    /// job with nbdkit: where the command was given the terminal (an interactive shell's
-    /// Ctrl-Z stops the command's group alone), nbdkit takes the terminal back and stops
-    /// itself, so the shell sees its job stopped; once continued (`fg`, `bg`) it gives the
-    /// terminal back to the command if nbdkit has it, and continues the command. A command
-    /// stopped otherwise is left stopped, as nbdkit leaves it.
+    /// job with nbdkit, as if it were in nbdkit's process group (as nbdkit's command is):
+    /// - stopped while nbdkit has the terminal (nbdkit was brought to the foreground after
+    ///   `bg`, or after starting in the background, and the command then read the terminal):
+    ///   the terminal goes to the command, which continues;
+    /// - else (Ctrl-Z in the command's group, or the command read the terminal while nbdkit
+    ///   ran in the background): nbdkit takes the terminal back from the command and stops
+    ///   its own whole process group, so the shell sees its job stopped (also through a
+    ///   `sh -c` that ran nbdkit); once continued (`fg`, `bg`) it gives the terminal to the
+    ///   command if nbdkit has it, and continues the command.
+    /// Without a controlling terminal on standard input a command stopped is left stopped.
     public func followIfStopped(_ status: Int32) -> Bool {
         guard CNBDShim_wifstopped(status) != 0 else { return false }
-        guard let terminal else { return true }
-        restoreTerminal()
-        _ = kill(getpid(), SIGSTOP)
+        guard let terminal, tcgetpgrp(terminal) != -1 else { return true }
+        if tcgetpgrp(terminal) != getpgrp() {
+            restoreTerminal()
+            _ = kill(0, SIGSTOP)
+        }
         if tcgetpgrp(terminal) == getpgrp() {
             let old = Glibc.signal(SIGTTOU, SIG_IGN)
             _ = tcsetpgrp(terminal, pid)

@@ -160,6 +160,7 @@ struct Startup {
             // command has gone, nothing of its group may outlive the server.
             let status = captive.wait()
             captive.signal(SIGKILL)
+            if let signal = shellStatus(status).signal { logger.plain("external command was killed by signal \(signal)") }
             return shellStatus(status).status
         }
     }

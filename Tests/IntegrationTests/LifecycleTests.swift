@@ -567,7 +567,10 @@ final class LifecycleTests: IntegrationTestCase {
     /// and Ctrl-Z stops nbdkit with it as one job: the shell says Stopped and prompts again,
     /// `fg` runs the command on to its end (status 0), and `kill %1` of the stopped job ends
     /// nbdkit and the command (143), leaving no process behind. (Only the command's group
-    /// stopped, nbdkit waited on, and the shell never prompted again.)
+    /// stopped, nbdkit waited on, and the shell never prompted again.) After Ctrl-Z, `bg` and
+    /// `fg`, and after starting in the background (`&`) and `fg`, the command reads the
+    /// terminal (it stayed stopped, or the shell read its input); run by `bash -c`, Ctrl-Z
+    /// stops that shell's job too.
     func testCtrlZStopsTheCommandAndNbdkitAsOneJob() throws {
         let marker = "29.\(getpid())"
         let r = Harness.run(["/usr/bin/python3", "-c", """
@@ -612,6 +615,41 @@ final class LifecycleTests: IntegrationTestCase {
         read_until(b'PROMPT:')
         os.write(fd, b'sleep 1\\n')
         read_until(b'Exit 143')
+        # Ctrl-Z, bg, fg: the command reads the terminal once back in the foreground.
+        os.write(fd, nbdkit + b" -U - null --run 'echo START''ED; sleep 1; read x; echo GOT-$x; : " + marker + b"'\\n")
+        read_until(b'STARTED')
+        time.sleep(0.3)
+        os.write(fd, b'\\x1a')
+        read_until(b'Stopped')
+        read_until(b'PROMPT:')
+        os.write(fd, b'bg\\n')
+        read_until(b'PROMPT:')
+        os.write(fd, b'fg\\n')
+        time.sleep(1.5)
+        os.write(fd, b'hello\\n')
+        read_until(b'GOT-hello')
+        os.write(fd, b'echo STATUS=$?.\\n')
+        read_until(b'STATUS=0.')
+        # Started in the background, the command stops reading the terminal; fg lets it read.
+        os.write(fd, nbdkit + b" -U - null --run 'read x; echo GOT-$x; : " + marker + b"' &\\n")
+        read_until(b'PROMPT:')
+        time.sleep(1)
+        os.write(fd, b'\\n')
+        read_until(b'Stopped')
+        read_until(b'PROMPT:')
+        os.write(fd, b'fg\\n')
+        time.sleep(0.5)
+        os.write(fd, b'there\\n')
+        read_until(b'GOT-there')
+        # Run by a non-interactive shell, which only sees a stop of its own process group.
+        os.write(fd, b"bash -c \\"" + nbdkit + b" -U - null --run 'echo START''ED; sleep 2; : " + marker + b"'; echo AFTER-\\$?\\"\\n")
+        read_until(b'STARTED')
+        time.sleep(0.3)
+        os.write(fd, b'\\x1a')
+        read_until(b'Stopped')
+        read_until(b'PROMPT:')
+        os.write(fd, b'fg\\n')
+        read_until(b'AFTER-0')
         os.write(fd, b'exit\\n')
         os.waitpid(pid, 0)
         print('ok')
