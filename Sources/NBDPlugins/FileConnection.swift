@@ -59,7 +59,7 @@ final class FileConnection: BackendConnection, @unchecked Sendable {
         self.path = name
         self.readonly = readonly
         self.memoryDisk = memoryDisk
-        self.zeroPages = memoryDisk != nil && memoryDisk?.isWhole == false ? ZeroPages(fd: fd, mapping: mapping) : nil
+        self.zeroPages = memoryDisk != nil && memoryDisk?.isWhole == false ? ZeroPages(mapping: mapping) : nil
         self.isBlockDevice = st.st_mode & S_IFMT == S_IFBLK
         self.isRegularOrBlockDevice = st.st_mode & S_IFMT == S_IFBLK || st.st_mode & S_IFMT == S_IFREG
         self.inMemory = memoryDisk != nil || st.st_mode & S_IFMT == S_IFREG && CNBDShim_file_system_in_memory(fd) == 1
@@ -311,7 +311,7 @@ final class FileConnection: BackendConnection, @unchecked Sendable {
             if let zeroPages {
                 // As nbdkit's memory plugin: allocated pages of zeros read as zeros.
                 let scanned = try zeroPages.appendExtents(from: position, to: min(hole, end), into: &result, budget: &scanBudget,
-                                                          firstOnly: reqOne)
+                                                          firstOnly: reqOne) { try pread(into: $0, offset: $1) }
                 if !scanned || reqOne { break }
             } else {
                 result.append(Extent(length: UInt64(min(hole, end) - position), flags: []))

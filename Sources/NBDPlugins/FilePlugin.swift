@@ -87,8 +87,8 @@ extension FilePlugin: PluginFactory {
     public static func make(_ parameters: inout Parameters, options: PluginOptions) throws -> any Backend {
         // As nbdkit, every path given is resolved (a missing one is an error even if a later one
         // replaces it).
-        let file = try parameters.take("file", parsing: absolutePath)
-        let dir = try parameters.take("dir", parsing: absolutePath)
+        let file = try parameters.take("file", parsing: resolvedPath)
+        let dir = try parameters.take("dir", parsing: resolvedPath)
         let source: Source
         switch (file, dir) {
         case (nil, nil):
@@ -124,7 +124,7 @@ extension FilePlugin: PluginFactory {
     }
 
     /// Resolves `path` now, since a background server changes its directory to /.
-    private static func absolutePath(_ path: String) throws -> String {
+    private static func resolvedPath(_ path: String) throws -> String {
         // (nbdkit's words for an empty one.)
         guard !path.isEmpty else { throw ConfigError("cannot resolve a null or empty path") }
         guard let resolved = realpath(path, nil) else { throw ConfigError("realpath: \(SystemError(path))") }

@@ -1,5 +1,4 @@
 import Glibc
-import CNBDShim
 import NBDServer
 import NBDProtocol
 
@@ -11,9 +10,9 @@ struct ZeroPages {
     static let pageSize = 4096
     /// The most data one block-status request scans; its reply ends where the scan stopped.
     static let scanLimit = 64 << 20
-    let fd: Int32
     /// The file mapped whole, where it is: pages are checked in place, each up to its first byte
-    /// of data (no copy, and a page of random data costs a few loads); else they are read.
+    /// of data (no copy, and a page of random data costs a few loads); else they are read with
+    /// the `read` given to `appendExtents`.
     let mapping: SharedMapping?
 
     /// Appends extents for the allocated range [start, end) of the file: runs of 4 KiB pages
@@ -21,7 +20,8 @@ struct ZeroPages {
     /// `budget` bytes, lowering it by what it read, and with `firstOnly` stops where the first
     /// extent it appends ends; returns false if it stopped before `end`.
     func appendExtents(from start: off_t, to end: off_t, into result: inout [Extent], budget: inout Int,
-                       firstOnly: Bool = false) throws -> Bool {
+                       firstOnly: Bool = false,
+                       read: (UnsafeMutableRawBufferPointer, UInt64) throws -> Void) throws -> Bool {
         let appendedFrom = result.count
         let chunk = 64 * 1024
         let scratch = mapping == nil ? UnsafeMutableRawBufferPointer.allocate(byteCount: chunk, alignment: 64) : nil
@@ -34,7 +34,7 @@ struct ZeroPages {
             if let mapping {
                 buffer = UnsafeRawBufferPointer(mapping.range(offset: UInt64(position), length: UInt32(count)))
             } else {
-                try read(into: UnsafeMutableRawBufferPointer(rebasing: scratch![0..<count]), at: position)
+                try read(UnsafeMutableRawBufferPointer(rebasing: scratch![0..<count]), UInt64(position))
                 buffer = UnsafeRawBufferPointer(rebasing: scratch![0..<count])
             }
             budget -= count
@@ -55,16 +55,6 @@ struct ZeroPages {
             position += off_t(count)
         }
         return true
-    }
-
-    private func read(into buffer: UnsafeMutableRawBufferPointer, at offset: off_t) throws {
-        var done = 0
-        while done < buffer.count {
-            let n = pread(fd, buffer.baseAddress! + done, buffer.count - done, offset + off_t(done))
-            if n > 0 { done += n; continue }
-            if n < 0 && CNBDShim_errno() == EINTR { continue }
-            throw BackendError(n == 0 ? SystemError("pread", errno: EIO) : SystemError("pread"))
-        }
     }
 
     /// Whether every byte of `bytes` is zero.

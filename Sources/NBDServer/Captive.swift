@@ -130,11 +130,7 @@ public struct CaptiveProcess: Sendable {
             restoreTerminal()
             _ = kill(0, SIGSTOP)
         }
-        if tcgetpgrp(terminal) == getpgrp() {
-            let old = Glibc.signal(SIGTTOU, SIG_IGN)
-            _ = tcsetpgrp(terminal, pid)
-            _ = Glibc.signal(SIGTTOU, old)
-        }
+        if tcgetpgrp(terminal) == getpgrp() { Self.give(terminal, to: pid) }
         _ = kill(-pid, SIGCONT)
         return true
     }
@@ -169,8 +165,14 @@ public struct CaptiveProcess: Sendable {
     /// from a shell that has it while nbdkit runs in the background after `bg`).
     public func restoreTerminal() {
         guard let terminal, tcgetpgrp(terminal) == pid else { return }
+        Self.give(terminal, to: getpgrp())
+    }
+
+    /// Makes `group` the terminal's foreground process group (SIGTTOU ignored meanwhile, as
+    /// nbdkit may be in the background when it does).
+    private static func give(_ terminal: Int32, to group: pid_t) {
         let old = Glibc.signal(SIGTTOU, SIG_IGN)
-        _ = tcsetpgrp(terminal, getpgrp())
+        _ = tcsetpgrp(terminal, group)
         _ = Glibc.signal(SIGTTOU, old)
     }
 }
