@@ -26,8 +26,8 @@ final class ExitWhenFilter: PassthroughFilter, @unchecked Sendable {
             }
         }
 
-        /// Whether the event has happened.
-        func happened() -> Bool {
+        /// Whether the event has happened. A script that fails otherwise is logged, as nbdkit does.
+        func happened(logger: Logger) -> Bool {
             switch self {
             case .fileCreated(let path): return access(path, F_OK) == 0
             case .fileDeleted(let path): return access(path, F_OK) != 0
@@ -38,8 +38,18 @@ final class ExitWhenFilter: PassthroughFilter, @unchecked Sendable {
             case .processExits(let pid):
                 return kill(pid, 0) == -1 && CNBDShim_errno() == ESRCH
             case .script(let script):
-                // As nbdkit: exit status 88 means the event happened.
-                return runScript(script) == 88
+                // As nbdkit: exit status 88 means the event happened, 0 that it has not.
+                guard let waitStatus = runScript(script) else {
+                    logger.error("exit-when-script: the command could not be run")
+                    return false
+                }
+                let (status, signal) = shellStatus(waitStatus)
+                if let signal {
+                    logger.error("exit-when-script: command was killed by signal \(signal)")
+                } else if status != 0 && status != 88 {
+                    logger.error("exit-when-script: command failed with exit code \(status)")
+                }
+                return signal == nil && status == 88
             }
         }
     }
@@ -92,7 +102,7 @@ final class ExitWhenFilter: PassthroughFilter, @unchecked Sendable {
     /// has an export open, shuts the server down. Returns whether an event has happened.
     private func check() -> Bool {
         if fired.load(ordering: .relaxed) { return true }
-        guard events.contains(where: { $0.happened() }) else { return false }
+        guard events.contains(where: { $0.happened(logger: control.logger) }) else { return false }
         if fired.exchange(true, ordering: .relaxed) == false {
             control.drain(rejection: Self.rejection)
             if opened.load(ordering: .relaxed) == 0 { control.requestShutdown() }
@@ -101,11 +111,11 @@ final class ExitWhenFilter: PassthroughFilter, @unchecked Sendable {
     }
 }
 
-/// Runs `script` with /bin/sh, without handing it the terminal, and returns its exit status
-/// (-1 if it could not run).
-private func runScript(_ script: String) -> Int32 {
-    guard let captive = try? CaptiveCommand.spawn(script: script, takeTerminal: false) else { return -1 }
-    return shellStatus(captive.wait()).status
+/// Runs `script` with /bin/sh, without handing it the terminal, and returns its wait status
+/// (nil if it could not be started).
+private func runScript(_ script: String) -> Int32? {
+    guard let captive = try? CaptiveCommand.spawn(script: script, takeTerminal: false) else { return nil }
+    return captive.wait()
 }
 
 extension ExitWhenFilter: FilterFactory {

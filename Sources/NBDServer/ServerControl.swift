@@ -3,10 +3,12 @@ import Synchronization
 import CNBDShim
 
 /// Lets filters steer the server's lifetime: ask it to shut down, refuse new clients, and
-/// learn when the last client has gone. Shutdown requests wake the accept loop through an
-/// eventfd, so they are safe from any thread.
+/// learn when the last client has gone; and log as the server does. Shutdown requests wake the
+/// accept loop through an eventfd, so they are safe from any thread.
 public final class ServerControl: Sendable {
     let wakeFD: Int32
+    /// The server's logger, for what a filter notices outside any connection.
+    public let logger: Logger
     private let state = Mutex(State())
     private let stopping = Atomic<Bool>(false)
 
@@ -18,7 +20,8 @@ public final class ServerControl: Sendable {
         var countObservers: [@Sendable (Int) -> Void] = []
     }
 
-    public init() throws(SystemError) {
+    public init(logger: Logger) throws(SystemError) {
+        self.logger = logger
         wakeFD = try syscall("eventfd") { CNBDShim_eventfd() }
     }
 

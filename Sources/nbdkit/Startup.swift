@@ -43,7 +43,7 @@ struct Startup {
             // As nbdkit, which loads the filters first: an unknown one is an error here too.
             for name in config.filters where Registry.filter(named: name) == nil { throw Self.unknownFilter(name) }
             // Parameters given are checked, as nbdkit's plugin and filters check them then.
-            if !config.parameters.isEmpty { _ = try buildChain(factory, control: ServerControl()) }
+            if !config.parameters.isEmpty { _ = try buildChain(factory, control: ServerControl(logger: logger)) }
             print(Help.dumpPlugin(factory), terminator: "")
             return 0
         }
@@ -51,7 +51,7 @@ struct Startup {
         let tls = try ServerStartupError.marking { try config.tlsSettings(warn: logger.warning) }
         let parentAtStart = getppid()
         let signals = try SignalSource()
-        let control = try ServerControl()
+        let control = try ServerControl(logger: logger)
         let backend = try buildChain(factory, control: control)
         try backend.getReady()
         // As nbdkit: a filter that asked to exit while getting ready (exitwhen, whose event

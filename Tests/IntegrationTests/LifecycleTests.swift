@@ -277,6 +277,22 @@ final class LifecycleTests: IntegrationTestCase {
         XCTAssertTrue(waitGone(pid, seconds: 10), "exit-when-file-created=stop did not see the file")
     }
 
+    /// exitwhen logs a script that ends other than with 0 or 88 as nbdkit does, and goes on
+    /// serving; a script that exits 0 logs nothing.
+    func testExitWhenScriptFailuresAreLogged() throws {
+        let failing = try startServer(["--filter=exitwhen", "memory", "1M", "exit-when-script=exit 3"], socketName: "a")
+        let killed = try startServer(["--filter=exitwhen", "memory", "1M", "exit-when-script=kill -9 $$"], socketName: "b")
+        let quiet = try startServer(["--filter=exitwhen", "memory", "1M", "exit-when-script=exit 0"], socketName: "c")
+        // The script runs once before the socket listens, so its message is there by now.
+        XCTAssertTrue(failing.stderr.contains("nbdkit: error: exit-when-script: command failed with exit code 3\n"), failing.stderr)
+        XCTAssertTrue(killed.stderr.contains("nbdkit: error: exit-when-script: command was killed by signal 9\n"), killed.stderr)
+        XCTAssertEqual(quiet.stderr, "")
+        for s in [failing, killed, quiet] {
+            XCTAssertEqual(Harness.run(["nbdinfo", "--size", "nbd+unix:///?socket=\(s.socket)"]).stdout, "1048576\n")
+            XCTAssertEqual(s.stop(), 0)
+        }
+    }
+
     /// exitwhen's script, run at every poll, leaves nothing running behind it: no process (a
     /// --run watcher was started with every script and never stopped) and no descriptor.
     func testExitWhenScriptLeavesNoProcessBehind() throws {
