@@ -31,10 +31,20 @@ struct CNBDTLS_credentials {
  * into GnuTLS's buffer. Only the receiving thread touches these fields. */
 struct CNBDTLS_session {
   gnutls_session_t session;
+  /* Held around every call into the session once it carries records: GnuTLS lets one thread
+   * receive while another sends, except that a TLS 1.3 KeyUpdate asking for ours is answered
+   * (new sending keys) inside the receive, which would corrupt a record another thread is
+   * encrypting. So receives never wait holding it (they poll the socket outside it), and sends
+   * hold it one record at a time. */
+  pthread_mutex_t lock;
   int read_fd;
+  int write_fd;
   /* Set while CNBDTLS_recv gathers further records: the pull function then reports EAGAIN
    * instead of waiting for more. */
   int no_wait;
+  /* Set when the pull found nothing to read (so GNUTLS_E_AGAIN means: wait for the socket, not
+   * that GnuTLS only handled a handshake message, such as a KeyUpdate, and has more). */
+  int pull_found_nothing;
   /* End of file (0) or an errno met by a pull, held back (the pull says EAGAIN, now and from
    * then on): given to GnuTLS, it would end the session at once, and replies to what came before
    * it, which other threads may still be sending, could not go out. CNBDTLS_recv and
@@ -244,6 +254,8 @@ static ssize_t session_pull(gnutls_transport_ptr_t ptr, void *data, size_t len)
       errno = EAGAIN;
       return -1;
     }
+    if (r < 0 && errno != EINTR)
+      s->pull_found_nothing = 1;
     if (into == data || r < 0)
       return r;
     s->ahead_start = 0;
@@ -296,7 +308,9 @@ CNBDTLS_session *CNBDTLS_session_new(CNBDTLS_credentials *c, int read_fd, int wr
   tls.gnutls_transport_set_pull_function(s->session, session_pull);
   tls.gnutls_transport_set_pull_timeout_function(s->session, session_pull_timeout);
   s->read_fd = read_fd;
+  s->write_fd = write_fd;
   s->held_pull_result = -1;
+  pthread_mutex_init(&s->lock, NULL);
   tls.gnutls_handshake_set_timeout(s->session, GNUTLS_DEFAULT_HANDSHAKE_TIMEOUT);
   return s;
 }
@@ -318,27 +332,24 @@ static ssize_t held_result(CNBDTLS_session *s)
   return s->held_pull_result == 0 ? 0 : GNUTLS_E_PULL_ERROR;
 }
 
-ssize_t CNBDTLS_recv(CNBDTLS_session *s, void *buf, size_t len)
+/* One receive under the lock, never waiting: GNUTLS_E_AGAIN when no whole record is there yet
+ * (a part of one stays with GnuTLS). */
+static ssize_t recv_locked(CNBDTLS_session *s, void *buf, size_t len)
 {
   ssize_t r;
-  if (s->has_deferred) {
-    s->has_deferred = 0;
-    return s->deferred;
-  }
   /* A held end of file or error with nothing left before it is returned here rather than given
    * to GnuTLS. (A record it cut short is dropped.) */
   if (s->held_pull_result >= 0 && tls.gnutls_record_check_pending(s->session) == 0)
     return held_result(s);
   do {
     r = tls.gnutls_record_recv(s->session, buf, len);
-    if (r == GNUTLS_E_AGAIN && s->held_pull_result >= 0)
-      return held_result(s);
-  } while (r == GNUTLS_E_INTERRUPTED || r == GNUTLS_E_AGAIN);
+  } while (r == GNUTLS_E_INTERRUPTED);
+  if (r == GNUTLS_E_AGAIN && s->held_pull_result >= 0)
+    return held_result(s);
   if (r <= 0)
     return r;
-  /* Then whatever further records have arrived whole, without waiting for more. */
+  /* Then whatever further records have arrived whole. */
   size_t total = (size_t) r;
-  s->no_wait = 1;
   while (total < len) {
     r = tls.gnutls_record_recv(s->session, (char *) buf + total, len - total);
     if (r > 0) {
@@ -351,8 +362,32 @@ ssize_t CNBDTLS_recv(CNBDTLS_session *s, void *buf, size_t len)
       break;
     }
   }
-  s->no_wait = 0;
   return (ssize_t) total;
+}
+
+ssize_t CNBDTLS_recv(CNBDTLS_session *s, void *buf, size_t len)
+{
+  if (s->has_deferred) {
+    s->has_deferred = 0;
+    return s->deferred;
+  }
+  for (;;) {
+    pthread_mutex_lock(&s->lock);
+    s->no_wait = 1;
+    s->pull_found_nothing = 0;
+    ssize_t r = recv_locked(s, buf, len);
+    int found_nothing = s->pull_found_nothing;
+    s->no_wait = 0;
+    pthread_mutex_unlock(&s->lock);
+    if (r != GNUTLS_E_AGAIN)
+      return r;
+    if (!found_nothing)
+      continue;
+    /* No whole record yet: wait for more without the lock, so replies go out meanwhile. */
+    struct pollfd p = { .fd = s->read_fd, .events = POLLIN };
+    if (poll(&p, 1, -1) < 0 && errno != EINTR)
+      return GNUTLS_E_PULL_ERROR;
+  }
 }
 
 int CNBDTLS_unreported_error(CNBDTLS_session *s)
@@ -360,7 +395,8 @@ int CNBDTLS_unreported_error(CNBDTLS_session *s)
   return s->has_deferred && s->deferred < 0 ? (int) s->deferred : 0;
 }
 
-ssize_t CNBDTLS_send(CNBDTLS_session *s, const void *buf, size_t len)
+/* One record (at most len bytes of buf) under the lock, which the caller holds. */
+static ssize_t send_locked(CNBDTLS_session *s, const void *buf, size_t len)
 {
   ssize_t r;
   do {
@@ -369,11 +405,20 @@ ssize_t CNBDTLS_send(CNBDTLS_session *s, const void *buf, size_t len)
   return r;
 }
 
-/* Sends all of buf, retrying partial and interrupted sends. */
-static int send_all(CNBDTLS_session *s, const char *buf, size_t len)
+ssize_t CNBDTLS_send(CNBDTLS_session *s, const void *buf, size_t len)
+{
+  pthread_mutex_lock(&s->lock);
+  ssize_t r = send_locked(s, buf, len);
+  pthread_mutex_unlock(&s->lock);
+  return r;
+}
+
+/* Sends all of buf, retrying partial and interrupted sends; takes the lock for each record
+ * unless the caller holds it (locked). */
+static int send_all(CNBDTLS_session *s, const char *buf, size_t len, int locked)
 {
   while (len > 0) {
-    ssize_t r = CNBDTLS_send(s, buf, len);
+    ssize_t r = locked ? send_locked(s, buf, len) : CNBDTLS_send(s, buf, len);
     if (r < 0)
       return (int) r;
     buf += r;
@@ -387,29 +432,37 @@ int CNBDTLS_send_message(CNBDTLS_session *s, const void *header, size_t header_l
 {
   int r;
   int cork = payload_len > 0 && payload_len <= 16384;
-  if (cork)
-    tls.gnutls_record_cork(s->session);
-  if ((r = send_all(s, header, header_len)) < 0 ||
-      (r = send_all(s, payload, payload_len)) < 0) {
-    if (cork)
-      tls.gnutls_record_uncork(s->session, 0);
+  if (!cork) {
+    if ((r = send_all(s, header, header_len, 0)) < 0)
+      return r;
+    return send_all(s, payload, payload_len, 0);
+  }
+  /* One record, built and sent under one hold of the lock. */
+  pthread_mutex_lock(&s->lock);
+  tls.gnutls_record_cork(s->session);
+  if ((r = send_all(s, header, header_len, 1)) < 0 ||
+      (r = send_all(s, payload, payload_len, 1)) < 0) {
+    tls.gnutls_record_uncork(s->session, 0);
+    pthread_mutex_unlock(&s->lock);
     return r;
   }
-  if (cork) {
-    do {
-      r = tls.gnutls_record_uncork(s->session, GNUTLS_RECORD_WAIT);
-    } while (r == GNUTLS_E_INTERRUPTED || r == GNUTLS_E_AGAIN);
-    if (r < 0)
-      return r;
-  }
-  return 0;
+  do {
+    r = tls.gnutls_record_uncork(s->session, GNUTLS_RECORD_WAIT);
+  } while (r == GNUTLS_E_INTERRUPTED || r == GNUTLS_E_AGAIN);
+  pthread_mutex_unlock(&s->lock);
+  return r < 0 ? r : 0;
 }
 
 void CNBDTLS_session_free(CNBDTLS_session *s, int send_bye)
 {
   if (s == NULL) return;
-  if (send_bye) tls.gnutls_bye(s->session, GNUTLS_SHUT_WR);
+  /* close_notify only if it can go out without waiting: a client that reads nothing more must
+   * not hold the connection (and its thread) open. A writable socket or pipe has room for it. */
+  struct pollfd p = { .fd = s->write_fd, .events = POLLOUT };
+  if (send_bye && poll(&p, 1, 0) == 1 && (p.revents & POLLOUT))
+    tls.gnutls_bye(s->session, GNUTLS_SHUT_WR);
   tls.gnutls_deinit(s->session);
+  pthread_mutex_destroy(&s->lock);
   free(s);
 }
 

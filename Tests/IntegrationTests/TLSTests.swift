@@ -628,6 +628,142 @@ final class TLSTests: IntegrationTestCase {
         assertStillServes(s)
     }
 
+    /// A client that sends reads, half-closes and reads nothing more: once every reply has gone
+    /// out the connection ends, even when the socket has no room left for close_notify (that
+    /// waited for the client to read, holding the connection and its thread). For n = 1, 2, ...
+    /// reads of 4 KiB, until the replies no longer fit in the socket: when the records queued
+    /// for the client hold all n replies, the server must close its end within 2 seconds.
+    func testCloseNotifyNeverWaitsForAClientThatDoesNotRead() throws {
+        let s = try startServer(["--tls=require", "--tls-certificates=\(certs)", "memory", "1M"])
+        let r = Harness.run(["/usr/bin/python3", "-c", """
+        \(Self.rawClientPrelude)
+        import array, fcntl, os, select, termios
+        for n in range(1, 1000):
+            if n > 1:
+                raw = socket.socket(socket.AF_UNIX); raw.settimeout(10); raw.connect(path)
+            tls = start_tls()
+            tls.sendall(b''.join(request(0, i, 0, 4096) for i in range(n)))
+            tls.shutdown(socket.SHUT_WR)
+            p = select.poll(); p.register(tls.fileno(), select.POLLRDHUP)
+            closed = bool(p.poll(2000))
+            queued = array.array('i', [0]); fcntl.ioctl(tls.fileno(), termios.FIONREAD, queued)
+            peek = socket.socket(fileno=os.dup(tls.fileno()))
+            wire = peek.recv(queued[0], socket.MSG_PEEK); peek.close()
+            at = plain = 0                       # reply bytes in the whole records queued
+            while at + 5 <= len(wire) and at + 5 + int.from_bytes(wire[at + 3:at + 5], 'big') <= len(wire):
+                length = int.from_bytes(wire[at + 3:at + 5], 'big')
+                plain += length - 17; at += 5 + length
+            tls.close()
+            if plain < n * 4112:
+                break                            # the server waits for the client to read replies
+            assert closed, 'connection held after all %d replies went out' % n
+        print('ok' if n > 2 else 'too few')
+        """, s.socket, Self.pki.file("ca-cert.pem")], timeout: 120)
+        XCTAssertEqual(r.stdout, "ok\n", r.stdout + r.stderr)
+        assertStillServes(s)
+    }
+
+    /// A client that asks for new TLS 1.3 keys (KeyUpdate, about 7 times a second, in the middle
+    /// of replies) while worker threads send 64 KiB replies: GnuTLS answers it inside the receive
+    /// with new sending keys, which corrupted the record a worker was encrypting (the client
+    /// failed to decrypt at the first update). The client is GnuTLS itself, through ctypes
+    /// (Python's ssl cannot send a KeyUpdate); the file lies on the test directory's disk, so it
+    /// is served by worker threads, and the memory plugin's one thread per connection is
+    /// checked too. Every reply must arrive, in one piece and with the right data.
+    func testClientKeyUpdatesDuringRepliesKeepTheSession() throws {
+        let disk = randomFile("disk.img", count: 16 << 20)
+        let file = try startServer(["-t", "16", "--tls=require", "--tls-psk=\(pskFile)", "file", disk], socketName: "file")
+        let memory = try startServer(["--tls=require", "--tls-psk=\(pskFile)", "memory", "16M"], socketName: "memory")
+        let copy = Harness.run(["nbdcopy", disk, pskURI(memory)])
+        XCTAssertEqual(copy.status, 0, copy.stderr)
+        for s in [file, memory] {
+            let r = Harness.run(["/usr/bin/python3", "-c", Self.keyUpdatingClient, s.socket, pskFile, disk], timeout: 60)
+            XCTAssertTrue(r.stdout.hasPrefix("ok "), r.stdout + r.stderr + s.stderr)
+            XCTAssertEqual(Harness.run(["nbdinfo", "--size", pskURI(s)]).stdout, "16777216\n", s.stderr)
+        }
+    }
+
+    /// Connects to the Unix socket argv[1] with PSK (file argv[2]) through libgnutls, then reads
+    /// random 64 KiB blocks, 32 at a time, for 2 seconds, comparing them with the file argv[3],
+    /// asking the server for new keys halfway through a batch's replies (at most 8 a second,
+    /// GnuTLS's limit). Prints "ok REPLIES UPDATES".
+    static let keyUpdatingClient = """
+        import ctypes, socket, struct, sys, time
+        path, pskfile, disk = sys.argv[1:4]
+        seconds, depth, length = 2.0, 32, 65536
+        g = ctypes.CDLL('libgnutls.so.30')
+        class Datum(ctypes.Structure):
+            _fields_ = [('data', ctypes.c_char_p), ('size', ctypes.c_uint)]
+        g.gnutls_record_send.restype = ctypes.c_ssize_t
+        g.gnutls_record_send.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_size_t]
+        g.gnutls_record_recv.restype = ctypes.c_ssize_t
+        g.gnutls_record_recv.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t]
+        for f in ('gnutls_handshake', 'gnutls_session_key_update', 'gnutls_credentials_set', 'gnutls_priority_set_direct',
+                  'gnutls_transport_set_int2', 'gnutls_psk_set_client_credentials', 'gnutls_protocol_get_version'):
+            getattr(g, f).argtypes = None
+        g.gnutls_strerror.restype = ctypes.c_char_p
+        def check(r, what):
+            if r < 0: sys.exit('%s: %s' % (what, g.gnutls_strerror(int(r)).decode()))
+            return r
+        raw = socket.socket(socket.AF_UNIX); raw.settimeout(20); raw.connect(path)
+        def recvall(n):
+            b = b''
+            while len(b) < n:
+                c = raw.recv(n - len(b)); assert c, 'eof'; b += c
+            return b
+        recvall(18); raw.sendall(struct.pack('>I', 3))
+        raw.sendall(b'IHAVEOPT' + struct.pack('>II', 5, 0))                 # STARTTLS
+        assert struct.unpack('>QIII', recvall(20))[2] == 1
+        user, key = open(pskfile).read().strip().split(':')
+        cred = ctypes.c_void_p(); check(g.gnutls_psk_allocate_client_credentials(ctypes.byref(cred)), 'creds')
+        k = key.encode(); check(g.gnutls_psk_set_client_credentials(cred, user.encode(), ctypes.byref(Datum(k, len(k))), 1), 'psk')
+        s = ctypes.c_void_p(); check(g.gnutls_init(ctypes.byref(s), 2), 'init')
+        check(g.gnutls_priority_set_direct(s, b'NORMAL:+ECDHE-PSK:+DHE-PSK:+PSK', None), 'priority')
+        check(g.gnutls_credentials_set(s, 4, cred), 'credentials_set')
+        g.gnutls_transport_set_int2(s, raw.fileno(), raw.fileno())
+        raw.setblocking(True)
+        check(g.gnutls_handshake(s), 'handshake')
+        assert g.gnutls_protocol_get_version(s) == 5, 'not TLS 1.3'            # GNUTLS_TLS1_3
+        buf = ctypes.create_string_buffer(1 << 21)
+        def tsend(b):
+            while b:
+                n = g.gnutls_record_send(s, b, len(b))
+                if n in (-28, -52): continue
+                check(n, 'send'); b = b[n:]
+        def trecv(n):
+            out = b''
+            while len(out) < n:
+                r = g.gnutls_record_recv(s, buf, n - len(out))
+                if r in (-28, -52): continue                                  # AGAIN, INTERRUPTED: a handshake message
+                check(r, 'recv after %d replies' % replies)
+                if r == 0: sys.exit('eof after %d replies' % replies)
+                out += ctypes.string_at(buf, r)
+            return out
+        replies = 0
+        tsend(b'IHAVEOPT' + struct.pack('>IIIH', 7, 6, 0, 0))                 # GO, default export
+        while True:
+            _, _, rtype, n = struct.unpack('>QIII', trecv(20)); trecv(n)
+            if rtype == 1: break
+        data = open(disk, 'rb').read()
+        size = len(data)
+        end = time.monotonic() + seconds; last = 0; updates = 0; cookie = 0
+        while time.monotonic() < end:
+            batch = []
+            for i in range(depth):
+                off = (cookie * 7919 * 4096) % (size - length)
+                batch.append((cookie, off)); cookie += 1
+            tsend(b''.join(struct.pack('>IHHQQI', 0x25609513, 0, 0, c, o, length) for c, o in batch))
+            waiting = dict(batch)
+            while waiting:
+                if len(waiting) == depth // 2 and time.monotonic() - last > 0.13:
+                    check(g.gnutls_session_key_update(s, 1), 'key_update'); updates += 1; last = time.monotonic()
+                magic, err, handle = struct.unpack('>IIQ', trecv(16))
+                assert (magic, err) == (0x67446698, 0) and handle in waiting, (hex(magic), err, handle)
+                assert trecv(length) == data[waiting[handle]:waiting.pop(handle) + length], 'wrong data'
+                replies += 1
+        print('ok', replies, updates)
+        """
+
     /// `-s` negotiates TLS when standard input and output are a socket: libnbd's
     /// connect_command hands the server a socketpair as descriptors 0 and 1, so GnuTLS receives
     /// on one and sends on the other. Over pipes (which GnuTLS cannot use) STARTTLS is refused

@@ -48,7 +48,9 @@ int CNBDTLS_handshake(CNBDTLS_session *s);
 /* Record I/O: bytes moved, 0 at end of file, or a negative GnuTLS error code.
  * Interrupted and would-block results are retried inside. CNBDTLS_recv waits for one record,
  * then adds the records that have already arrived whole, as far as len allows; an error or end
- * of file met among those is returned by the next call. */
+ * of file met among those is returned by the next call. One thread may receive while another
+ * sends: each call holds the session's lock only while it works on records (never while
+ * waiting for input), so a reply is not held up by a receive waiting for the next request. */
 ssize_t CNBDTLS_recv(CNBDTLS_session *s, void *buf, size_t len);
 /* The error (a negative GnuTLS code) CNBDTLS_recv met among further records and has not
  * returned yet, or 0. A fatal one ends the session at once, so the connection may end (its
@@ -61,7 +63,8 @@ ssize_t CNBDTLS_send(CNBDTLS_session *s, const void *buf, size_t len);
 int CNBDTLS_send_message(CNBDTLS_session *s, const void *header, size_t header_len,
                          const void *payload, size_t payload_len);
 
-/* Sends close_notify (best effort) and frees the session; the fd is not closed. */
+/* Sends close_notify if the socket has room for it now (best effort, never waits) and frees
+ * the session; the fd is not closed. */
 void CNBDTLS_session_free(CNBDTLS_session *s, int send_bye);
 
 /* A one-line description of the negotiated protocol and cipher, for debug logs. */
