@@ -45,15 +45,17 @@ public struct CaptiveCommand: Sendable {
 /// The watcher of a `--run` command: a small shell in the command's process group that ends
 /// the whole group (SIGKILL) if nbdkit dies without doing so, as when SIGKILL is sent to
 /// nbdkit's own process group (by `timeout -s KILL`, say), which the command, in a group of its
-/// own, would otherwise outlive. It reads a line from a pipe of which nbdkit alone holds the
-/// other end: end of file means nbdkit is gone; a line, that nbdkit is exiting by its own
-/// doing (which works after nbdkit has dropped privileges with -u, where a signal would not).
-/// It dies on SIGTERM (the group is being ended) and ignores the terminal's other signals,
-/// which are the command's to answer. Before ending the group it removes the private directory
-/// of `-U -` and its socket, which nbdkit would have removed.
+/// own, would otherwise outlive. It reads lines from a pipe of which nbdkit alone holds the
+/// other end: end of file means nbdkit is gone; an empty line, that nbdkit is exiting by its
+/// own doing; a signal number, that nbdkit passes that signal on to the group (then SIGCONT),
+/// which nbdkit can't do itself once it has dropped privileges with -u (the command keeps
+/// them, as under nbdkit). It ignores the signals a group gets from the terminal or from
+/// nbdkit, which are the command's to answer. Before ending the group it removes the private
+/// directory of `-U -` and its socket, which nbdkit would have removed.
 enum CaptiveWatch {
-    static let script = "trap '' INT QUIT HUP TSTP TTIN TTOU; read -r line <&3 || "
-        + "{ if [ -n \"$1\" ]; then rm -f -- \"$1/socket\"; rmdir -- \"$1\"; fi; kill -s KILL 0; }"
+    static let script = "trap '' INT QUIT HUP TERM TSTP TTIN TTOU; "
+        + "while read -r line <&3; do [ -z \"$line\" ] && exit 0; kill -\"$line\" 0; kill -CONT 0; done; "
+        + "if [ -n \"$1\" ]; then rm -f -- \"$1/socket\"; rmdir -- \"$1\"; fi; kill -s KILL 0"
 
     /// Starts a watcher in process group `group` (removing `temporaryDirectory` if nbdkit
     /// dies); returns its pid and nbdkit's end of the pipe, or nil if it can't be started.
@@ -106,9 +108,13 @@ public struct CaptiveProcess: Sendable {
     }
 
     /// Sends `signal` to the command's whole process group, then SIGCONT, so that a group
-    /// stopped at the terminal (Ctrl-Z) gets it too.
+    /// stopped at the terminal (Ctrl-Z) gets it too; through the watcher where nbdkit may no
+    /// longer signal the group itself (after -u).
     public func signal(_ signal: Int32) {
-        _ = kill(-pid, signal)
+        if kill(-pid, signal) == -1, CNBDShim_errno() == EPERM, let watcher {
+            let line = Array("\(signal)\n".utf8)
+            _ = line.withUnsafeBytes { write(watcher.pipe, $0.baseAddress, $0.count) }
+        }
         _ = kill(-pid, SIGCONT)
     }
 

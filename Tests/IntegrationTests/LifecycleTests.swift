@@ -466,6 +466,29 @@ final class LifecycleTests: IntegrationTestCase {
         XCTAssertFalse(FileManager.default.fileExists(atPath: privateDir), "\(privateDir) left behind")
     }
 
+    /// As root with -u: the --run command keeps root's privileges (as under nbdkit) while the
+    /// server runs as the new user, which may not signal it, so the signals nbdkit passes on
+    /// go through the command's watcher: SIGTERM to nbdkit, and the parent's death under
+    /// --exit-with-parent, end the command at once (it ran on to its end before).
+    func testSignalsReachTheCommandAfterTheUserChange() throws {
+        try XCTSkipUnless(getuid() == 0, "changing user needs root")
+        for killParent in [false, true] {
+            let pidFile = dir.file("pid-\(killParent)"), commandPIDFile = dir.file("command-\(killParent)")
+            let parent = Process()
+            parent.executableURL = URL(fileURLWithPath: "/bin/sh")
+            parent.arguments = ["-c", "'\(Harness.nbdkit)' --exit-with-parent -U - -u nobody -g nogroup memory 1M " +
+                                "--run 'echo $$ > \(commandPIDFile); exec sleep 30' & echo $! > \(pidFile); exec sleep 60"]
+            parent.standardError = FileHandle.nullDevice
+            try parent.run()
+            defer { if parent.isRunning { kill(parent.processIdentifier, SIGKILL) } }
+            guard let server = readPID(pidFile), let command = readPID(commandPIDFile) else { return XCTFail("no pids") }
+            defer { kill(server, SIGKILL); kill(command, SIGKILL) }
+            if killParent { kill(parent.processIdentifier, SIGKILL) } else { kill(server, SIGTERM) }
+            XCTAssertTrue(waitGone(command, seconds: 5), "the command outlived nbdkit's signal (parent killed: \(killParent))")
+            XCTAssertTrue(waitGone(server, seconds: 5), "nbdkit still running (parent killed: \(killParent))")
+        }
+    }
+
     /// As root with -u: a pid file made beforehand for the new user, in a directory only root
     /// may write to (as a service's start-up script does for nbdkit), is written in place with
     /// the server's pid; a new file can't be made there.
