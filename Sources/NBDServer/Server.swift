@@ -84,8 +84,9 @@ public final class Server: Sendable {
                 if fd < 0 {
                     let e = CNBDShim_errno()
                     if e != EINTR && e != EAGAIN && e != ECONNABORTED {
-                        logger.error("accept: \(SystemError("accept", errno: e))")
-                        if e == EMFILE || e == ENFILE { usleep(100_000) }
+                        logger.error("\(SystemError("accept", errno: e))")
+                        // Out of descriptors, or a listener that can't accept: not again at once.
+                        usleep(100_000)
                     }
                     continue
                 }

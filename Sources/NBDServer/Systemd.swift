@@ -15,7 +15,7 @@ public enum SocketActivation {
     /// The sockets passed to this process; none when LISTEN_PID or LISTEN_FDS is unset, can't
     /// be read (said through `report`, as nbdkit's messages without the program name) or
     /// names another process. Throws, with nbdkit's message, when LISTEN_FDS is out of range
-    /// or a descriptor it counts is not open. Call before the process opens any descriptor of
+    /// or a descriptor it counts is not open (see also `checkListening`). Call before the process opens any descriptor of
     /// its own, which could take the number of one that was not passed.
     public static func takeSockets(report: (String) -> Void) throws -> [PassedSocket] {
         guard let pidText = environment("LISTEN_PID") else { return [] }
@@ -41,6 +41,18 @@ public enum SocketActivation {
                 throw ConfigError("socket activation: invalid file descriptor fd = \(fd.raw): \(String(cString: strerror(error.errno)))")
             }
             return PassedSocket(fd: fd, name: names?.count == total ? String(names![i]) : "unknown")
+        }
+    }
+
+    /// Throws unless every socket passed listens: what can't accept (a file, a connected socket
+    /// from a unit with Accept=yes) would fail every accept.
+    public static func checkListening(_ sockets: [PassedSocket]) throws(ConfigError) {
+        for socket in sockets {
+            var listening: Int32 = 0
+            var size = socklen_t(MemoryLayout<Int32>.size)
+            guard getsockopt(socket.fd.raw, SOL_SOCKET, SO_ACCEPTCONN, &listening, &size) == 0, listening == 1 else {
+                throw ConfigError("socket activation: fd = \(socket.fd.raw) is not a listening socket (the socket unit must have Accept=no)")
+            }
         }
     }
 

@@ -76,6 +76,7 @@ struct Startup {
             break
         case .activated:
             let passed = config.activatedSockets
+            try ServerStartupError.marking { try SocketActivation.checkListening(passed) }
             for socket in passed { logger.debug("socket activation: serving fd \(socket.fd.raw) (\(socket.name))") }
             listeners = Listeners(sockets: passed.map(\.fd), port: nil, unixPath: nil)
         case .unixTemporary:

@@ -105,7 +105,8 @@ final class SystemdTests: IntegrationTestCase {
     }
 
     /// LISTEN_* read as nbdkit reads them: a descriptor counted but not passed (here fd 3, or
-    /// fd 4 beside a passed 3) and a count of 0 are errors (the server's own signalfd and
+    /// fd 4 beside a passed 3), one that is not a listening socket, and a count of 0 are
+    /// errors (the server's own signalfd and
     /// eventfd were served instead, silently); LISTEN_PID naming another process or not a
     /// number is said and ignored; names that don't match the count leave the socket unnamed
     /// (libsystemd's EINVAL refused to start).
@@ -117,6 +118,9 @@ final class SystemdTests: IntegrationTestCase {
             ("exec 3</dev/null 4>&-; LISTEN_PID=$$ LISTEN_FDS=2 exec \(nbdkit) -f memory 1M",
              "nbdkit: socket activation: invalid file descriptor fd = 4: Bad file descriptor\n"),
             ("LISTEN_PID=$$ LISTEN_FDS=0 exec \(nbdkit) -f memory 1M", "nbdkit: socket activation: LISTEN_FDS=0 out of range\n"),
+            // (Served, it failed every accept at once and flooded the log.)
+            ("exec 3</dev/null; LISTEN_PID=$$ LISTEN_FDS=1 exec \(nbdkit) -f memory 1M",
+             "nbdkit: error: socket activation: fd = 3 is not a listening socket (the socket unit must have Accept=no)\n"),
         ] {
             let r = Harness.shell(script, timeout: 20)
             XCTAssertEqual(r.status, 1, script)
