@@ -34,6 +34,8 @@ final class ExitWhenFilter: PassthroughFilter, @unchecked Sendable {
             case .pipeClosed(let fd):
                 var p = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
                 guard poll(&p, 1, 0) >= 0 else { return true }
+                // As nbdkit: a descriptor that is not open counts as closed, and is said.
+                if p.revents & Int16(POLLNVAL) != 0 { logger.error("exit-when-pipe-closed: invalid file descriptor") }
                 return p.revents & Int16(POLLHUP | POLLERR | POLLNVAL) != 0
             case .processExits(let pid):
                 return kill(pid, 0) == -1 && CNBDShim_errno() == ESRCH

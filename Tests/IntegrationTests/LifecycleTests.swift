@@ -293,6 +293,14 @@ final class LifecycleTests: IntegrationTestCase {
         }
     }
 
+    /// As nbdkit: exit-when-pipe-closed on a descriptor that is not open is the event (the
+    /// server exits 0 at once), and is said.
+    func testExitWhenPipeClosedOnAClosedDescriptor() {
+        let r = Harness.run([Harness.nbdkit, "-f", "-U", dir.file("s"), "--filter=exitwhen", "null", "exit-when-pipe-closed=97"], timeout: 20)
+        XCTAssertEqual(r.status, 0, r.stderr)
+        XCTAssertEqual(r.stderr, "nbdkit: error: exit-when-pipe-closed: invalid file descriptor\n")
+    }
+
     /// exitwhen's script, run at every poll, leaves nothing running behind it: no process (a
     /// --run watcher was started with every script and never stopped) and no descriptor.
     func testExitWhenScriptLeavesNoProcessBehind() throws {
