@@ -127,6 +127,10 @@ public final class PlainTransport: Transport, @unchecked Sendable {
     private let spliceMayWait: Bool
     /// Both descriptors are sockets, which GnuTLS's receives and sends need (`-s` may be pipes).
     private let upgradable: Bool
+    /// Where `readFD` is not a socket (`-s` on a pipe), which `shutdown` can't end: an eventfd
+    /// that each receive also waits on, made readable by `shutdownReceive` and `disconnect`;
+    /// -1 for a socket.
+    private let cancel: Int32
 
     public init(readFD: Int32, writeFD: Int32) {
         self.readFD = readFD
@@ -135,6 +139,7 @@ public final class PlainTransport: Transport, @unchecked Sendable {
         self.splices = domain == AF_UNIX || domain == AF_INET || domain == AF_INET6
         self.spliceMayWait = domain != AF_UNIX
         self.upgradable = domain >= 0 || (CNBDShim_socket_domain(readFD) >= 0 && CNBDShim_socket_domain(writeFD) >= 0)
+        self.cancel = CNBDShim_socket_domain(readFD) >= 0 ? -1 : CNBDShim_eventfd()
     }
 
     public convenience init(socket: Int32) { self.init(readFD: socket, writeFD: socket) }
@@ -148,6 +153,12 @@ public final class PlainTransport: Transport, @unchecked Sendable {
 
     public func receiveSome(into buffer: UnsafeMutableRawBufferPointer) throws -> Int {
         while true {
+            if cancel >= 0 {
+                var fds = [pollfd(fd: readFD, events: Int16(POLLIN), revents: 0),
+                           pollfd(fd: cancel, events: Int16(POLLIN), revents: 0)]
+                if poll(&fds, 2, -1) < 0 { continue }
+                if fds[1].revents != 0 { throw TransportError.endOfFile }
+            }
             let n = Glibc.read(readFD, buffer.baseAddress!, buffer.count)
             if n > 0 { return n }
             if n == 0 { throw TransportError.endOfFile }
@@ -270,11 +281,21 @@ public final class PlainTransport: Transport, @unchecked Sendable {
         return sent
     }
 
-    public func shutdownReceive() { _ = shutdown(readFD, Int32(SHUT_RD)) }
+    public func shutdownReceive() {
+        _ = shutdown(readFD, Int32(SHUT_RD))
+        cancelReceives()
+    }
 
     public func disconnect() {
         _ = shutdown(readFD, Int32(SHUT_RDWR))
         if writeFD != readFD { _ = shutdown(writeFD, Int32(SHUT_RDWR)) }
+        cancelReceives()
+    }
+
+    private func cancelReceives() {
+        guard cancel >= 0 else { return }
+        var one: UInt64 = 1
+        _ = write(cancel, &one, 8)
     }
 
     public var upgradableDescriptors: (read: Int32, write: Int32)? { upgradable ? (readFD, writeFD) : nil }
@@ -285,5 +306,6 @@ public final class PlainTransport: Transport, @unchecked Sendable {
     public func close() {
         _ = Glibc.close(readFD)
         if writeFD != readFD { _ = Glibc.close(writeFD) }
+        if cancel >= 0 { _ = Glibc.close(cancel) }
     }
 }

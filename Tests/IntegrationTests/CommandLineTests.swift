@@ -585,6 +585,32 @@ final class CommandLineTests: IntegrationTestCase {
         XCTAssertEqual(r.stdout, "ok\n", r.stderr)
     }
 
+    /// -s over pipes: SIGTERM (as the parent's death under --exit-with-parent) ends a server
+    /// whose client holds its pipes open and sends nothing, after the grace, as on a socket:
+    /// a read waiting on a pipe, which shutdown() can't end, waited for the client (as in
+    /// nbdkit), so the server outlived the signal for as long as the client kept the pipe.
+    func testSingleModeOverPipesEndsOnSIGTERMWithAnIdleClient() throws {
+        let r = Harness.run(["/usr/bin/python3", "-c", """
+        import signal, struct, subprocess, sys, time
+        p = subprocess.Popen([sys.argv[1], '-s', 'memory', '1M'], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        def recv(n):
+            b = b''
+            while len(b) < n:
+                c = p.stdout.read(n - len(b)); assert c, 'eof'; b += c
+            return b
+        recv(18); p.stdin.write(struct.pack('>I', 3) + b'IHAVEOPT' + struct.pack('>II', 1, 0)); p.stdin.flush()
+        assert struct.unpack('>Q', recv(10)[:8])[0] == 1 << 20        # EXPORT_NAME "": transmission
+        start = time.monotonic()
+        p.send_signal(signal.SIGTERM)
+        try:
+            status = p.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            p.kill(); sys.exit('still running 15 s after SIGTERM')
+        print(status, round(time.monotonic() - start))
+        """, Harness.nbdkit], timeout: 40)
+        XCTAssertEqual(r.stdout, "0 5\n", r.stderr)
+    }
+
     /// -P opens its path in place, as nbdkit: a symlink is written through and a device is
     /// written to, and both are left as they were at exit (the pid file was a new file renamed
     /// over the path and removed at exit, which turned a /dev/null into a file and deleted it).
