@@ -34,11 +34,20 @@ struct CNBDTLS_session {
   /* Held around every call into the session once it carries records: GnuTLS lets one thread
    * receive while another sends, except that a TLS 1.3 KeyUpdate asking for ours is answered
    * (new sending keys) inside the receive, which would corrupt a record another thread is
-   * encrypting. So receives never wait holding it (they poll the socket outside it), and sends
-   * hold it one record at a time. */
+   * encrypting. Neither side waits for the socket holding it: receives poll outside it, and
+   * sends hold it while a record is made and handed to the socket as far as it takes it
+   * (`keep_unsent`), then write the rest without it. */
   pthread_mutex_t lock;
   int read_fd;
   int write_fd;
+  /* Set while a record is sent under the lock: the push function then never waits; what the
+   * socket can't take now is kept in `unsent` (in order), and the sender writes it out after
+   * releasing the lock, so a receive (which the client may need before it reads replies) is
+   * never held up by a socket that is full. At most one record is kept: each sender empties it
+   * before the next record, and senders take turns (the connection's write lock). */
+  int keep_unsent;
+  char *unsent;
+  size_t unsent_length, unsent_capacity;
   /* Set while CNBDTLS_recv gathers further records: the pull function then reports EAGAIN
    * instead of waiting for more. */
   int no_wait;
@@ -97,6 +106,7 @@ struct CNBDTLS_session {
   X(gnutls_transport_set_ptr2) \
   X(gnutls_transport_set_pull_function) \
   X(gnutls_transport_set_pull_timeout_function) \
+  X(gnutls_transport_set_vec_push_function) \
 
 static struct {
 #define CNBDTLS_POINTER(name) __typeof__(name) *name;
@@ -278,6 +288,83 @@ static int session_pull_timeout(gnutls_transport_ptr_t ptr, unsigned int ms)
   return poll(&p, 1, ms == GNUTLS_INDEFINITE_TIMEOUT ? -1 : (int) ms);
 }
 
+/* Keeps the bytes of iov after the first `skip` in s->unsent; -1 without memory. */
+static int keep(CNBDTLS_session *s, const giovec_t *iov, int iovcnt, size_t skip)
+{
+  for (int i = 0; i < iovcnt; i++) {
+    size_t length = iov[i].iov_len;
+    if (skip >= length) {
+      skip -= length;
+      continue;
+    }
+    length -= skip;
+    if (s->unsent_length + length > s->unsent_capacity) {
+      size_t capacity = 2 * (s->unsent_length + length);
+      char *grown = realloc(s->unsent, capacity);
+      if (grown == NULL)
+        return -1;
+      s->unsent = grown;
+      s->unsent_capacity = capacity;
+    }
+    memcpy(s->unsent + s->unsent_length, (const char *) iov[i].iov_base + skip, length);
+    s->unsent_length += length;
+    skip = 0;
+  }
+  return 0;
+}
+
+/* GnuTLS's push function: a blocking sendmsg, except while keep_unsent is set (see there). */
+static ssize_t session_push(gnutls_transport_ptr_t ptr, const giovec_t *iov, int iovcnt)
+{
+  CNBDTLS_session *s = ptr;
+  struct msghdr m = { .msg_iov = (struct iovec *) iov, .msg_iovlen = (size_t) iovcnt };
+  if (!s->keep_unsent && s->unsent_length == 0)
+    return sendmsg(s->write_fd, &m, MSG_NOSIGNAL);
+  size_t total = 0;
+  for (int i = 0; i < iovcnt; i++)
+    total += iov[i].iov_len;
+  ssize_t sent = 0;
+  if (s->unsent_length == 0) {
+    sent = sendmsg(s->write_fd, &m, MSG_NOSIGNAL | MSG_DONTWAIT);
+    if (sent < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)
+      return -1;
+    if (sent < 0)
+      sent = 0;
+  }
+  if (keep(s, iov, iovcnt, (size_t) sent) < 0) {
+    errno = ENOMEM;
+    return -1;
+  }
+  return (ssize_t) total;
+}
+
+/* Writes out what the push function kept, waiting for the socket for at most timeout_ms (-1:
+ * as long as it takes). 0, or GNUTLS_E_PUSH_ERROR (errno set), or GNUTLS_E_AGAIN on time-out. */
+static int send_unsent(CNBDTLS_session *s, int timeout_ms)
+{
+  size_t done = 0;
+  int r = 0;
+  while (done < s->unsent_length) {
+    struct pollfd p = { .fd = s->write_fd, .events = POLLOUT };
+    int ready = poll(&p, 1, timeout_ms);
+    if (ready < 0 && errno == EINTR)
+      continue;
+    if (ready == 0) {
+      r = GNUTLS_E_AGAIN;
+      break;
+    }
+    ssize_t n = send(s->write_fd, s->unsent + done, s->unsent_length - done, MSG_NOSIGNAL | MSG_DONTWAIT);
+    if (n > 0) {
+      done += (size_t) n;
+    } else if (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {
+      r = GNUTLS_E_PUSH_ERROR;
+      break;
+    }
+  }
+  s->unsent_length = 0;
+  return r;
+}
+
 CNBDTLS_session *CNBDTLS_session_new(CNBDTLS_credentials *c, int read_fd, int write_fd, int verify_peer,
                                      int *code)
 {
@@ -304,8 +391,9 @@ CNBDTLS_session *CNBDTLS_session_new(CNBDTLS_credentials *c, int read_fd, int wr
   }
   /* Sends go to write_fd through GnuTLS's own functions; receives through session_pull. */
   tls.gnutls_transport_set_int2(s->session, read_fd, write_fd);
-  tls.gnutls_transport_set_ptr2(s->session, s, (gnutls_transport_ptr_t) (long) write_fd);
+  tls.gnutls_transport_set_ptr2(s->session, s, s);
   tls.gnutls_transport_set_pull_function(s->session, session_pull);
+  tls.gnutls_transport_set_vec_push_function(s->session, session_push);
   tls.gnutls_transport_set_pull_timeout_function(s->session, session_pull_timeout);
   s->read_fd = read_fd;
   s->write_fd = write_fd;
@@ -395,7 +483,8 @@ int CNBDTLS_unreported_error(CNBDTLS_session *s)
   return s->has_deferred && s->deferred < 0 ? (int) s->deferred : 0;
 }
 
-/* One record (at most len bytes of buf) under the lock, which the caller holds. */
+/* One record (at most len bytes of buf) under the lock, which the caller holds, with
+ * keep_unsent set: never waits for the socket. */
 static ssize_t send_locked(CNBDTLS_session *s, const void *buf, size_t len)
 {
   ssize_t r;
@@ -408,9 +497,12 @@ static ssize_t send_locked(CNBDTLS_session *s, const void *buf, size_t len)
 ssize_t CNBDTLS_send(CNBDTLS_session *s, const void *buf, size_t len)
 {
   pthread_mutex_lock(&s->lock);
+  s->keep_unsent = 1;
   ssize_t r = send_locked(s, buf, len);
+  s->keep_unsent = 0;
   pthread_mutex_unlock(&s->lock);
-  return r;
+  int w = send_unsent(s, -1);
+  return w < 0 ? w : r;
 }
 
 /* Sends all of buf, retrying partial and interrupted sends; takes the lock for each record
@@ -437,32 +529,40 @@ int CNBDTLS_send_message(CNBDTLS_session *s, const void *header, size_t header_l
       return r;
     return send_all(s, payload, payload_len, 0);
   }
-  /* One record, built and sent under one hold of the lock. */
+  /* One record, built under one hold of the lock. */
   pthread_mutex_lock(&s->lock);
+  s->keep_unsent = 1;
   tls.gnutls_record_cork(s->session);
   if ((r = send_all(s, header, header_len, 1)) < 0 ||
       (r = send_all(s, payload, payload_len, 1)) < 0) {
     tls.gnutls_record_uncork(s->session, 0);
-    pthread_mutex_unlock(&s->lock);
-    return r;
+  } else {
+    do {
+      r = tls.gnutls_record_uncork(s->session, GNUTLS_RECORD_WAIT);
+    } while (r == GNUTLS_E_INTERRUPTED || r == GNUTLS_E_AGAIN);
   }
-  do {
-    r = tls.gnutls_record_uncork(s->session, GNUTLS_RECORD_WAIT);
-  } while (r == GNUTLS_E_INTERRUPTED || r == GNUTLS_E_AGAIN);
+  s->keep_unsent = 0;
   pthread_mutex_unlock(&s->lock);
-  return r < 0 ? r : 0;
+  int w = send_unsent(s, -1);
+  if (r < 0)
+    return r;
+  return w < 0 ? w : 0;
 }
 
 void CNBDTLS_session_free(CNBDTLS_session *s, int send_bye)
 {
   if (s == NULL) return;
-  /* close_notify only if it can go out without waiting: a client that reads nothing more must
-   * not hold the connection (and its thread) open. A writable socket or pipe has room for it. */
-  struct pollfd p = { .fd = s->write_fd, .events = POLLOUT };
-  if (send_bye && poll(&p, 1, 0) == 1 && (p.revents & POLLOUT))
+  /* close_notify, waiting at most a second for room: a client that reads nothing more must not
+   * hold the connection (and its thread) open. */
+  if (send_bye) {
+    s->keep_unsent = 1;
     tls.gnutls_bye(s->session, GNUTLS_SHUT_WR);
+    s->keep_unsent = 0;
+    send_unsent(s, 1000);
+  }
   tls.gnutls_deinit(s->session);
   pthread_mutex_destroy(&s->lock);
+  free(s->unsent);
   free(s);
 }
 

@@ -434,7 +434,7 @@ final class TLSTests: IntegrationTestCase {
     /// option and returns the type of its final reply, skipping NBD_REP_INFO and META_CONTEXT.
     static let rawClientPrelude = """
         import socket, ssl, struct, sys
-        path, ca = sys.argv[1:]
+        path, ca = sys.argv[1:3]
         raw = socket.socket(socket.AF_UNIX); raw.settimeout(10); raw.connect(path)
         def recvall(sock, n):
             b = b''
@@ -630,7 +630,8 @@ final class TLSTests: IntegrationTestCase {
 
     /// A client that sends reads, half-closes and reads nothing more: once every reply has gone
     /// out the connection ends, even when the socket has no room left for close_notify (that
-    /// waited for the client to read, holding the connection and its thread). For n = 1, 2, ...
+    /// waited for the client to read, holding the connection and its thread; now it waits a
+    /// second at most). For n = 1, 2, ...
     /// reads of 4 KiB, until the replies no longer fit in the socket: when the records queued
     /// for the client hold all n replies, the server must close its end within 2 seconds.
     func testCloseNotifyNeverWaitsForAClientThatDoesNotRead() throws {
@@ -661,6 +662,33 @@ final class TLSTests: IntegrationTestCase {
         """, s.socket, Self.pki.file("ca-cert.pem")], timeout: 120)
         XCTAssertEqual(r.stdout, "ok\n", r.stdout + r.stderr)
         assertStillServes(s)
+    }
+
+    /// A client that sends a read and then a write with its payload before it reads anything
+    /// (as a simple synchronous client may): the read's reply fills the socket while the
+    /// client's payload is still coming. With worker threads, the reply's sender waited for the
+    /// socket holding the TLS session, so the reader could not take the payload in and neither
+    /// side moved; both requests must be answered. (File on the test directory's disk: served
+    /// by worker threads.)
+    func testReplyWaitingForTheSocketDoesNotStopTheReader() throws {
+        let disk = randomFile("disk.img", count: 16 << 20)
+        let s = try startServer(["-t", "16", "--tls=require", "--tls-certificates=\(certs)", "file", disk])
+        let r = Harness.run(["/usr/bin/python3", "-c", """
+        \(Self.rawClientPrelude)
+        tls = start_tls()
+        tls.settimeout(20)
+        data = open(sys.argv[3], 'rb').read()
+        for k, size in enumerate([1 << 20, 4 << 20]):
+            tls.sendall(request(0, 10 * k + 1, 0, size))
+            tls.sendall(request(1, 10 * k + 2, 8 << 20, size) + data[:size])
+            for _ in range(2):
+                magic, err, handle = struct.unpack('>IIQ', recvall(tls, 16))
+                assert (magic, err) == (0x67446698, 0) and handle in (10 * k + 1, 10 * k + 2), (magic, err, handle)
+                if handle == 10 * k + 1: assert recvall(tls, size) == data[:size]
+        print('ok')
+        """, s.socket, Self.pki.file("ca-cert.pem"), disk], timeout: 60)
+        XCTAssertEqual(r.stdout, "ok\n", r.stdout + r.stderr)
+        XCTAssertEqual(Harness.run(["nbdinfo", "--size", x509URI(s)]).stdout, "16777216\n", s.stderr)
     }
 
     /// A client that asks for new TLS 1.3 keys (KeyUpdate, about 7 times a second, in the middle

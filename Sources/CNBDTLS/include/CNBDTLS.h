@@ -49,8 +49,8 @@ int CNBDTLS_handshake(CNBDTLS_session *s);
  * Interrupted and would-block results are retried inside. CNBDTLS_recv waits for one record,
  * then adds the records that have already arrived whole, as far as len allows; an error or end
  * of file met among those is returned by the next call. One thread may receive while another
- * sends: each call holds the session's lock only while it works on records (never while
- * waiting for input), so a reply is not held up by a receive waiting for the next request. */
+ * sends: each call holds the session's lock only while it works on records, never while it
+ * waits for the socket, so neither a reply nor a receive waits for the other. */
 ssize_t CNBDTLS_recv(CNBDTLS_session *s, void *buf, size_t len);
 /* The error (a negative GnuTLS code) CNBDTLS_recv met among further records and has not
  * returned yet, or 0. A fatal one ends the session at once, so the connection may end (its
@@ -63,7 +63,7 @@ ssize_t CNBDTLS_send(CNBDTLS_session *s, const void *buf, size_t len);
 int CNBDTLS_send_message(CNBDTLS_session *s, const void *header, size_t header_len,
                          const void *payload, size_t payload_len);
 
-/* Sends close_notify if the socket has room for it now (best effort, never waits) and frees
+/* Sends close_notify (best effort, waiting at most a second for room in the socket) and frees
  * the session; the fd is not closed. */
 void CNBDTLS_session_free(CNBDTLS_session *s, int send_bye);
 
