@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 #include <sys/socket.h>
 #include <gnutls/gnutls.h>
@@ -32,22 +33,27 @@ struct CNBDTLS_credentials {
 struct CNBDTLS_session {
   gnutls_session_t session;
   /* Held around every call into the session once it carries records: GnuTLS lets one thread
-   * receive while another sends, except that a TLS 1.3 KeyUpdate asking for ours is answered
-   * (new sending keys) inside the receive, which would corrupt a record another thread is
-   * encrypting. Neither side waits for the socket holding it: receives poll outside it, and
-   * sends hold it while a record is made and handed to the socket as far as it takes it
-   * (`keep_unsent`), then write the rest without it. */
+   * receive while another sends, except that receiving a TLS 1.3 KeyUpdate changes the key
+   * state (epochs) a send in progress uses, and one asking for ours schedules our new sending
+   * keys for the next send: a record another thread was encrypting came out corrupt. Neither
+   * side waits for the socket holding it: receives poll outside it, and sends hold it while a
+   * record is made and handed to the socket as far as it takes it (`keep_unsent`), then write
+   * the rest without it. (A receive never pushes on this server: GnuTLS 3.7 sends no alert
+   * or handshake message from gnutls_record_recv here.) */
   pthread_mutex_t lock;
   int read_fd;
   int write_fd;
   /* Set while a record is sent under the lock: the push function then never waits; what the
    * socket can't take now is kept in `unsent` (in order), and the sender writes it out after
    * releasing the lock, so a receive (which the client may need before it reads replies) is
-   * never held up by a socket that is full. At most one record is kept: each sender empties it
-   * before the next record, and senders take turns (the connection's write lock). */
+   * never held up by a socket that is full. Little is kept (a record or two, and a KeyUpdate):
+   * each sender empties it before its next record, and senders take turns (the connection's
+   * write lock). */
   int keep_unsent;
   char *unsent;
   size_t unsent_length, unsent_capacity;
+  /* Set once kept bytes could not be written: the stream has a gap, so nothing more is sent. */
+  int broken;
   /* Set while CNBDTLS_recv gathers further records: the pull function then reports EAGAIN
    * instead of waiting for more. */
   int no_wait;
@@ -318,7 +324,12 @@ static ssize_t session_push(gnutls_transport_ptr_t ptr, const giovec_t *iov, int
 {
   CNBDTLS_session *s = ptr;
   struct msghdr m = { .msg_iov = (struct iovec *) iov, .msg_iovlen = (size_t) iovcnt };
-  if (!s->keep_unsent && s->unsent_length == 0)
+  if (s->broken) {
+    errno = EPIPE;
+    return -1;
+  }
+  /* (Only a sender under the lock touches `unsent`, which another sender may be writing out.) */
+  if (!s->keep_unsent)
     return sendmsg(s->write_fd, &m, MSG_NOSIGNAL);
   size_t total = 0;
   for (int i = 0; i < iovcnt; i++)
@@ -338,19 +349,29 @@ static ssize_t session_push(gnutls_transport_ptr_t ptr, const giovec_t *iov, int
   return (ssize_t) total;
 }
 
-/* Writes out what the push function kept, waiting for the socket for at most timeout_ms (-1:
- * as long as it takes). 0, or GNUTLS_E_PUSH_ERROR (errno set), or GNUTLS_E_AGAIN on time-out. */
+/* Writes out what the push function kept, waiting for the socket for at most timeout_ms in all
+ * (-1: as long as it takes). 0, or GNUTLS_E_PUSH_ERROR (errno set), or GNUTLS_E_AGAIN on
+ * time-out; after either, the session sends nothing more (`broken`). */
 static int send_unsent(CNBDTLS_session *s, int timeout_ms)
 {
   size_t done = 0;
   int r = 0;
+  struct timespec start;
+  clock_gettime(CLOCK_MONOTONIC, &start);
   while (done < s->unsent_length) {
+    int wait = -1;
+    if (timeout_ms >= 0) {
+      struct timespec now;
+      clock_gettime(CLOCK_MONOTONIC, &now);
+      long spent = (now.tv_sec - start.tv_sec) * 1000 + (now.tv_nsec - start.tv_nsec) / 1000000;
+      wait = spent >= timeout_ms ? 0 : timeout_ms - (int) spent;
+    }
     struct pollfd p = { .fd = s->write_fd, .events = POLLOUT };
-    int ready = poll(&p, 1, timeout_ms);
+    int ready = poll(&p, 1, wait);
     if (ready < 0 && errno == EINTR)
       continue;
-    if (ready == 0) {
-      r = GNUTLS_E_AGAIN;
+    if (ready <= 0) {
+      r = ready == 0 ? GNUTLS_E_AGAIN : GNUTLS_E_PUSH_ERROR;
       break;
     }
     ssize_t n = send(s->write_fd, s->unsent + done, s->unsent_length - done, MSG_NOSIGNAL | MSG_DONTWAIT);
@@ -361,6 +382,8 @@ static int send_unsent(CNBDTLS_session *s, int timeout_ms)
       break;
     }
   }
+  if (r < 0)
+    s->broken = 1;
   s->unsent_length = 0;
   return r;
 }
@@ -389,7 +412,7 @@ CNBDTLS_session *CNBDTLS_session_new(CNBDTLS_credentials *c, int read_fd, int wr
     *code = r;
     return NULL;
   }
-  /* Sends go to write_fd through GnuTLS's own functions; receives through session_pull. */
+  /* Sends go to write_fd through session_push; receives through session_pull. */
   tls.gnutls_transport_set_int2(s->session, read_fd, write_fd);
   tls.gnutls_transport_set_ptr2(s->session, s, s);
   tls.gnutls_transport_set_pull_function(s->session, session_pull);
