@@ -15,8 +15,9 @@ public enum SocketActivation {
     /// The sockets passed to this process; none when LISTEN_PID or LISTEN_FDS is unset, can't
     /// be read (said through `report`, as nbdkit's messages without the program name) or
     /// names another process. Throws, with nbdkit's message, when LISTEN_FDS is out of range
-    /// or a descriptor it counts is not open (see also `checkListening`). Call before the process opens any descriptor of
-    /// its own, which could take the number of one that was not passed.
+    /// or a descriptor it counts is not open (whether each listens is `checkListening`'s). Call
+    /// before the process opens any descriptor of its own, which could take the number of one
+    /// that was not passed.
     public static func takeSockets(report: (String) -> Void) throws -> [PassedSocket] {
         guard let pidText = environment("LISTEN_PID") else { return [] }
         let pid: UInt32

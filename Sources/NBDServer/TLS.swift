@@ -94,8 +94,8 @@ struct TLSError: Error, CustomStringConvertible {
 /// The transport after STARTTLS: GnuTLS records over the connection's socket (or, under `-s`,
 /// standard input and output). One thread may receive while another sends (the connection's
 /// locks ensure no more); the session itself is used by one of them at a time (a lock in
-/// `CNBDTLS`, which a receive holds only while records are there), since GnuTLS answers a
-/// client's TLS 1.3 KeyUpdate from inside the receive with new sending keys.
+/// `CNBDTLS`, held by neither while it waits for the socket), since a client's TLS 1.3
+/// KeyUpdate, received, changes the key state a send in progress uses.
 final class TLSTransport: Transport, @unchecked Sendable {
     private let session: OpaquePointer
     private let readFD: Int32

@@ -156,7 +156,11 @@ public final class PlainTransport: Transport, @unchecked Sendable {
             if cancel >= 0 {
                 var fds = [pollfd(fd: readFD, events: Int16(POLLIN), revents: 0),
                            pollfd(fd: cancel, events: Int16(POLLIN), revents: 0)]
-                if poll(&fds, 2, -1) < 0 { continue }
+                if poll(&fds, 2, -1) < 0 {
+                    let e = CNBDShim_errno()
+                    if e == EINTR { continue }
+                    throw TransportError.failed(SystemError("poll", errno: e))
+                }
                 if fds[1].revents != 0 { throw TransportError.endOfFile }
             }
             let n = Glibc.read(readFD, buffer.baseAddress!, buffer.count)
