@@ -183,7 +183,11 @@ struct Handshake {
                                                allocationContextID: contextID, isTLS: isTLS, transport: transport)
                 } catch {
                     server.logger.error(in: label, "cannot open export '\(request.exportName)': \(error)")
-                    try reply(.errUnknown)
+                    // A backend that refuses because the server is on its way out (exitwhen)
+                    // says so as the server itself would (NBD_REP_ERR_SHUTDOWN); a client may
+                    // still ask again, or end the negotiation.
+                    let shuttingDown = (error as? BackendError)?.errno == .eshutdown
+                    try reply(shuttingDown ? .errShutdown : .errUnknown)
                     continue
                 }
                 do {

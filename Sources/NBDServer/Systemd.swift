@@ -36,13 +36,17 @@ public enum SocketActivation {
             throw ConfigError("socket activation: LISTEN_FDS=\(countText) out of range")
         }
         let total = Int(count)
-        return try (0..<total).map { i in
+        // One by one: a count far beyond the descriptors passed ends at the first one missing,
+        // without room made for all of them first (which could not be had).
+        var sockets: [PassedSocket] = []
+        for i in 0..<total {
             let fd = FileDescriptor(3 + Int32(i))
             do throws(SystemError) { try fd.setCloseOnExec(true) } catch {
                 throw ConfigError("socket activation: invalid file descriptor fd = \(fd.raw): \(String(cString: strerror(error.errno)))")
             }
-            return PassedSocket(fd: fd, name: names?.count == total ? String(names![i]) : "unknown")
+            sockets.append(PassedSocket(fd: fd, name: names?.count == total ? String(names![i]) : "unknown"))
         }
+        return sockets
     }
 
     /// Throws unless every socket passed listens: what can't accept (a file, a connected socket

@@ -118,7 +118,7 @@ struct Configuration {
                 let why = reasons.isEmpty ? "no certificate directory: HOME is not set" : reasons.joined(separator: "; ")
                 if tls == .require {
                     throw ConfigError("--tls=require but could not load TLS certificates (\(why))\n"
-                                      + "Try setting '--tls-certificates=/path/to/certificates' or read the \"TLS\" section in nbdkit(1).")
+                                      + "Try setting '--tls-certificates=/path/to/certificates' or read nbdkit-tls(1).")
                 }
                 if tls == .on {
                     warn("--tls=on but could not load TLS certificates (\(why)); TLS is disabled and TLS connections will be rejected")

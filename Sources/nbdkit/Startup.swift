@@ -94,9 +94,25 @@ struct Startup {
             listeners = try ServerStartupError.marking { try Listeners.bind(.vsock(port: port)) }
         }
 
-        // --swap locks the process that serves: this one unless it forks into the background
-        // (memory locks are not inherited), and before any --run command starts.
-        if config.swap && config.staysInForeground { try ServerStartupError.marking { try lockMemory() } }
+        // Everything that may still fail is done before any --run command starts, so that a
+        // start-up error never leaves it running: the process that serves is the one in the
+        // background if it forks there (memory locks are not inherited); its memory is locked,
+        // the backend made ready (as root, before -u: the memory plugin's locked disk needs the
+        // privilege to lock more than RLIMIT_MEMLOCK) and, unless the user changes, the pid file
+        // written, so the command finds it.
+        let readiness = config.staysInForeground ? nil : try ServerStartupError.marking { try Daemon.detach() }
+        let changesUser = ids.uid != nil || ids.gid != nil
+        if config.swap { try ServerStartupError.marking { try lockMemory(forNewUser: changesUser) } }
+        try backend.afterFork()
+        var pidFileWritten = false
+        defer { if pidFileWritten, let pidFile = config.pidFile { Daemon.removePIDFile(pidFile) } }
+        func writePIDFile() throws {
+            guard let pidFile = config.pidFile else { return }
+            try ServerStartupError.marking { try Daemon.writePIDFile(pidFile) }
+            pidFileWritten = true
+        }
+        if !changesUser { try writePIDFile() }
+
         var captive: CaptiveProcess? = nil
         if let command = config.run, let listeners {
             let script = CaptiveCommand(command: command).script(
@@ -117,18 +133,16 @@ struct Startup {
             }
         }
 
+        // (As nbdkit, the command runs as the user who started nbdkit, and the pid file is
+        // written as the new user.)
         try ServerStartupError.marking { try dropPrivileges(to: ids, handingOver: temporaryDirectory) }
-        let readiness = config.staysInForeground ? nil : try ServerStartupError.marking { try Daemon.detach() }
-        if let pidFile = config.pidFile { try ServerStartupError.marking { try Daemon.writePIDFile(pidFile) } }
-        defer { if let pidFile = config.pidFile { Daemon.removePIDFile(pidFile) } }
+        if changesUser { try writePIDFile() }
         if config.exitWithParent {
             try ServerStartupError.marking { try syscall("prctl") { CNBDShim_set_parent_death_signal(SIGTERM) } }
             // The parent may have died before the signal was armed.
             if getppid() != parentAtStart { return 0 }
         }
 
-        if config.swap && !config.staysInForeground { try ServerStartupError.marking { try lockMemory() } }
-        try backend.afterFork()
         readiness?.ready(keepStderr: config.verbose)
         let server = Server(context: ServerContext(backend: backend, logger: logger, readonly: config.readonly,
                                                    threads: config.threads, style: config.style, tls: tls,
@@ -166,8 +180,20 @@ struct Startup {
         }
     }
 
-    /// `--swap`: every page of the process, present and future, stays in RAM.
-    private func lockMemory() throws {
+    /// `--swap`: every page of the process, present and future, stays in RAM. With `forNewUser`
+    /// (-u, -g) the memory-lock limit is lifted first, or it is a start-up error: the user the
+    /// server becomes can't lock past the limit, and every mapping it makes from then on (each
+    /// thread's stack) is locked and counted beside all that is locked already (the process,
+    /// the memory plugin's whole disk).
+    private func lockMemory(forNewUser: Bool) throws {
+        let resource = __rlimit_resource_t(__RLIMIT_MEMLOCK.rawValue)
+        var unlimited = rlimit(rlim_cur: rlim_t.max, rlim_max: rlim_t.max)
+        if forNewUser && setrlimit(resource, &unlimited) != 0 {
+            let error = SystemError("setrlimit")
+            var limit = rlimit()
+            _ = getrlimit(resource, &limit)
+            throw ConfigError("--swap: the memory-lock limit (RLIMIT_MEMLOCK, \(limit.rlim_max) bytes) can't be lifted for the user the server changes to, which could not start its threads: \(error)")
+        }
         do {
             try syscall("mlockall") { mlockall(MCL_CURRENT | MCL_FUTURE) }
         } catch {

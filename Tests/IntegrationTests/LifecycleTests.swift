@@ -338,18 +338,23 @@ final class LifecycleTests: IntegrationTestCase {
 
     /// Once the event has happened, a client still connected is served while new ones are
     /// refused, each refusal logged as nbdkit logs it (the accept loop closed them silently).
+    /// The first, refused when it opens the export, is told the server is shutting down
+    /// (NBD_REP_ERR_SHUTDOWN, not "unknown export").
     func testExitWhenRefusesNewClientsWithAMessage() throws {
         let flag = dir.file("flag")
         let s = try startServer(["--filter=exitwhen", "memory", "1M", "exit-when-file-created=\(flag)"])
         let r = Harness.nbdsh(s.uri, """
-        import subprocess
+        import socket, struct, subprocess
         open(\(Harness.pythonString(flag)), 'w').close()
-        for _ in range(2):
-            r = subprocess.run(['nbdinfo', '--size', \(Harness.pythonString(s.uri))], capture_output=True, timeout=20)
-            print(r.returncode != 0)
+        raw = socket.socket(socket.AF_UNIX); raw.settimeout(10); raw.connect(\(Harness.pythonString(s.socket)))
+        raw.recv(18, socket.MSG_WAITALL); raw.sendall(struct.pack('>I', 1))
+        raw.sendall(b'IHAVEOPT' + struct.pack('>IIIH', 7, 6, 0, 0))
+        print(hex(struct.unpack('>QIII', raw.recv(20, socket.MSG_WAITALL))[2]))
+        r = subprocess.run(['nbdinfo', '--size', \(Harness.pythonString(s.uri))], capture_output=True, timeout=20)
+        print(r.returncode != 0)
         print(h.pread(2, 0))
         """)
-        XCTAssertEqual(r.stdout, "True\nTrue\nbytearray(b'\\x00\\x00')\n", r.stderr)
+        XCTAssertEqual(r.stdout, "0x80000007\nTrue\nbytearray(b'\\x00\\x00')\n", r.stderr)
         XCTAssertTrue(waitGone(s.pid, seconds: 10))
         XCTAssertEqual(s.stop(), 0)
         // The first refused at its open (the event found then), the second as it connects.
@@ -514,6 +519,39 @@ final class LifecycleTests: IntegrationTestCase {
         while String(decoding: contents(pidFile), as: UTF8.self) != "\(s.pid)\n" && Date() < deadline { usleep(20_000) }
         XCTAssertEqual(String(decoding: contents(pidFile), as: UTF8.self), "\(s.pid)\n", s.stderr)
         XCTAssertEqual(Harness.run(["nbdinfo", "--size", s.uri]).stdout, "1048576\n")
+    }
+
+    /// The pid file is there, with the server's pid, when the --run command starts (nbdkit
+    /// writes it as the command starts, a race the command may lose).
+    func testPIDFileIsWrittenBeforeTheCommandStarts() {
+        let pidFile = dir.file("pid")
+        let r = Harness.run([Harness.nbdkit, "-P", pidFile, "-U", "-", "null", "--run", "echo $PPID; cat \(pidFile)"], timeout: 20)
+        XCTAssertEqual(r.status, 0, r.stderr)
+        let lines = r.stdout.split(separator: "\n")
+        XCTAssertEqual(lines.count, 2, r.stdout)
+        XCTAssertEqual(lines.first, lines.last, r.stdout)
+        XCTAssertFalse(FileManager.default.fileExists(atPath: pidFile))
+    }
+
+    /// As root with -u and --swap: the memory-lock limit is lifted before the user changes
+    /// (RLIMIT_MEMLOCK 8 MiB at the start here), so the new user's server can start its threads
+    /// and lock a disk larger than that limit; where the limit can't be lifted (a container
+    /// without CAP_SYS_RESOURCE) that is a start-up error, before the --run command starts.
+    /// (Before, every connection failed to start its thread, after the command had started.)
+    func testSwapWithANewUser() throws {
+        try XCTSkipUnless(getuid() == 0, "changing user needs root")
+        let source = randomFile("source", count: 16 << 20), copy = dir.file("copy")
+        let command = "echo started; nbdcopy \(source) \"$uri\" && nbdcopy \"$uri\" \(copy) && cmp -n \(16 << 20) \(source) \(copy) && echo same"
+        let r = Harness.run(["prlimit", "--memlock=8388608:", Harness.nbdkit, "-u", "nobody", "-g", "nogroup", "--swap",
+                             "-U", "-", "memory", "64M", "--run", command], timeout: 60)
+        if Harness.run(["prlimit", "--memlock=unlimited:unlimited", "true"]).status == 0 {
+            XCTAssertEqual(r.status, 0, r.stderr)
+            XCTAssertEqual(r.stdout, "started\nsame\n", r.stderr)
+        } else {
+            XCTAssertEqual(r.status, 1)
+            XCTAssertEqual(r.stdout, "", "the --run command started")
+            XCTAssertTrue(r.stderr.hasPrefix("nbdkit: error: --swap: the memory-lock limit (RLIMIT_MEMLOCK, "), r.stderr)
+        }
     }
 
     /// `--swap` locks the memory of the process that serves (VmLck in /proc): a captive

@@ -118,6 +118,9 @@ final class SystemdTests: IntegrationTestCase {
             ("exec 3</dev/null 4>&-; LISTEN_PID=$$ LISTEN_FDS=2 exec \(nbdkit) -f memory 1M",
              "nbdkit: socket activation: invalid file descriptor fd = 4: Bad file descriptor\n"),
             ("LISTEN_PID=$$ LISTEN_FDS=0 exec \(nbdkit) -f memory 1M", "nbdkit: socket activation: LISTEN_FDS=0 out of range\n"),
+            // (It crashed, failing to make room for two billion sockets before looking at one.)
+            ("exec 3</dev/null 4>&-; LISTEN_PID=$$ LISTEN_FDS=2147483644 exec \(nbdkit) -f memory 1M",
+             "nbdkit: socket activation: invalid file descriptor fd = 4: Bad file descriptor\n"),
             // (Served, it failed every accept at once and flooded the log.)
             ("exec 3</dev/null; LISTEN_PID=$$ LISTEN_FDS=1 exec \(nbdkit) -f memory 1M",
              "nbdkit: error: socket activation: fd = 3 is not a listening socket (the socket unit must have Accept=no)\n"),
