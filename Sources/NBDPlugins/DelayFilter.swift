@@ -129,35 +129,55 @@ extension DelayFilter: FilterFactory {
     delay-close=<NN>[ms]           Close delay in seconds/milliseconds.
     """
 
+    /// What a key sets.
+    private enum Setting { case read, write, zero, trim, extents, cache, flush, open, close, writes, fastZero }
+
+    /// The keys, nbdkit's other spellings included (`delay-reads`, `delay-discard`, ...).
+    private static let keys: [String: Setting] = [
+        "rdelay": .read, "delay-read": .read, "delay-reads": .read,
+        "delay-write": .write, "delay-writes": .write,
+        "delay-zero": .zero, "delay-zeroes": .zero,
+        "delay-trim": .trim, "delay-trims": .trim, "delay-discard": .trim, "delay-discards": .trim,
+        "delay-extent": .extents, "delay-extents": .extents,
+        "delay-cache": .cache, "delay-flush": .flush, "delay-open": .open, "delay-close": .close,
+        "wdelay": .writes, "delay-fast-zero": .fastZero,
+    ]
+
     static func make(_ parameters: inout Parameters, next: any Backend, control: ServerControl) throws -> any Backend {
         var d = DelayFilter.Delays()
-        func take(_ key: String) throws -> UInt64? {
-            try parameters.take(key) { try parseDelay($0, key: key) }
-        }
-        // As nbdkit: wdelay covers writes, zeroing and trims; the specific keys override it.
-        if let w = try take("wdelay") { (d.write, d.zero, d.trim) = (w, w, w) }
-        if let r = try take("rdelay") { d.read = r }
-        if let v = try take("delay-read") { d.read = v }
-        if let v = try take("delay-write") { d.write = v }
-        if let v = try take("delay-zero") { d.zero = v }
-        if let v = try take("delay-trim") { d.trim = v }
-        if let v = try take("delay-extents") { d.extents = v }
-        if let v = try take("delay-cache") { d.cache = v }
-        if let v = try take("delay-flush") { d.flush = v }
-        if let v = try take("delay-open") { d.open = v }
-        if let v = try take("delay-close") { d.close = v }
-        if let text = parameters.take("delay-fast-zero") {
-            guard let flag = parseBoolean(text) else {
-                throw ConfigError("delay: could not parse delay-fast-zero=\(text): expected a boolean")
+        // As nbdkit, in the order given: a later key overrides an earlier one, and wdelay sets
+        // the delays of writes, zeroing and trims.
+        for (key, value) in parameters.takeAll(anyOf: Set(keys.keys)) {
+            let setting = keys[key]!
+            if setting == .fastZero {
+                guard let flag = parseBoolean(value) else {
+                    throw ConfigError("delay: could not parse delay-fast-zero=\(value): expected a boolean")
+                }
+                d.delayFastZero = flag
+                continue
             }
-            d.delayFastZero = flag
+            let delay = try parseDelay(value, key: key)
+            switch setting {
+            case .read: d.read = delay
+            case .write: d.write = delay
+            case .zero: d.zero = delay
+            case .trim: d.trim = delay
+            case .extents: d.extents = delay
+            case .cache: d.cache = delay
+            case .flush: d.flush = delay
+            case .open: d.open = delay
+            case .close: d.close = delay
+            case .writes: (d.write, d.zero, d.trim) = (delay, delay, delay)
+            case .fastZero: break
+            }
         }
         return DelayFilter(next: next, delays: d, control: control)
     }
 
-    /// nbdkit's delay syntax, in microseconds: seconds ("2"; fractions too, "0.5") or
-    /// milliseconds ("10ms"), after any white space, up to nbdkit's limits (2^32 - 1
-    /// milliseconds, or as many seconds as fit in that).
+    /// nbdkit's delay syntax, in microseconds: seconds ("2"; fractions too, "0.5"; as in C, a
+    /// leading 0 means octal and 0x hexadecimal) or milliseconds ("10ms", decimal), after any
+    /// white space, up to nbdkit's limits (2^32 - 1 milliseconds, or as many seconds as fit in
+    /// that).
     static func parseDelay(_ text: String, key: String) throws -> UInt64 {
         let number = text.drop { $0 == " " || $0 == "\t" || $0 == "\n" }
         let micros: Double?
@@ -165,6 +185,9 @@ extension DelayFilter: FilterFactory {
         if number.hasSuffix("ms") {
             micros = Double(number.dropLast(2)).map { $0 * 1000 }
             limit = Double(UInt32.max) * 1000
+        } else if number.count > 1, number.first == "0", number.allSatisfy({ ("0"..."7").contains($0) }) {
+            micros = UInt64(number, radix: 8).map { Double($0) * 1_000_000 }
+            limit = Double(UInt32.max / 1000) * 1_000_000
         } else {
             micros = Double(number).map { $0 * 1_000_000 }
             limit = Double(UInt32.max / 1000) * 1_000_000

@@ -58,6 +58,8 @@ struct TarIndex {
         var longName: String?
         var paxPath: String?
         var paxSize: UInt64?
+        /// The pax records describe a GNU sparse file (GNU.sparse.*), whose data is not the file's.
+        var paxSparse = false
         var header = [UInt8](repeating: 0, count: Self.block)
         // Every length is checked against what is left of the archive before it is used, so a
         // crafted header can neither overflow the position nor send it backwards.
@@ -79,7 +81,8 @@ struct TarIndex {
                 longName = String(decoding: try metadata(at: dataOffset, count: storedSize).prefix { $0 != 0 }, as: UTF8.self)
             case UInt8(ascii: "x"):
                 for (key, value) in try Self.paxRecords(try metadata(at: dataOffset, count: storedSize)) {
-                    if key == "path" { paxPath = value }
+                    if key == "path" || key == "GNU.sparse.name" { paxPath = value }
+                    if key.hasPrefix("GNU.sparse.") { paxSparse = true }
                     if key == "size", let n = UInt64(value) {
                         guard n <= left else {
                             throw BackendError(.einval, "tar: the pax size at offset \(position) runs past the end of the tar file")
@@ -96,11 +99,18 @@ struct TarIndex {
                 longName = nil
                 paxPath = nil
                 paxSize = nil
-                let isRegular = typeflag == 0 || typeflag == UInt8(ascii: "0") || typeflag == UInt8(ascii: "7")
+                let isSparse = paxSparse || typeflag == UInt8(ascii: "S")
+                paxSparse = false
+                let isRegular = !isSparse && (typeflag == 0 || typeflag == UInt8(ascii: "0") || typeflag == UInt8(ascii: "7"))
                 guard size <= left else {
                     throw BackendError(.einval, "tar: the entry at offset \(position) runs past the end of the tar file")
                 }
-                if isRegular && name == entry { return (dataOffset, size) }
+                if name == entry {
+                    if isRegular { return (dataOffset, size) }
+                    // (nbdkit 1.32 serves a sparse file's stored data, and other entries as empty.)
+                    throw BackendError(.einval, isSparse ? "tar: \(entry): a sparse file, which this filter can't serve"
+                                                         : "tar: \(entry): not a regular file")
+                }
                 position = dataOffset + Self.roundedUp(isRegular ? size : storedSize)
                 continue
             }

@@ -242,6 +242,13 @@ public struct Parameters: Sendable {
         return values
     }
 
+    /// Removes and returns, in the order given, every parameter whose key is one of `keys`.
+    public mutating func takeAll(anyOf keys: Set<String>) -> [(key: String, value: String)] {
+        let taken = pairs.filter { keys.contains($0.key) }
+        pairs.removeAll { keys.contains($0.key) }
+        return taken
+    }
+
     /// Throws for the first parameter nobody took.
     public func rejectUnknown() throws {
         if let first = pairs.first { throw ConfigError("unknown parameter '\(first.key)'") }

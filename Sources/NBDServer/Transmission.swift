@@ -143,6 +143,10 @@ final class Transmission: Sendable {
         if case .failure(.eshutdown, _) = outcome {
             // The server's own doing, and a client may send many more before it disconnects.
             server.logger.debug(in: label, "\(commandName(request.rawCommand)) refused: the server is shutting down")
+        } else if case .failure(.enotsup, let message) = outcome, request.flags.contains(.fastZero) {
+            // An answer the client asked for (it then zeroes another way), not a failure: as
+            // nbdkit, not an error in the log.
+            server.logger.debug(in: label, "\(commandName(request.rawCommand)) with FAST_ZERO refused: \(message)")
         } else if case .failure(let errno, let message) = outcome {
             server.logger.error(in: label, "\(commandName(request.rawCommand)) offset=\(request.offset) count=\(request.length): \(errno.name): \(message)")
         }

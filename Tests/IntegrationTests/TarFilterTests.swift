@@ -105,6 +105,26 @@ final class TarFilterTests: IntegrationTestCase {
         XCTAssertEqual(contents(out), contents(dir.file("disk.img")))
     }
 
+    /// A sparse entry (GNU's old format and pax's) or one that is not a regular file fails the
+    /// open saying so (it was "no such file"; nbdkit 1.32 serves a sparse file's stored data,
+    /// and a directory as an empty disk).
+    func testSparseOrSpecialEntriesAreRefusedWithTheReason() throws {
+        let script = """
+        cd '\(dir.path)' && mkdir d && truncate -s 1M sp.img && printf data | dd of=sp.img bs=1 seek=600000 conv=notrunc 2>/dev/null \\
+        && tar --format=gnu -S -cf gnusparse.tar sp.img d && tar --format=pax -S -cf paxsparse.tar sp.img
+        """
+        let made = Harness.run(["/bin/sh", "-c", script])
+        XCTAssertEqual(made.status, 0, made.stderr)
+        for (archive, entry, reason) in [("gnusparse.tar", "sp.img", "a sparse file, which this filter can't serve"),
+                                         ("paxsparse.tar", "sp.img", "a sparse file, which this filter can't serve"),
+                                         ("gnusparse.tar", "d/", "not a regular file")] {
+            let r = Harness.run([Harness.nbdkit, "-U", "-", "file", dir.file(archive), "--filter=tar", "tar-entry=\(entry)",
+                                 "--run", "nbdinfo --size \"$uri\""])
+            XCTAssertNotEqual(r.status, 0, archive)
+            XCTAssertTrue(r.stderr.contains("tar: \(entry): \(reason)"), "\(archive): \(r.stderr)")
+        }
+    }
+
     /// A missing entry, or data that is not a tar file, fails the open with the reason logged;
     /// the server goes on. A missing tar-entry=, or two, is a start-up error.
     func testBadEntryOrArchiveFailsTheOpen() throws {
