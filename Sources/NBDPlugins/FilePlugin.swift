@@ -92,7 +92,8 @@ extension FilePlugin: PluginFactory {
         let source: Source
         switch (file, dir) {
         case (nil, nil):
-            throw ConfigError("you must supply either [file=]<FILENAME> or dir=<DIRNAME> parameter after the plugin name on the command line")
+            _ = try FileCaching(taking: &parameters)
+            throw ConfigError(missingParameter: "you must supply either [file=]<FILENAME> or dir=<DIRNAME> parameter after the plugin name on the command line")
         case (.some, .some):
             throw ConfigError("file= and dir= cannot be used at the same time")
         case (let path?, nil):

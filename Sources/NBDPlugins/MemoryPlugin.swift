@@ -78,10 +78,9 @@ extension MemoryPlugin: PluginFactory {
     ]
 
     public static func make(_ parameters: inout Parameters, options: PluginOptions) throws -> any Backend {
-        guard let bytes = try parameters.take("size", parsing: parseSize) else {
-            throw ConfigError("you must specify size=<SIZE> on the command line")
-        }
+        let bytes = try parameters.take("size", parsing: parseSize)
         let allocator = try parameters.take("allocator").map { try MemoryAllocator(parsing: $0) } ?? .sparse
+        guard let bytes else { throw ConfigError(missingParameter: "you must specify size=<SIZE> on the command line") }
         if allocator.isWhole { try checkRoom(for: bytes, allocator: allocator) }
         let fd = CNBDShim_memory_file("nbdkit-memory", Int64(bitPattern: bytes))
         guard fd >= 0 else {

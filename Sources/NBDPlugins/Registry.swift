@@ -67,6 +67,10 @@ public enum Registry {
         return filters.first { $0.name == name }
     }
 
+    /// A backend that stands in for a plugin that could not be made, so that the filters in
+    /// front of it still take and check their parameters (an empty null disk).
+    public static func standIn() -> any Backend { NullPlugin(size: 0) }
+
     /// NAME for a path ending in `/nbdkit-NAME-KIND.so`; anything else as it is.
     static func builtInName(_ given: String, kind: String) -> String {
         guard let slash = given.lastIndex(of: "/") else { return given }

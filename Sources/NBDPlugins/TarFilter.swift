@@ -34,10 +34,10 @@ extension TarFilter: FilterFactory {
         let entries = parameters.takeAll("tar-entry")
         // (As nbdkit: once only.)
         guard entries.count <= 1 else { throw ConfigError("only one tar-entry parameter can be given") }
-        guard let entry = entries.first else {
-            throw ConfigError("tar-entry parameter must be set to the path of the file inside the tar file")
-        }
         _ = parameters.take("tar")
+        guard let entry = entries.first else {
+            throw ConfigError(missingParameter: "you must supply the tar-entry=<FILENAME> parameter")
+        }
         return TarFilter(next: next, entry: entry)
     }
 }

@@ -258,6 +258,19 @@ public struct Parameters: Sendable {
 /// A startup error: printed as `nbdkit: error: MESSAGE` before exiting with status 1.
 public struct ConfigError: Error, CustomStringConvertible, Sendable {
     public let message: String
-    public init(_ message: String) { self.message = message }
+    /// A required parameter is missing: nbdkit finds that only once every parameter has been
+    /// read (config_complete), so an unknown one is reported first, and `--dump-plugin` does
+    /// not look for it.
+    public let isMissingParameter: Bool
+    public init(_ message: String) {
+        self.message = message
+        isMissingParameter = false
+    }
+    /// The error for a required parameter that was not given. Throw it only once every other
+    /// parameter of the plugin or filter has been taken (and checked).
+    public init(missingParameter message: String) {
+        self.message = message
+        isMissingParameter = true
+    }
     public var description: String { message }
 }

@@ -43,7 +43,8 @@ struct Startup {
             // As nbdkit, which loads the filters first: an unknown one is an error here too.
             for name in config.filters where Registry.filter(named: name) == nil { throw Self.unknownFilter(name) }
             // Parameters given are checked, as nbdkit's plugin and filters check them then.
-            if !config.parameters.isEmpty { _ = try buildChain(factory, control: ServerControl(logger: logger)) }
+            // (Not whether the required ones are there, which nbdkit does not ask here either.)
+            if !config.parameters.isEmpty { _ = try buildChain(factory, control: ServerControl(logger: logger), checkingOnly: true) }
             print(Help.dumpPlugin(factory), terminator: "")
             return 0
         }
@@ -202,7 +203,11 @@ struct Startup {
     }
 
     /// The plugin, then each filter in front of it: the first `--filter` named ends up outermost.
-    private func buildChain(_ factory: any PluginFactory.Type, control: ServerControl) throws -> any Backend {
+    /// As nbdkit, a parameter nobody knows is reported before a required one that is missing;
+    /// with `checkingOnly` (`--dump-plugin`) a missing one is no error, and the chain returned
+    /// then has stand-ins in place of what could not be made: it is not to be served.
+    private func buildChain(_ factory: any PluginFactory.Type, control: ServerControl,
+                            checkingOnly: Bool = false) throws -> any Backend {
         var pairs = config.parameters
         for i in pairs.indices where pairs[i].key.isEmpty {
             guard let magic = factory.magicConfigKey else {
@@ -211,12 +216,22 @@ struct Startup {
             pairs[i].key = magic
         }
         var parameters = Parameters(pairs)
-        var backend = try factory.make(&parameters, options: PluginOptions(readonly: config.readonly, locksMemory: config.swap))
+        var missing: ConfigError? = nil
+        /// `make`'s backend; where a required parameter is missing, a stand-in, the error kept.
+        func built(_ make: () throws -> any Backend) throws -> any Backend {
+            do { return try make() } catch let error as ConfigError where error.isMissingParameter {
+                // (The outermost one's, as nbdkit completes the filters' configuration first.)
+                missing = error
+                return Registry.standIn()
+            }
+        }
+        var backend = try built { try factory.make(&parameters, options: PluginOptions(readonly: config.readonly, locksMemory: config.swap)) }
         for name in config.filters.reversed() {
             guard let filter = Registry.filter(named: name) else { throw Self.unknownFilter(name) }
-            backend = try filter.make(&parameters, next: backend, control: control)
+            backend = try built { [backend] in try filter.make(&parameters, next: backend, control: control) }
         }
         try parameters.rejectUnknown()
+        if let missing, !checkingOnly { throw missing }
         return backend
     }
 

@@ -178,9 +178,36 @@ final class CommandLineTests: IntegrationTestCase {
         }
         let good = Harness.run([Harness.nbdkit, "--filter=offset", "memory", "1M", "offset=512", "--dump-plugin"])
         XCTAssertEqual(good.stdout, expected["memory"], good.stderr)
+        // As nbdkit, which does not complete the configuration here: a required parameter
+        // missing beside ones given is no error either (it was).
+        for partial in [["memory", "allocator=malloc"], ["--filter=offset", "memory", "offset=1M"], ["file", "cache=none"],
+                        ["--filter=tar", "memory", "1M"]] {
+            let r = Harness.run([Harness.nbdkit] + partial + ["--dump-plugin"])
+            XCTAssertEqual(r.status, 0, "\(partial): \(r.stderr)")
+            XCTAssertTrue(r.stdout.hasPrefix("name="), "\(partial)")
+        }
         // The filters in front do not change it (as nbdkit).
         let filtered = Harness.run([Harness.nbdkit, "--filter=offset", "--filter=noextents", "memory", "--dump-plugin"])
         XCTAssertEqual(filtered.stdout, expected["memory"], filtered.stderr)
+    }
+
+    /// As nbdkit, which checks required parameters only once it has read them all: a parameter
+    /// nobody knows is reported before a missing required one (which it used to hide), and of
+    /// the missing ones the outermost filter's comes first.
+    func testUnknownParametersAreReportedBeforeMissingOnes() {
+        for (arguments, message) in [
+            (["memory", "foo=1"], "nbdkit: error: unknown parameter 'foo'\n"),
+            (["--filter=tar", "memory", "foo=1"], "nbdkit: error: unknown parameter 'foo'\n"),
+            (["file", "cache=none", "foo=1"], "nbdkit: error: unknown parameter 'foo'\n"),
+            (["memory"], "nbdkit: error: you must specify size=<SIZE> on the command line\n"),
+            (["--filter=tar", "memory"], "nbdkit: error: you must supply the tar-entry=<FILENAME> parameter\n"),
+            (["memory", "allocator=bogus"], "nbdkit: error: unknown allocator \"bogus\"\n"),
+        ] {
+            let r = Harness.run([Harness.nbdkit, "-U", "-"] + arguments + ["--run", "echo ran"])
+            XCTAssertEqual(r.status, 1, "\(arguments)")
+            XCTAssertEqual(r.stdout, "", "\(arguments)")
+            XCTAssertEqual(r.stderr, message, "\(arguments)")
+        }
     }
 
     func testInformationalOptions() {

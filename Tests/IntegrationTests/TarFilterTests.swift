@@ -139,7 +139,7 @@ final class TarFilterTests: IntegrationTestCase {
         XCTAssertTrue(notTar.isRunning)
         let r = Harness.run([Harness.nbdkit, "-U", "-", "file", dir.file("gnu.tar"), "--filter=tar", "--run", "true"])
         XCTAssertEqual(r.status, 1)
-        XCTAssertTrue(r.stderr.contains("nbdkit: error: tar-entry parameter must be set"), r.stderr)
+        XCTAssertEqual(r.stderr, "nbdkit: error: you must supply the tar-entry=<FILENAME> parameter\n")
         // As nbdkit: tar-entry= twice is an error (the last one was served).
         let twice = Harness.run([Harness.nbdkit, "-U", "-", "file", dir.file("gnu.tar"), "--filter=tar",
                                  "tar-entry=disk.img", "tar-entry=disk.img", "--run", "true"])
