@@ -192,8 +192,11 @@ extension DelayFilter: FilterFactory {
             micros = Double(number).map { $0 * 1_000_000 }
             limit = Double(UInt32.max / 1000) * 1_000_000
         }
-        guard let micros, micros >= 0, micros <= limit else {
+        guard let micros, micros >= 0 else {
             throw ConfigError("delay: could not parse \(key)=\(text): expected seconds or a number followed by 'ms'")
+        }
+        guard micros <= limit else {
+            throw ConfigError("delay: \(key)=\(text) is too large (at most \(UInt32.max / 1000) seconds, or \(UInt32.max)ms)")
         }
         return UInt64(micros)
     }

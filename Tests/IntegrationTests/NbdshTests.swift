@@ -811,6 +811,8 @@ final class NbdshTests: IntegrationTestCase {
             let r = Harness.run([Harness.nbdkit, "-U", "-", "--filter=delay", "memory", "1M", "delay-close=\(value)", "--run", "true"])
             XCTAssertEqual(r.status, valid ? 0 : 1, "delay-close=\(value): \(r.stderr)")
         }
+        let long = Harness.run([Harness.nbdkit, "-U", "-", "--filter=delay", "memory", "1M", "rdelay=4294968", "--run", "true"])
+        XCTAssertEqual(long.stderr, "nbdkit: error: delay: rdelay=4294968 is too large (at most 4294967 seconds, or 4294967295ms)\n")
         // --help after the plugin name lists the filter's and the plugin's parameters, as nbdkit.
         let help = Harness.run([Harness.nbdkit, "--filter=delay", "memory", "--help"]).stdout
         XCTAssertTrue(help.contains("\nfilter: delay\nrdelay=<NN>[ms]"), help)
