@@ -49,7 +49,8 @@ struct Startup {
             return 0
         }
 
-        let tls = try ServerStartupError.marking { try config.tlsSettings(warn: logger.warning) }
+        // (Its warning on stderr whatever --log says, as nbdkit's.)
+        let tls = try ServerStartupError.marking { try config.tlsSettings(warn: Logger().warning) }
         let parentAtStart = getppid()
         let signals = try SignalSource()
         let control = try ServerControl(logger: logger)

@@ -870,6 +870,10 @@ final class TLSTests: IntegrationTestCase {
         XCTAssertEqual(warned.status, 0, warned.stderr)
         XCTAssertEqual(warned.stdout, "[]\n1048576\n")
         XCTAssertTrue(warned.stderr.hasPrefix("nbdkit: warning: --tls=on but could not load TLS certificates (\(dir.file("none"))/ca-cert.pem: No such file or directory)"), warned.stderr)
+        // As nbdkit's, that warning is on stderr whatever --log says (--log=null lost it).
+        let quiet = Harness.run([Harness.nbdkit, "--log=null", "-U", "-", "--tls=on", "--tls-certificates=\(dir.file("none"))",
+                                 "memory", "1M", "--run", "true"])
+        XCTAssertTrue(quiet.stderr.hasPrefix("nbdkit: warning: --tls=on but could not load TLS certificates"), quiet.stderr)
         // Certificate files that are there but don't load (a bad key) are an error in every mode.
         let broken = dir.file("broken")
         let copy = Harness.run(["/bin/sh", "-c", "mkdir \"$1\" && cp \"$2/ca-cert.pem\" \"$2/server-cert.pem\" \"$1/\" && echo junk > \"$1/server-key.pem\"",
