@@ -89,39 +89,40 @@ extension FilePlugin: PluginFactory {
         // replaces it).
         let file = try parameters.take("file", parsing: resolvedPath)
         let dir = try parameters.take("dir", parsing: resolvedPath)
-        let source: Source
-        switch (file, dir) {
-        case (nil, nil):
-            _ = try FileCaching(taking: &parameters)
-            throw ConfigError(missingParameter: "you must supply either [file=]<FILENAME> or dir=<DIRNAME> parameter after the plugin name on the command line")
-        case (.some, .some):
-            throw ConfigError("file= and dir= cannot be used at the same time")
-        case (let path?, nil):
-            // As nbdkit: a directory gets a hint, and anything else that is not a regular file or
-            // block device (a character device, a FIFO, whose open could wait) is refused.
-            var st = stat()
-            guard stat(path, &st) == 0 else { throw ConfigError("stat: \(SystemError(path))") }
-            if st.st_mode & S_IFMT == S_IFDIR { throw ConfigError("use dir= to serve files within \(path)") }
-            guard st.st_mode & S_IFMT == S_IFREG || st.st_mode & S_IFMT == S_IFBLK else {
-                throw ConfigError("file is not regular or block device: \(path)")
+        let caching = try FileCaching(taking: &parameters)
+        // As nbdkit, which checks these once it has read every parameter (config_complete).
+        let source = try ConfigError.completing { () throws -> Source in
+            switch (file, dir) {
+            case (nil, nil):
+                throw ConfigError("you must supply either [file=]<FILENAME> or dir=<DIRNAME> parameter after the plugin name on the command line")
+            case (.some, .some):
+                throw ConfigError("file= and dir= cannot be used at the same time")
+            case (let path?, nil):
+                // As nbdkit: a directory gets a hint, and anything else that is not a regular file
+                // or block device (a character device, a FIFO, whose open could wait) is refused.
+                var st = stat()
+                guard stat(path, &st) == 0 else { throw ConfigError("stat: \(SystemError(path))") }
+                if st.st_mode & S_IFMT == S_IFDIR { throw ConfigError("use dir= to serve files within \(path)") }
+                guard st.st_mode & S_IFMT == S_IFREG || st.st_mode & S_IFMT == S_IFBLK else {
+                    throw ConfigError("file is not regular or block device: \(path)")
+                }
+                // Open once now so that a file that can't be read is reported at startup, not at
+                // the first connection. One that can only be read is served read-only, as nbdkit
+                // does (each connection falls back to opening it so).
+                var fd = Glibc.open(path, (options.readonly ? O_RDONLY : O_RDWR) | O_CLOEXEC)
+                if fd < 0 && !options.readonly { fd = Glibc.open(path, O_RDONLY | O_CLOEXEC) }
+                guard fd >= 0 else { throw ConfigError("\(SystemError("open: \(path)"))") }
+                _ = close(fd)
+                return .file(path)
+            case (nil, let path?):
+                var st = stat()
+                guard stat(path, &st) == 0, st.st_mode & S_IFMT == S_IFDIR else {
+                    throw ConfigError("expecting a directory: \(path)")
+                }
+                return .directory(path)
             }
-            // Open once now so that a file that can't be read is reported at startup, not at the
-            // first connection. One that can only be read is served read-only, as nbdkit does
-            // (each connection falls back to opening it so).
-            var fd = Glibc.open(path, (options.readonly ? O_RDONLY : O_RDWR) | O_CLOEXEC)
-            if fd < 0 && !options.readonly { fd = Glibc.open(path, O_RDONLY | O_CLOEXEC) }
-            guard fd >= 0 else { throw ConfigError("\(SystemError("open: \(path)"))") }
-            _ = close(fd)
-            source = .file(path)
-        case (nil, let path?):
-            var st = stat()
-            guard stat(path, &st) == 0, st.st_mode & S_IFMT == S_IFDIR else {
-                throw ConfigError("expecting a directory: \(path)")
-            }
-            source = .directory(path)
         }
-        // After the path, as nbdkit reads its parameters in order (the path comes first).
-        return FilePlugin(source: source, caching: try FileCaching(taking: &parameters))
+        return FilePlugin(source: source, caching: caching)
     }
 
     /// Resolves `path` now, since a background server changes its directory to /.

@@ -79,15 +79,19 @@ extension MemoryPlugin: PluginFactory {
 
     public static func make(_ parameters: inout Parameters, options: PluginOptions) throws -> any Backend {
         let bytes = try parameters.take("size", parsing: parseSize)
-        let allocator = try parameters.take("allocator").map { try MemoryAllocator(parsing: $0) } ?? .sparse
-        guard let bytes else { throw ConfigError(missingParameter: "you must specify size=<SIZE> on the command line") }
-        if allocator.isWhole { try checkRoom(for: bytes, allocator: allocator) }
-        let fd = CNBDShim_memory_file("nbdkit-memory", Int64(bitPattern: bytes))
-        guard fd >= 0 else {
-            let reason = String(cString: strerror(CNBDShim_errno()))
-            throw ConfigError("memory: cannot make a memory file of \(bytes) bytes: \(reason)")
+        let allocatorText = parameters.take("allocator")
+        // As nbdkit, which checks these once it has read every parameter (config_complete).
+        return try ConfigError.completing {
+            guard let bytes else { throw ConfigError("you must specify size=<SIZE> on the command line") }
+            let allocator = try allocatorText.map { try MemoryAllocator(parsing: $0) } ?? .sparse
+            if allocator.isWhole { try checkRoom(for: bytes, allocator: allocator) }
+            let fd = CNBDShim_memory_file("nbdkit-memory", Int64(bitPattern: bytes))
+            guard fd >= 0 else {
+                let reason = String(cString: strerror(CNBDShim_errno()))
+                throw ConfigError("memory: cannot make a memory file of \(bytes) bytes: \(reason)")
+            }
+            return try MemoryPlugin(fd: fd, size: bytes, allocator: allocator, options: options)
         }
-        return try MemoryPlugin(fd: fd, size: bytes, allocator: allocator, options: options)
     }
 
     /// A disk without holes must fit in RAM and swap (as nbdkit's heap allocation must), and a

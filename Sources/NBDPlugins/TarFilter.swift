@@ -36,7 +36,7 @@ extension TarFilter: FilterFactory {
         guard entries.count <= 1 else { throw ConfigError("only one tar-entry parameter can be given") }
         _ = parameters.take("tar")
         guard let entry = entries.first else {
-            throw ConfigError(missingParameter: "you must supply the tar-entry=<FILENAME> parameter")
+            throw ConfigError(completing: "you must supply the tar-entry=<FILENAME> parameter")
         }
         return TarFilter(next: next, entry: entry)
     }

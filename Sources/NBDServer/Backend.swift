@@ -258,19 +258,24 @@ public struct Parameters: Sendable {
 /// A startup error: printed as `nbdkit: error: MESSAGE` before exiting with status 1.
 public struct ConfigError: Error, CustomStringConvertible, Sendable {
     public let message: String
-    /// A required parameter is missing: nbdkit finds that only once every parameter has been
-    /// read (config_complete), so an unknown one is reported first, and `--dump-plugin` does
-    /// not look for it.
-    public let isMissingParameter: Bool
+    /// An error nbdkit finds only as it completes the configuration (config_complete), once
+    /// every parameter has been read: a required one missing, a file that can't be served, a
+    /// disk that does not fit. A parameter nobody knows is reported before it, and
+    /// `--dump-plugin` does not look for it.
+    public let isCompletionError: Bool
     public init(_ message: String) {
         self.message = message
-        isMissingParameter = false
+        isCompletionError = false
     }
-    /// The error for a required parameter that was not given. Throw it only once every other
-    /// parameter of the plugin or filter has been taken (and checked).
-    public init(missingParameter message: String) {
+    public init(completing message: String) {
         self.message = message
-        isMissingParameter = true
+        isCompletionError = true
+    }
+
+    /// Runs `body`, which completes a plugin's or filter's configuration once it has taken
+    /// every parameter it knows: the `ConfigError`s it throws are completion errors.
+    public static func completing<T>(_ body: () throws -> T) throws -> T {
+        do { return try body() } catch let error as ConfigError { throw ConfigError(completing: error.message) }
     }
     public var description: String { message }
 }

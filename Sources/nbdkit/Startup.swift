@@ -96,16 +96,16 @@ struct Startup {
             listeners = try ServerStartupError.marking { try Listeners.bind(.vsock(port: port)) }
         }
 
-        // Everything that may still fail is done before any --run command starts, so that a
-        // start-up error never leaves it running: the process that serves is the one in the
-        // background if it forks there (memory locks are not inherited); its memory is locked,
-        // the backend made ready (as root, before -u: the memory plugin's locked disk needs the
-        // privilege to lock more than RLIMIT_MEMLOCK) and, unless the user changes, the pid file
-        // written, so the command finds it.
+        // What may still fail is done before any --run command starts where it can be, so that a
+        // start-up error leaves no command running: the process that serves is the one in the
+        // background if it forks there (memory locks are not inherited); its memory is locked
+        // and, unless the user changes, the pid file written, so the command finds it. (The
+        // backend's `afterFork` comes once the user has changed, as nbdkit's after_fork: a
+        // filter may run the user's scripts there.)
         let readiness = config.staysInForeground ? nil : try ServerStartupError.marking { try Daemon.detach() }
         let changesUser = ids.uid != nil || ids.gid != nil
-        if config.swap { try ServerStartupError.marking { try lockMemory(forNewUser: changesUser) } }
-        try backend.afterFork()
+        let losesPrivileges = geteuid() == 0 && (ids.uid ?? 0) != 0
+        if config.swap { try ServerStartupError.marking { try lockMemory(forUnprivilegedUser: losesPrivileges) } }
         var pidFileWritten = false
         defer { if pidFileWritten, let pidFile = config.pidFile { Daemon.removePIDFile(pidFile) } }
         func writePIDFile() throws {
@@ -144,6 +144,7 @@ struct Startup {
             // The parent may have died before the signal was armed.
             if getppid() != parentAtStart { return 0 }
         }
+        try backend.afterFork()
 
         readiness?.ready(keepStderr: config.verbose)
         let server = Server(context: ServerContext(backend: backend, logger: logger, readonly: config.readonly,
@@ -182,15 +183,16 @@ struct Startup {
         }
     }
 
-    /// `--swap`: every page of the process, present and future, stays in RAM. With `forNewUser`
-    /// (-u, -g) the memory-lock limit is lifted first, or it is a start-up error: the user the
-    /// server becomes can't lock past the limit, and every mapping it makes from then on (each
-    /// thread's stack) is locked and counted beside all that is locked already (the process,
-    /// the memory plugin's whole disk).
-    private func lockMemory(forNewUser: Bool) throws {
+    /// `--swap`: every page of the process, present and future, stays in RAM. With
+    /// `forUnprivilegedUser` (root changing to another user with -u) the memory-lock limit is
+    /// lifted first, or it is a start-up error: that user can't lock past the limit, and every
+    /// mapping the server makes from then on (each thread's stack, the memory plugin's disk)
+    /// is locked and counted beside all that is locked already. (The --run command, started
+    /// after this, keeps the lifted limit; it runs as root, which may lock past it anyway.)
+    private func lockMemory(forUnprivilegedUser: Bool) throws {
         let resource = __rlimit_resource_t(__RLIMIT_MEMLOCK.rawValue)
         var unlimited = rlimit(rlim_cur: rlim_t.max, rlim_max: rlim_t.max)
-        if forNewUser && setrlimit(resource, &unlimited) != 0 {
+        if forUnprivilegedUser && setrlimit(resource, &unlimited) != 0 {
             let error = SystemError("setrlimit")
             var limit = rlimit()
             _ = getrlimit(resource, &limit)
@@ -204,8 +206,9 @@ struct Startup {
     }
 
     /// The plugin, then each filter in front of it: the first `--filter` named ends up outermost.
-    /// As nbdkit, a parameter nobody knows is reported before a required one that is missing;
-    /// with `checkingOnly` (`--dump-plugin`) a missing one is no error, and the chain returned
+    /// As nbdkit, a parameter nobody knows is reported before a completion error (a required
+    /// one missing, a file that can't be served: `ConfigError.isCompletionError`); with
+    /// `checkingOnly` (`--dump-plugin`) a completion error is none, and the chain returned
     /// then has stand-ins in place of what could not be made: it is not to be served.
     private func buildChain(_ factory: any PluginFactory.Type, control: ServerControl,
                             checkingOnly: Bool = false) throws -> any Backend {
@@ -218,9 +221,9 @@ struct Startup {
         }
         var parameters = Parameters(pairs)
         var missing: ConfigError? = nil
-        /// `make`'s backend; where a required parameter is missing, a stand-in, the error kept.
+        /// `make`'s backend; after a completion error, a stand-in, the error kept.
         func built(_ make: () throws -> any Backend) throws -> any Backend {
-            do { return try make() } catch let error as ConfigError where error.isMissingParameter {
+            do { return try make() } catch let error as ConfigError where error.isCompletionError {
                 // (The outermost one's, as nbdkit completes the filters' configuration first.)
                 missing = error
                 return Registry.standIn()

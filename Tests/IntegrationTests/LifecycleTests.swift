@@ -192,7 +192,8 @@ final class LifecycleTests: IntegrationTestCase {
         defer { kill(server, SIGKILL) }
         let deadline = Date().addingTimeInterval(10)
         while !FileManager.default.fileExists(atPath: socket) && Date() < deadline { usleep(20_000) }
-        XCTAssertEqual(Harness.run(["nbdinfo", "--size", "nbd+unix:///?socket=\(socket)"]).stdout, "1048576\n")
+        let info = Harness.run(["nbdinfo", "--size", "nbd+unix:///?socket=\(socket)"])
+        XCTAssertEqual(info.stdout, "1048576\n", "\(info.stderr) (server running: \(kill(server, 0) == 0))")
         if killParent { kill(parent.processIdentifier, SIGKILL) }
         parent.waitUntilExit()
         XCTAssertTrue(waitGone(server, seconds: 5), "server outlived its parent")
@@ -521,6 +522,29 @@ final class LifecycleTests: IntegrationTestCase {
         XCTAssertEqual(Harness.run(["nbdinfo", "--size", s.uri]).stdout, "1048576\n")
     }
 
+    /// As root with -u: the exitwhen filter's polling (its scripts included) starts once the user
+    /// has changed, as nbdkit's after_fork; only the check as the server gets ready, before,
+    /// runs as root (a change of the start-up order ran the first polls as root).
+    func testExitWhenScriptsRunAsTheNewUser() throws {
+        try XCTSkipUnless(getuid() == 0, "changing user needs root")
+        let shared = dir.file("shared")
+        try FileManager.default.createDirectory(atPath: shared, withIntermediateDirectories: false)
+        XCTAssertEqual(chmod(dir.path, 0o755), 0)
+        XCTAssertEqual(chmod(shared, 0o777), 0)
+        let ids = shared + "/ids"
+        XCTAssertTrue(FileManager.default.createFile(atPath: ids, contents: nil))
+        XCTAssertEqual(chmod(ids, 0o666), 0)
+        let s = try startServer(["-u", "nobody", "-g", "nogroup", "--filter=exitwhen", "memory", "1M", "exit-when-poll=1",
+                                 "exit-when-script=id -u >> \(ids); exit 0"])
+        let deadline = Date().addingTimeInterval(10)
+        func lines() -> [Substring] { String(decoding: contents(ids), as: UTF8.self).split(separator: "\n") }
+        while lines().count < 3 && Date() < deadline { usleep(50_000) }
+        s.stop()
+        let seen = lines()
+        XCTAssertGreaterThanOrEqual(seen.count, 3, s.stderr)
+        XCTAssertEqual(Array(seen.dropFirst()), Array(repeating: "65534", count: max(seen.count - 1, 0)), "\(seen)")
+    }
+
     /// The pid file is there, with the server's pid, when the --run command starts (nbdkit
     /// writes it as the command starts, a race the command may lose).
     func testPIDFileIsWrittenBeforeTheCommandStarts() {
@@ -544,6 +568,12 @@ final class LifecycleTests: IntegrationTestCase {
         let command = "echo started; nbdcopy \(source) \"$uri\" && nbdcopy \"$uri\" \(copy) && cmp -n \(16 << 20) \(source) \(copy) && echo same"
         let r = Harness.run(["prlimit", "--memlock=8388608:", Harness.nbdkit, "-u", "nobody", "-g", "nogroup", "--swap",
                              "-U", "-", "memory", "64M", "--run", command], timeout: 60)
+        // Only a change to another user needs it: with -g alone (or -u root) the server keeps
+        // its privilege to lock.
+        let group = Harness.run([Harness.nbdkit, "-g", "nogroup", "--swap", "-U", "-", "memory", "64M", "--run", "nbdinfo --size \"$uri\""],
+                                timeout: 30)
+        XCTAssertEqual(group.status, 0, group.stderr)
+        XCTAssertEqual(group.stdout, "67108864\n", group.stderr)
         if Harness.run(["prlimit", "--memlock=unlimited:unlimited", "true"]).status == 0 {
             XCTAssertEqual(r.status, 0, r.stderr)
             XCTAssertEqual(r.stdout, "started\nsame\n", r.stderr)
