@@ -191,7 +191,8 @@ final class LifecycleTests: IntegrationTestCase {
         guard let server = readPID(pidFile) else { return XCTFail("no server pid") }
         defer { kill(server, SIGKILL) }
         let deadline = Date().addingTimeInterval(10)
-        while !FileManager.default.fileExists(atPath: socket) && Date() < deadline { usleep(20_000) }
+        // (Listening, not only there: the file appears at bind(2), a moment before listen(2).)
+        while !ServerProcess.isListening(socket) && Date() < deadline { usleep(20_000) }
         let info = Harness.run(["nbdinfo", "--size", "nbd+unix:///?socket=\(socket)"])
         XCTAssertEqual(info.stdout, "1048576\n", "\(info.stderr) (server running: \(kill(server, 0) == 0))")
         if killParent { kill(parent.processIdentifier, SIGKILL) }
