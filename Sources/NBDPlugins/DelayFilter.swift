@@ -130,9 +130,10 @@ extension DelayFilter: FilterFactory {
     """
 
     /// What a key sets.
-    private enum Setting { case read, write, zero, trim, extents, cache, flush, open, close, writes, fastZero }
+    private enum Setting { case read, write, zero, trim, extents, cache, flush, open, close, writesZeroesAndTrims, fastZero }
 
-    /// The keys, nbdkit's other spellings included (`delay-reads`, `delay-discard`, ...).
+    /// The keys, with nbdkit's other spellings (`delay-reads`, `delay-discard`, ...);
+    /// `delay-flush` is this server's own.
     private static let keys: [String: Setting] = [
         "rdelay": .read, "delay-read": .read, "delay-reads": .read,
         "delay-write": .write, "delay-writes": .write,
@@ -140,7 +141,7 @@ extension DelayFilter: FilterFactory {
         "delay-trim": .trim, "delay-trims": .trim, "delay-discard": .trim, "delay-discards": .trim,
         "delay-extent": .extents, "delay-extents": .extents,
         "delay-cache": .cache, "delay-flush": .flush, "delay-open": .open, "delay-close": .close,
-        "wdelay": .writes, "delay-fast-zero": .fastZero,
+        "wdelay": .writesZeroesAndTrims, "delay-fast-zero": .fastZero,
     ]
 
     static func make(_ parameters: inout Parameters, next: any Backend, control: ServerControl) throws -> any Backend {
@@ -148,48 +149,44 @@ extension DelayFilter: FilterFactory {
         // As nbdkit, in the order given: a later key overrides an earlier one, and wdelay sets
         // the delays of writes, zeroing and trims.
         for (key, value) in parameters.takeAll(anyOf: Set(keys.keys)) {
-            let setting = keys[key]!
-            if setting == .fastZero {
+            switch keys[key]! {
+            case .read: d.read = try parseDelay(value, key: key)
+            case .write: d.write = try parseDelay(value, key: key)
+            case .zero: d.zero = try parseDelay(value, key: key)
+            case .trim: d.trim = try parseDelay(value, key: key)
+            case .extents: d.extents = try parseDelay(value, key: key)
+            case .cache: d.cache = try parseDelay(value, key: key)
+            case .flush: d.flush = try parseDelay(value, key: key)
+            case .open: d.open = try parseDelay(value, key: key)
+            case .close: d.close = try parseDelay(value, key: key)
+            case .writesZeroesAndTrims:
+                let delay = try parseDelay(value, key: key)
+                (d.write, d.zero, d.trim) = (delay, delay, delay)
+            case .fastZero:
                 guard let flag = parseBoolean(value) else {
                     throw ConfigError("delay: could not parse delay-fast-zero=\(value): expected a boolean")
                 }
                 d.delayFastZero = flag
-                continue
-            }
-            let delay = try parseDelay(value, key: key)
-            switch setting {
-            case .read: d.read = delay
-            case .write: d.write = delay
-            case .zero: d.zero = delay
-            case .trim: d.trim = delay
-            case .extents: d.extents = delay
-            case .cache: d.cache = delay
-            case .flush: d.flush = delay
-            case .open: d.open = delay
-            case .close: d.close = delay
-            case .writes: (d.write, d.zero, d.trim) = (delay, delay, delay)
-            case .fastZero: break
             }
         }
         return DelayFilter(next: next, delays: d, control: control)
     }
 
-    /// nbdkit's delay syntax, in microseconds: seconds ("2"; fractions too, "0.5"; as in C, a
-    /// leading 0 means octal and 0x hexadecimal) or milliseconds ("10ms", decimal), after any
-    /// white space, up to nbdkit's limits (2^32 - 1 milliseconds, or as many seconds as fit in
-    /// that).
+    /// nbdkit's delay syntax, in microseconds, after any white space and a "+": seconds as a
+    /// whole number read as C's strtoul reads it (decimal, octal after a leading 0, hexadecimal
+    /// after 0x: "010" is 8) or, this server's own, a decimal fraction ("0.25"); or a decimal
+    /// number of milliseconds followed by "ms" ("10ms", "2.5ms"). At most nbdkit's limits
+    /// (2^32 - 1 milliseconds, or as many seconds as fit in that).
     static func parseDelay(_ text: String, key: String) throws -> UInt64 {
-        let number = text.drop { $0 == " " || $0 == "\t" || $0 == "\n" }
+        var number = text.drop { $0 == " " || $0 == "\t" || $0 == "\n" }
+        if number.first == "+" { number = number.dropFirst() }
         let micros: Double?
         let limit: Double
         if number.hasSuffix("ms") {
-            micros = Double(number.dropLast(2)).map { $0 * 1000 }
+            micros = decimal(number.dropLast(2)).map { $0 * 1000 }
             limit = Double(UInt32.max) * 1000
-        } else if number.count > 1, number.first == "0", number.allSatisfy({ ("0"..."7").contains($0) }) {
-            micros = UInt64(number, radix: 8).map { Double($0) * 1_000_000 }
-            limit = Double(UInt32.max / 1000) * 1_000_000
         } else {
-            micros = Double(number).map { $0 * 1_000_000 }
+            micros = (number.contains(".") ? decimal(number) : wholeNumber(number)).map { $0 * 1_000_000 }
             limit = Double(UInt32.max / 1000) * 1_000_000
         }
         guard let micros, micros >= 0 else {
@@ -199,5 +196,23 @@ extension DelayFilter: FilterFactory {
             throw ConfigError("delay: \(key)=\(text) is too large (at most \(UInt32.max / 1000) seconds, or \(UInt32.max)ms)")
         }
         return UInt64(micros)
+    }
+
+    /// Decimal digits with at most one "." among them; nil for anything else.
+    private static func decimal(_ text: Substring) -> Double? {
+        let isDigit = { (c: Character) in ("0"..."9").contains(c) }
+        guard text.contains(where: isDigit), text.allSatisfy({ isDigit($0) || $0 == "." }),
+              text.filter({ $0 == "." }).count <= 1 else { return nil }
+        return Double(text)
+    }
+
+    /// A whole number as C's strtoul (base 0) reads one, all of `text`: hexadecimal after 0x,
+    /// octal after a leading 0, decimal otherwise; infinity when too large for 64 bits, nil for
+    /// anything else.
+    private static func wholeNumber(_ text: Substring) -> Double? {
+        let (digits, radix): (Substring, Int) = text.hasPrefix("0x") || text.hasPrefix("0X") ? (text.dropFirst(2), 16)
+            : text.count > 1 && text.hasPrefix("0") ? (text.dropFirst(), 8) : (text, 10)
+        guard !digits.isEmpty, digits.allSatisfy({ $0.hexDigitValue.map { $0 < radix } ?? false }) else { return nil }
+        return UInt64(digits, radix: radix).map { Double($0) } ?? .infinity
     }
 }

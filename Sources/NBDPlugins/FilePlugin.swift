@@ -90,6 +90,7 @@ extension FilePlugin: PluginFactory {
         let file = try parameters.take("file", parsing: resolvedPath)
         let dir = try parameters.take("dir", parsing: resolvedPath)
         let caching = try FileCaching(taking: &parameters)
+        if options.checksOnly { return Registry.standIn() }
         // As nbdkit, which checks these once it has read every parameter (config_complete).
         let source = try ConfigError.completing { () throws -> Source in
             switch (file, dir) {

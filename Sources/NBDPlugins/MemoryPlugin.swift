@@ -30,13 +30,12 @@ public final class MemoryPlugin: Backend, @unchecked Sendable {
         sizeToLockOnFault = options.locksMemory && !options.readonly && !allocator.locks ? size : nil
         // Known now, before the sockets and any --run command: the mapping itself is made
         // in `afterFork`.
+        // (A throw from here on leaves `fd` to deinit.)
         if let size = sizeToLockOnFault, size > 0, !SharedMapping.mayMap(size: size) {
-            _ = close(fd)
             throw ConfigError("memory: --swap: cannot lock the disk's pages into RAM as they are written: \(SharedMapping.mappingConditions)")
         }
         if allocator.locks && size > 0 {
             do { mapping = try SharedMapping(lockingAllOf: fd, size: size) } catch {
-                _ = close(fd)
                 throw ConfigError("allocator=malloc: \(error)")
             }
         } else {
@@ -80,6 +79,7 @@ extension MemoryPlugin: PluginFactory {
     public static func make(_ parameters: inout Parameters, options: PluginOptions) throws -> any Backend {
         let bytes = try parameters.take("size", parsing: parseSize)
         let allocatorText = parameters.take("allocator")
+        if options.checksOnly { return Registry.standIn() }
         // As nbdkit, which checks these once it has read every parameter (config_complete).
         return try ConfigError.completing {
             guard let bytes else { throw ConfigError("you must specify size=<SIZE> on the command line") }

@@ -28,9 +28,14 @@ public struct PluginOptions: Sendable {
     /// `--swap`: every page the process maps will be locked into RAM (`mlockall`), so a plugin
     /// must not map memory that should stay sparse or swappable.
     public var locksMemory: Bool
-    public init(readonly: Bool, locksMemory: Bool = false) {
+    /// Only take and check the parameters (`--dump-plugin`, and the pass that reports an
+    /// unknown parameter first): the plugin completes nothing (no disk, no file opened) and
+    /// returns `Registry.standIn()`.
+    public var checksOnly: Bool
+    public init(readonly: Bool, locksMemory: Bool = false, checksOnly: Bool = false) {
         self.readonly = readonly
         self.locksMemory = locksMemory
+        self.checksOnly = checksOnly
     }
 }
 

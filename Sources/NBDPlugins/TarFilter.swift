@@ -60,6 +60,8 @@ struct TarIndex {
         var paxSize: UInt64?
         /// The pax records describe a GNU sparse file (GNU.sparse.*), whose data is not the file's.
         var paxSparse = false
+        /// Why the last entry named `entry` that was not a regular file can't be served.
+        var unservable: String?
         var header = [UInt8](repeating: 0, count: Self.block)
         // Every length is checked against what is left of the archive before it is used, so a
         // crafted header can neither overflow the position nor send it backwards.
@@ -107,16 +109,18 @@ struct TarIndex {
                 }
                 if name == entry {
                     if isRegular { return (dataOffset, size) }
-                    // (nbdkit 1.32 serves a sparse file's stored data, and other entries as empty.)
-                    throw BackendError(.einval, isSparse ? "tar: \(entry): a sparse file, which this filter can't serve"
-                                                         : "tar: \(entry): not a regular file")
+                    // Reported unless a regular file of that name comes later (appended with
+                    // tar -r). (nbdkit 1.32 serves a sparse file's stored data, and other
+                    // entries as empty.)
+                    unservable = isSparse ? "a sparse file, which this filter can't serve" : "not a regular file"
                 }
-                position = dataOffset + Self.roundedUp(isRegular ? size : storedSize)
+                // (A sparse file's stored data, its map with it, is as long as its pax size says.)
+                position = dataOffset + Self.roundedUp(isRegular || isSparse ? size : storedSize)
                 continue
             }
             position = dataOffset + Self.roundedUp(storedSize)
         }
-        throw BackendError(.einval, "tar: \(entry): no such file in the tar file")
+        throw BackendError(.einval, "tar: \(entry): \(unservable ?? "no such file in the tar file")")
     }
 
     private func metadata(at offset: UInt64, count: UInt64) throws -> [UInt8] {

@@ -261,7 +261,7 @@ public struct ConfigError: Error, CustomStringConvertible, Sendable {
     /// An error nbdkit finds only as it completes the configuration (config_complete), once
     /// every parameter has been read: a required one missing, a file that can't be served, a
     /// disk that does not fit. A parameter nobody knows is reported before it, and
-    /// `--dump-plugin` does not look for it.
+    /// `--dump-plugin`, which completes nothing, does not report it.
     public let isCompletionError: Bool
     public init(_ message: String) {
         self.message = message

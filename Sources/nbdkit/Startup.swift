@@ -23,8 +23,9 @@ struct ServerStartupError: Error, CustomStringConvertible {
     }
 }
 
-/// The start-up order, as nbdkit's: signals, plugin and filters, sockets, `--run`, privileges,
-/// background, pid file, then the accept loop; and the clean-up on every way out.
+/// The start-up order: signals, plugin and filters, sockets, background, memory lock, pid file
+/// (unless the user changes), `--run`, privileges, pid file (if the user changed), the
+/// backend's `afterFork`, then the accept loop; and the clean-up on every way out.
 struct Startup {
     let config: Configuration
     let logger: Logger
@@ -43,7 +44,7 @@ struct Startup {
             // As nbdkit, which loads the filters first: an unknown one is an error here too.
             for name in config.filters where Registry.filter(named: name) == nil { throw Self.unknownFilter(name) }
             // Parameters given are checked, as nbdkit's plugin and filters check them then.
-            // (Not whether the required ones are there, which nbdkit does not ask here either.)
+            // (Nothing is completed: no disk made, no file opened, no required one asked for.)
             if !config.parameters.isEmpty { _ = try buildChain(factory, control: ServerControl(logger: logger), checkingOnly: true) }
             print(Help.dumpPlugin(factory), terminator: "")
             return 0
@@ -54,6 +55,9 @@ struct Startup {
         let parentAtStart = getppid()
         let signals = try SignalSource()
         let control = try ServerControl(logger: logger)
+        // As nbdkit, every parameter is taken and checked before anything is completed (a disk
+        // made, a file opened): a first pass, with a control of its own, reports an unknown one.
+        _ = try buildChain(factory, control: ServerControl(logger: logger), checkingOnly: true)
         let backend = try buildChain(factory, control: control)
         try backend.getReady()
         // As nbdkit: a filter that asked to exit while getting ready (exitwhen, whose event
@@ -207,9 +211,10 @@ struct Startup {
 
     /// The plugin, then each filter in front of it: the first `--filter` named ends up outermost.
     /// As nbdkit, a parameter nobody knows is reported before a completion error (a required
-    /// one missing, a file that can't be served: `ConfigError.isCompletionError`); with
-    /// `checkingOnly` (`--dump-plugin`) a completion error is none, and the chain returned
-    /// then has stand-ins in place of what could not be made: it is not to be served.
+    /// one missing, a file that can't be served: `ConfigError.isCompletionError`). With
+    /// `checkingOnly` the parameters are only taken and checked: plugins complete nothing
+    /// (`PluginOptions.checksOnly`), a completion error is none, and the chain returned has
+    /// stand-ins for plugins: it is not to be served.
     private func buildChain(_ factory: any PluginFactory.Type, control: ServerControl,
                             checkingOnly: Bool = false) throws -> any Backend {
         var pairs = config.parameters
@@ -220,22 +225,23 @@ struct Startup {
             pairs[i].key = magic
         }
         var parameters = Parameters(pairs)
-        var missing: ConfigError? = nil
-        /// `make`'s backend; after a completion error, a stand-in, the error kept.
+        var incomplete: ConfigError? = nil
+        // `make`'s backend; after a completion error, a stand-in, the error kept.
         func built(_ make: () throws -> any Backend) throws -> any Backend {
             do { return try make() } catch let error as ConfigError where error.isCompletionError {
                 // (The outermost one's, as nbdkit completes the filters' configuration first.)
-                missing = error
+                incomplete = error
                 return Registry.standIn()
             }
         }
-        var backend = try built { try factory.make(&parameters, options: PluginOptions(readonly: config.readonly, locksMemory: config.swap)) }
+        let options = PluginOptions(readonly: config.readonly, locksMemory: config.swap, checksOnly: checkingOnly)
+        var backend = try built { try factory.make(&parameters, options: options) }
         for name in config.filters.reversed() {
             guard let filter = Registry.filter(named: name) else { throw Self.unknownFilter(name) }
             backend = try built { [backend] in try filter.make(&parameters, next: backend, control: control) }
         }
         try parameters.rejectUnknown()
-        if let missing, !checkingOnly { throw missing }
+        if let incomplete, !checkingOnly { throw incomplete }
         return backend
     }
 

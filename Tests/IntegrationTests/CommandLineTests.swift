@@ -187,6 +187,14 @@ final class CommandLineTests: IntegrationTestCase {
             XCTAssertEqual(r.status, 0, "\(partial): \(r.stderr)")
             XCTAssertTrue(r.stdout.hasPrefix("name="), "\(partial)")
         }
+        // Nor is anything completed: no memory disk is made (and locked), no file opened.
+        let image = dir.file("image")
+        XCTAssertTrue(FileManager.default.createFile(atPath: image, contents: Data(count: 512)))
+        for (arguments, call) in [(["memory", "64M", "allocator=malloc,mlock=true"], "memfd_create"), (["file", image], "openat")] {
+            let traced = Harness.run(["strace", "-f", "-e", "trace=\(call)", Harness.nbdkit] + arguments + ["--dump-plugin"])
+            XCTAssertEqual(traced.status, 0, traced.stderr)
+            XCTAssertFalse(traced.stderr.contains("memfd_create(") || traced.stderr.contains(image), traced.stderr)
+        }
         // The filters in front do not change it (as nbdkit).
         let filtered = Harness.run([Harness.nbdkit, "--filter=offset", "--filter=noextents", "memory", "--dump-plugin"])
         XCTAssertEqual(filtered.stdout, expected["memory"], filtered.stderr)
@@ -214,6 +222,12 @@ final class CommandLineTests: IntegrationTestCase {
             XCTAssertEqual(r.stdout, "", "\(arguments)")
             XCTAssertEqual(r.stderr, message, "\(arguments)")
         }
+        // Every parameter is checked before any disk is made: none here, for a 64 MiB locked one.
+        let traced = Harness.run(["strace", "-f", "-e", "trace=memfd_create", Harness.nbdkit, "-U", "-", "memory", "64M",
+                                  "allocator=malloc,mlock=true", "foo=1", "--run", "true"])
+        XCTAssertEqual(traced.status, 1)
+        XCTAssertFalse(traced.stderr.contains("memfd_create("), traced.stderr)
+        XCTAssertTrue(traced.stderr.contains("nbdkit: error: unknown parameter 'foo'\n"), traced.stderr)
     }
 
     func testInformationalOptions() {

@@ -183,8 +183,10 @@ final class LifecycleTests: IntegrationTestCase {
         let pidFile = dir.file("pid"), socket = dir.file("sock")
         let parent = Process()
         parent.executableURL = URL(fileURLWithPath: "/bin/sh")
+        // (Without the kill, the parent exits once the test has made `go`, after its check.)
+        let go = dir.file("go")
         parent.arguments = ["-c", "'\(Harness.nbdkit)' --exit-with-parent -U \(socket) memory 1M & echo $! > \(pidFile); " +
-                            (killParent ? "exec sleep 60" : "while [ ! -S \(socket) ]; do sleep 0.05; done; sleep 0.2")]
+                            (killParent ? "exec sleep 60" : "i=0; while [ ! -e \(go) ] && [ $i -lt 600 ]; do sleep 0.05; i=$((i+1)); done")]
         parent.standardError = FileHandle.nullDevice
         try parent.run()
         defer { if parent.isRunning { kill(parent.processIdentifier, SIGKILL) } }
@@ -195,7 +197,7 @@ final class LifecycleTests: IntegrationTestCase {
         while !ServerProcess.isListening(socket) && Date() < deadline { usleep(20_000) }
         let info = Harness.run(["nbdinfo", "--size", "nbd+unix:///?socket=\(socket)"])
         XCTAssertEqual(info.stdout, "1048576\n", "\(info.stderr) (server running: \(kill(server, 0) == 0))")
-        if killParent { kill(parent.processIdentifier, SIGKILL) }
+        if killParent { kill(parent.processIdentifier, SIGKILL) } else { XCTAssertTrue(FileManager.default.createFile(atPath: go, contents: nil)) }
         parent.waitUntilExit()
         XCTAssertTrue(waitGone(server, seconds: 5), "server outlived its parent")
         XCTAssertFalse(FileManager.default.fileExists(atPath: socket))

@@ -807,7 +807,9 @@ final class NbdshTests: IntegrationTestCase {
                                (" 1", true), ("-1", false),
                                // As C's strtoul: octal after a leading 0 (2097152 s, where
                                // 10000000 s is too long), hexadecimal after 0x.
-                               ("010000000", true), ("10000000", false), ("0x400000", true), ("0x500000", false)] {
+                               ("010000000", true), ("10000000", false), ("0x400000", true), ("0x500000", false),
+                               // Nothing more: not octal, not an exponent, milliseconds decimal.
+                               ("08", false), ("1e2", false), ("0x200ms", false), ("2.5ms", true), ("+3", true)] {
             let r = Harness.run([Harness.nbdkit, "-U", "-", "--filter=delay", "memory", "1M", "delay-close=\(value)", "--run", "true"])
             XCTAssertEqual(r.status, valid ? 0 : 1, "delay-close=\(value): \(r.stderr)")
         }

@@ -123,6 +123,42 @@ final class TarFilterTests: IntegrationTestCase {
             XCTAssertNotEqual(r.status, 0, archive)
             XCTAssertTrue(r.stderr.contains("tar: \(entry): \(reason)"), "\(archive): \(r.stderr)")
         }
+        // What follows a sparse entry is found by the entry's pax size (its header's size field
+        // says 0, as for data of 8 GiB or more), and a name that is not a regular file is
+        // served from a regular file of that name appended later (tar -r).
+        let crafted = Harness.run(["/usr/bin/python3", "-c", """
+        import os, subprocess
+        os.chdir(\(Harness.pythonString(dir.path)))
+        def header(name, size, typeflag=b'0'):
+            h = bytearray(512)
+            h[0:len(name)] = name
+            h[100:108] = b'0000644\\0'; h[108:116] = b'0000000\\0'; h[116:124] = b'0000000\\0'
+            h[124:136] = b'%011o\\0' % size; h[136:148] = b'00000000000\\0'; h[156:157] = typeflag
+            h[257:263] = b'ustar\\0'; h[263:265] = b'00'
+            h[148:156] = b' ' * 8; h[148:156] = b'%06o\\0 ' % sum(h)
+            return bytes(h)
+        def record(key, value):
+            body = ' %s=%s\\n' % (key, value)
+            n = len(body) + 1
+            while len(str(n)) + len(body) != n: n += 1
+            return (str(n) + body).encode()
+        records = b''.join(record(k, v) for k, v in [('GNU.sparse.major', 1), ('GNU.sparse.minor', 0),
+                                                     ('GNU.sparse.name', 'sp.img'), ('GNU.sparse.realsize', 4096), ('size', 1024)])
+        pax = header(b'PaxHeader', len(records), b'x') + records + bytes(-len(records) % 512)
+        open('after.tar', 'wb').write(pax + header(b'GNUSparseFile.0/sp.img', 0) + b'S' * 1024
+                                      + header(b'after', 512) + b'A' * 512 + bytes(1024))
+        os.mkdir('again'); os.chdir('again')
+        os.symlink('nowhere', 'e.img')
+        subprocess.run(['tar', '-cf', '../again.tar', 'e.img'], check=True)
+        os.remove('e.img'); open('e.img', 'w').write('regular')
+        subprocess.run(['tar', '-rf', '../again.tar', 'e.img'], check=True)
+        """])
+        XCTAssertEqual(crafted.status, 0, crafted.stderr)
+        for (archive, entry, size) in [("after.tar", "after", "512"), ("again.tar", "e.img", "7")] {
+            let r = Harness.run([Harness.nbdkit, "-U", "-", "file", dir.file(archive), "--filter=tar", "tar-entry=\(entry)",
+                                 "--run", "nbdinfo --size \"$uri\""])
+            XCTAssertEqual(r.stdout, size + "\n", "\(archive): \(r.stderr)")
+        }
     }
 
     /// A missing entry, or data that is not a tar file, fails the open with the reason logged;
