@@ -16,7 +16,8 @@ final class ExitLastFilter: PassthroughFilter, @unchecked Sendable {
 
     init(next: any Backend, control: ServerControl) {
         super.init(next: next)
-        control.onConnectionCountChanged { [self] count in
+        // (The control keeps this observer, so the observer does not keep the control.)
+        control.onConnectionCountChanged { [self, unowned control] count in
             let ended = count < connections.exchange(count, ordering: .relaxed)
             if ended && armed.load(ordering: .relaxed) && opened.load(ordering: .relaxed) == 0 {
                 control.requestShutdown()

@@ -25,6 +25,10 @@ public final class ServerControl: Sendable {
         wakeFD = try syscall("eventfd") { CNBDShim_eventfd() }
     }
 
+    /// (One made only to check the parameters goes with its eventfd; observers must not hold
+    /// their control strongly.)
+    deinit { _ = close(wakeFD) }
+
     /// Asks the accept loop to stop; connections in flight are finished first.
     public func requestShutdown() {
         var one: UInt64 = 1

@@ -206,6 +206,24 @@ final class LifecycleTests: IntegrationTestCase {
     func testExitWithParentNormalExit() throws { try exitWithParent(killParent: false) }
     func testExitWithParentSIGKILL() throws { try exitWithParent(killParent: true) }
 
+    /// Checking the parameters first (a pass that builds the chain and drops it) leaves nothing
+    /// open behind it: a server with exitlast holds the descriptors a plain one holds, one
+    /// eventfd among them (the pass's eventfd and its stand-in's /dev/null stayed open).
+    func testCheckingTheParametersLeavesNoDescriptorOpen() throws {
+        func descriptors(_ arguments: [String], _ name: String) throws -> [String] {
+            let s = try startServer(arguments, socketName: name)
+            defer { s.stop() }
+            let fds = (try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(s.pid)/fd")) ?? []
+            return fds.map { (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/\(s.pid)/fd/\($0)")) ?? "?" }
+                .map { $0.hasPrefix("socket:") || $0.hasPrefix("pipe:") ? String($0.prefix(while: { $0 != ":" })) : $0 }
+                .map { $0.hasPrefix("/memfd:") ? "memfd" : $0.hasSuffix(".stderr") ? "stderr" : $0 }.sorted()
+        }
+        let plain = try descriptors(["memory", "1M"], "plain")
+        let filtered = try descriptors(["--filter=exitlast", "memory", "1M"], "filtered")
+        XCTAssertEqual(filtered, plain)
+        XCTAssertEqual(plain.filter { $0 == "anon_inode:[eventfd]" }.count, 1, "\(plain)")
+    }
+
     /// As nbdkit: only a client that opened an export counts, so connections that leave before
     /// or during negotiation do not end the server; the first real client's departure does,
     /// not the close of an export it asked NBD_OPT_INFO about.
