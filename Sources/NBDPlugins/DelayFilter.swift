@@ -172,21 +172,22 @@ extension DelayFilter: FilterFactory {
         return DelayFilter(next: next, delays: d, control: control)
     }
 
-    /// nbdkit's delay syntax, in microseconds, after any white space and a "+": seconds as a
-    /// whole number read as C's strtoul reads it (decimal, octal after a leading 0, hexadecimal
-    /// after 0x: "010" is 8) or, this server's own, a decimal fraction ("0.25"); or a decimal
-    /// number of milliseconds followed by "ms" ("10ms", "2.5ms"). At most nbdkit's limits
-    /// (2^32 - 1 milliseconds, or as many seconds as fit in that).
+    /// nbdkit's delay syntax, in microseconds, after any white space (C's isspace) and a "+":
+    /// seconds as a whole number read as C's strtoul reads it (decimal, octal after a leading
+    /// 0, hexadecimal after 0x: "010" is 8) or, this server's own, a decimal fraction
+    /// ("0.25"); or a decimal number of milliseconds followed by "ms" ("10ms", "2.5ms"). At
+    /// most nbdkit's limits (2^32 - 1 milliseconds, or as many seconds as fit in that).
     static func parseDelay(_ text: String, key: String) throws -> UInt64 {
-        var number = text.drop { $0 == " " || $0 == "\t" || $0 == "\n" }
-        if number.first == "+" { number = number.dropFirst() }
+        var number = Array(text.utf8)[...]
+        while let first = number.first, first == 32 || (9...13).contains(first) { number = number.dropFirst() }
+        if number.first == UInt8(ascii: "+") { number = number.dropFirst() }
         let micros: Double?
         let limit: Double
-        if number.hasSuffix("ms") {
+        if number.count > 2, number.suffix(2).elementsEqual("ms".utf8) {
             micros = decimal(number.dropLast(2)).map { $0 * 1000 }
             limit = Double(UInt32.max) * 1000
         } else {
-            micros = (number.contains(".") ? decimal(number) : wholeNumber(number)).map { $0 * 1_000_000 }
+            micros = (number.contains(UInt8(ascii: ".")) ? decimal(number) : wholeNumber(number)).map { $0 * 1_000_000 }
             limit = Double(UInt32.max / 1000) * 1_000_000
         }
         guard let micros, micros >= 0 else {
@@ -198,21 +199,43 @@ extension DelayFilter: FilterFactory {
         return UInt64(micros)
     }
 
-    /// Decimal digits with at most one "." among them; nil for anything else.
-    private static func decimal(_ text: Substring) -> Double? {
-        let isDigit = { (c: Character) in ("0"..."9").contains(c) }
-        guard text.contains(where: isDigit), text.allSatisfy({ isDigit($0) || $0 == "." }),
-              text.filter({ $0 == "." }).count <= 1 else { return nil }
-        return Double(text)
+    /// The value of ASCII digit `byte` in `radix` (at most 16), if it is one.
+    private static func digit(_ byte: UInt8, radix: UInt64) -> UInt64? {
+        let value: UInt64
+        switch byte {
+        case UInt8(ascii: "0")...UInt8(ascii: "9"): value = UInt64(byte - UInt8(ascii: "0"))
+        case UInt8(ascii: "a")...UInt8(ascii: "f"): value = UInt64(byte - UInt8(ascii: "a")) + 10
+        case UInt8(ascii: "A")...UInt8(ascii: "F"): value = UInt64(byte - UInt8(ascii: "A")) + 10
+        default: return nil
+        }
+        return value < radix ? value : nil
     }
 
-    /// A whole number as C's strtoul (base 0) reads one, all of `text`: hexadecimal after 0x,
+    /// ASCII decimal digits with at most one "." among them; nil for anything else.
+    private static func decimal(_ bytes: ArraySlice<UInt8>) -> Double? {
+        guard bytes.contains(where: { digit($0, radix: 10) != nil }),
+              bytes.allSatisfy({ digit($0, radix: 10) != nil || $0 == UInt8(ascii: ".") }),
+              bytes.filter({ $0 == UInt8(ascii: ".") }).count <= 1 else { return nil }
+        return Double(String(decoding: bytes, as: UTF8.self))
+    }
+
+    /// A whole number as C's strtoul (base 0) reads one, all of `bytes`: hexadecimal after 0x,
     /// octal after a leading 0, decimal otherwise; infinity when too large for 64 bits, nil for
     /// anything else.
-    private static func wholeNumber(_ text: Substring) -> Double? {
-        let (digits, radix): (Substring, Int) = text.hasPrefix("0x") || text.hasPrefix("0X") ? (text.dropFirst(2), 16)
-            : text.count > 1 && text.hasPrefix("0") ? (text.dropFirst(), 8) : (text, 10)
-        guard !digits.isEmpty, digits.allSatisfy({ $0.hexDigitValue.map { $0 < radix } ?? false }) else { return nil }
-        return UInt64(digits, radix: radix).map { Double($0) } ?? .infinity
+    private static func wholeNumber(_ bytes: ArraySlice<UInt8>) -> Double? {
+        let hex = bytes.count >= 2 && bytes.first == UInt8(ascii: "0") && (bytes.dropFirst().first.map { $0 | 0x20 } == UInt8(ascii: "x"))
+        let (digits, radix): (ArraySlice<UInt8>, UInt64) = hex ? (bytes.dropFirst(2), 16)
+            : bytes.count > 1 && bytes.first == UInt8(ascii: "0") ? (bytes.dropFirst(), 8) : (bytes, 10)
+        guard !digits.isEmpty else { return nil }
+        var value: UInt64 = 0
+        var overflowed = false
+        for byte in digits {
+            guard let d = digit(byte, radix: radix) else { return nil }
+            let (shifted, o1) = value.multipliedReportingOverflow(by: radix)
+            let (sum, o2) = shifted.addingReportingOverflow(d)
+            overflowed = overflowed || o1 || o2
+            value = sum
+        }
+        return overflowed ? .infinity : Double(value)
     }
 }

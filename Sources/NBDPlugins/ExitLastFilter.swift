@@ -8,18 +8,22 @@ import NBDServer
 /// an export closes, so a client that asks NBD_OPT_INFO and then NBD_OPT_GO (as `nbdinfo`
 /// does) is served in between, as nbdkit serves it.
 final class ExitLastFilter: PassthroughFilter, @unchecked Sendable {
-    private let opened = Atomic<Int>(0)
-    /// Whether any client has opened an export: the server never exits before that.
-    private let armed = Atomic<Bool>(false)
-    /// The connection count last seen, to tell a connection that ended from one that began.
-    private let connections = Atomic<Int>(0)
+    /// What the control's observer needs, apart from the filter: the observer, which the control
+    /// keeps, holds neither the filter (whose chain may hold the control) nor the control.
+    private final class Clients: Sendable {
+        let opened = Atomic<Int>(0)
+        /// Whether any client has opened an export: the server never exits before that.
+        let armed = Atomic<Bool>(false)
+        /// The connection count last seen, to tell a connection that ended from one that began.
+        let connections = Atomic<Int>(0)
+    }
+    private let clients = Clients()
 
     init(next: any Backend, control: ServerControl) {
         super.init(next: next)
-        // (The control keeps this observer, so the observer does not keep the control.)
-        control.onConnectionCountChanged { [self, unowned control] count in
-            let ended = count < connections.exchange(count, ordering: .relaxed)
-            if ended && armed.load(ordering: .relaxed) && opened.load(ordering: .relaxed) == 0 {
+        control.onConnectionCountChanged { [clients, unowned control] count in
+            let ended = count < clients.connections.exchange(count, ordering: .relaxed)
+            if ended && clients.armed.load(ordering: .relaxed) && clients.opened.load(ordering: .relaxed) == 0 {
                 control.requestShutdown()
             }
         }
@@ -29,10 +33,10 @@ final class ExitLastFilter: PassthroughFilter, @unchecked Sendable {
 
     override func open(_ request: OpenRequest) throws -> any BackendConnection {
         let connection = try next.open(request)
-        opened.wrappingAdd(1, ordering: .relaxed)
-        armed.store(true, ordering: .relaxed)
-        return WatchedConnection(next: connection) { [self] in
-            opened.wrappingSubtract(1, ordering: .relaxed)
+        clients.opened.wrappingAdd(1, ordering: .relaxed)
+        clients.armed.store(true, ordering: .relaxed)
+        return WatchedConnection(next: connection) { [clients] in
+            clients.opened.wrappingSubtract(1, ordering: .relaxed)
         }
     }
 }

@@ -104,18 +104,32 @@ struct TarIndex {
                 let isSparse = paxSparse || typeflag == UInt8(ascii: "S")
                 paxSparse = false
                 let isRegular = !isSparse && (typeflag == 0 || typeflag == UInt8(ascii: "0") || typeflag == UInt8(ascii: "7"))
-                guard size <= left else {
+                // An old GNU sparse entry's map may go on in blocks of its own after the header
+                // (each says at byte 504 whether another follows), before its data.
+                var dataStart = dataOffset
+                if typeflag == UInt8(ascii: "S") && header[482] != 0 {
+                    var more = [UInt8](repeating: 0, count: Self.block)
+                    repeat {
+                        guard archiveSize - dataStart >= UInt64(Self.block) else {
+                            throw BackendError(.einval, "tar: the entry at offset \(position) runs past the end of the tar file")
+                        }
+                        try more.withUnsafeMutableBytes { try archive.pread(into: $0, offset: dataStart) }
+                        dataStart += UInt64(Self.block)
+                    } while more[504] != 0
+                }
+                guard size <= archiveSize - dataStart else {
                     throw BackendError(.einval, "tar: the entry at offset \(position) runs past the end of the tar file")
                 }
                 if name == entry {
-                    if isRegular { return (dataOffset, size) }
+                    if isRegular { return (dataStart, size) }
                     // Reported unless a regular file of that name comes later (appended with
                     // tar -r). (nbdkit 1.32 serves a sparse file's stored data, and other
                     // entries as empty.)
                     unservable = isSparse ? "a sparse file, which this filter can't serve" : "not a regular file"
                 }
-                // (A sparse file's stored data, its map with it, is as long as its pax size says.)
-                position = dataOffset + Self.roundedUp(isRegular || isSparse ? size : storedSize)
+                // As GNU tar: the data of any entry but a directory is as long as its pax size
+                // says, where it has one (a sparse file's stored data with its map, a link's).
+                position = dataStart + Self.roundedUp(typeflag == UInt8(ascii: "5") ? storedSize : size)
                 continue
             }
             position = dataOffset + Self.roundedUp(storedSize)

@@ -193,7 +193,8 @@ final class CommandLineTests: IntegrationTestCase {
         for (arguments, call) in [(["memory", "64M", "allocator=malloc,mlock=true"], "memfd_create"), (["file", image], "openat")] {
             let traced = Harness.run(["strace", "-f", "-e", "trace=\(call)", Harness.nbdkit] + arguments + ["--dump-plugin"])
             XCTAssertEqual(traced.status, 0, traced.stderr)
-            XCTAssertFalse(traced.stderr.contains("memfd_create(") || traced.stderr.contains(image), traced.stderr)
+            // (The path as opened is resolved: no "//" as in the test directory's.)
+            XCTAssertFalse(traced.stderr.contains("memfd_create(") || traced.stderr.contains("/image\""), traced.stderr)
         }
         // The filters in front do not change it (as nbdkit).
         let filtered = Harness.run([Harness.nbdkit, "--filter=offset", "--filter=noextents", "memory", "--dump-plugin"])

@@ -147,6 +147,18 @@ final class TarFilterTests: IntegrationTestCase {
         pax = header(b'PaxHeader', len(records), b'x') + records + bytes(-len(records) % 512)
         open('after.tar', 'wb').write(pax + header(b'GNUSparseFile.0/sp.img', 0) + b'S' * 1024
                                       + header(b'after', 512) + b'A' * 512 + bytes(1024))
+        # A link with data (a pax size, 0 in its header): skipped by the pax size, as GNU tar.
+        sized = record('size', 1024)
+        open('link.tar', 'wb').write(header(b'PaxHeader', len(sized), b'x') + sized + bytes(-len(sized) % 512)
+                                     + header(b'link', 0, b'2') + b'L' * 1024 + header(b'after', 512) + b'A' * 512 + bytes(1024))
+        # GNU's own sparse format with more than four pieces: its map goes on in blocks after
+        # the header.
+        with open('holes.img', 'wb') as f:
+            for i in range(8):
+                f.seek(i * 65536); f.write(b'D' * 4096)
+            f.truncate(524288)
+        open('tail', 'wb').write(b'T' * 1000)
+        subprocess.run(['tar', '--format=gnu', '-S', '-cf', 'holes.tar', 'holes.img', 'tail'], check=True)
         os.mkdir('again'); os.chdir('again')
         os.symlink('nowhere', 'e.img')
         subprocess.run(['tar', '-cf', '../again.tar', 'e.img'], check=True)
@@ -154,11 +166,15 @@ final class TarFilterTests: IntegrationTestCase {
         subprocess.run(['tar', '-rf', '../again.tar', 'e.img'], check=True)
         """])
         XCTAssertEqual(crafted.status, 0, crafted.stderr)
-        for (archive, entry, size) in [("after.tar", "after", "512"), ("again.tar", "e.img", "7")] {
+        for (archive, entry, size) in [("after.tar", "after", "512"), ("again.tar", "e.img", "7"), ("link.tar", "after", "512"),
+                                       ("holes.tar", "tail", "1000")] {
             let r = Harness.run([Harness.nbdkit, "-U", "-", "file", dir.file(archive), "--filter=tar", "tar-entry=\(entry)",
                                  "--run", "nbdinfo --size \"$uri\""])
             XCTAssertEqual(r.stdout, size + "\n", "\(archive): \(r.stderr)")
         }
+        let holes = Harness.run([Harness.nbdkit, "-U", "-", "file", dir.file("holes.tar"), "--filter=tar", "tar-entry=holes.img",
+                                 "--run", "nbdinfo --size \"$uri\""])
+        XCTAssertTrue(holes.stderr.contains("tar: holes.img: a sparse file, which this filter can't serve"), holes.stderr)
     }
 
     /// A missing entry, or data that is not a tar file, fails the open with the reason logged;
