@@ -5,10 +5,12 @@ import NBDServer
 /// is read by the filter itself, each time a client opens the export: ustar and old-style
 /// headers, GNU long names and pax `path`/`size` records.
 final class TarFilter: PassthroughFilter, @unchecked Sendable {
-    private let entry: String
+    /// The name asked for, as bytes: names match byte for byte, as in tar (two spellings of
+    /// "é" are different files).
+    private let entry: [UInt8]
 
     init(next: any Backend, entry: String) {
-        self.entry = entry
+        self.entry = Array(entry.utf8)
         super.init(next: next)
     }
 
@@ -51,12 +53,13 @@ struct TarIndex {
 
     init(_ archive: any BackendConnection) { self.archive = archive }
 
-    /// Where the data of the regular file named `entry` lies: its offset and size.
-    func find(_ entry: String) throws -> (offset: UInt64, size: UInt64) {
+    /// Where the data of the regular file named `entry` (the bytes of its name) lies: its
+    /// offset and size.
+    func find(_ entry: [UInt8]) throws -> (offset: UInt64, size: UInt64) {
         let archiveSize = try archive.size()
         var position: UInt64 = 0
-        var longName: String?
-        var paxPath: String?
+        var longName: [UInt8]?
+        var paxPath: [UInt8]?
         var paxSize: UInt64?
         /// The pax records describe a GNU sparse file (GNU.sparse.*), whose data is not the file's.
         var paxSparse = false
@@ -80,17 +83,13 @@ struct TarIndex {
             let typeflag = header[156]
             switch typeflag {
             case UInt8(ascii: "L"):
-                longName = String(decoding: try metadata(at: dataOffset, count: storedSize).prefix { $0 != 0 }, as: UTF8.self)
+                longName = Array(try metadata(at: dataOffset, count: storedSize).prefix { $0 != 0 })
             case UInt8(ascii: "x"):
                 for (key, value) in try Self.paxRecords(try metadata(at: dataOffset, count: storedSize)) {
                     if key == "path" || key == "GNU.sparse.name" { paxPath = value }
                     if key.hasPrefix("GNU.sparse.") { paxSparse = true }
-                    if key == "size", let n = UInt64(value) {
-                        guard n <= left else {
-                            throw BackendError(.einval, "tar: the pax size at offset \(position) runs past the end of the tar file")
-                        }
-                        paxSize = n
-                    }
+                    // (Checked against the archive with the entry it describes.)
+                    if key == "size", let n = UInt64(String(decoding: value, as: UTF8.self)) { paxSize = n }
                 }
             case UInt8(ascii: "g"), UInt8(ascii: "K"):
                 // Global pax records and GNU long link names say nothing about a file's data.
@@ -117,7 +116,10 @@ struct TarIndex {
                         dataStart += UInt64(Self.block)
                     } while more[504] != 0
                 }
-                guard size <= archiveSize - dataStart else {
+                // As GNU tar: the data of any entry but a directory is as long as its pax size
+                // says, where it has one (a sparse file's stored data with its map, a link's).
+                let skipped = typeflag == UInt8(ascii: "5") ? storedSize : size
+                guard skipped <= archiveSize - dataStart else {
                     throw BackendError(.einval, "tar: the entry at offset \(position) runs past the end of the tar file")
                 }
                 if name == entry {
@@ -127,14 +129,12 @@ struct TarIndex {
                     // entries as empty.)
                     unservable = isSparse ? "a sparse file, which this filter can't serve" : "not a regular file"
                 }
-                // As GNU tar: the data of any entry but a directory is as long as its pax size
-                // says, where it has one (a sparse file's stored data with its map, a link's).
-                position = dataStart + Self.roundedUp(typeflag == UInt8(ascii: "5") ? storedSize : size)
+                position = dataStart + Self.roundedUp(skipped)
                 continue
             }
             position = dataOffset + Self.roundedUp(storedSize)
         }
-        throw BackendError(.einval, "tar: \(entry): \(unservable ?? "no such file in the tar file")")
+        throw BackendError(.einval, "tar: \(String(decoding: entry, as: UTF8.self)): \(unservable ?? "no such file in the tar file")")
     }
 
     private func metadata(at offset: UInt64, count: UInt64) throws -> [UInt8] {
@@ -148,22 +148,28 @@ struct TarIndex {
 
     private static func roundedUp(_ n: UInt64) -> UInt64 { (n + UInt64(block) - 1) / UInt64(block) * UInt64(block) }
 
-    /// The ustar name: prefix/name when the ustar prefix field is used.
-    private static func headerName(_ h: [UInt8]) -> String {
-        let field = { (range: Range<Int>) in String(decoding: h[range].prefix { $0 != 0 }, as: UTF8.self) }
+    /// The ustar name, as bytes: prefix/name when the ustar prefix field is used.
+    private static func headerName(_ h: [UInt8]) -> [UInt8] {
+        let field = { (range: Range<Int>) in Array(h[range].prefix { $0 != 0 }) }
         let name = field(0..<100)
         // POSIX "ustar\0" only: GNU headers ("ustar  \0") keep times where the prefix would be.
         let isUstar = h[257..<263].elementsEqual("ustar\0".utf8)
-        let prefix = isUstar ? field(345..<500) : ""
-        return prefix.isEmpty ? name : prefix + "/" + name
+        let prefix = isUstar ? field(345..<500) : []
+        return prefix.isEmpty ? name : prefix + [UInt8(ascii: "/")] + name
     }
 
-    /// The header checksum: the byte sum with the checksum field counted as spaces.
+    /// The header checksum: the byte sum with the checksum field counted as spaces, its bytes
+    /// taken as unsigned or, as some old tar programs wrote it, signed (GNU tar accepts both).
     private static func checksumMatches(_ h: [UInt8]) -> Bool {
         guard let stored = try? number(h[148..<156], at: 0) else { return false }
-        var sum: UInt64 = 0
-        for (i, byte) in h.enumerated() { sum += (148..<156).contains(i) ? 32 : UInt64(byte) }
-        return sum == stored
+        var unsigned: Int64 = 0
+        var signed: Int64 = 0
+        for (i, byte) in h.enumerated() {
+            let b = (148..<156).contains(i) ? 32 : byte
+            unsigned += Int64(b)
+            signed += Int64(Int8(bitPattern: b))
+        }
+        return Int64(clamping: stored) == unsigned || Int64(clamping: stored) == signed
     }
 
     /// An octal field (spaces and NULs around it), or GNU base-256 when the top bit is set.
@@ -193,9 +199,9 @@ struct TarIndex {
         return n
     }
 
-    /// pax records: "LENGTH key=value\n", LENGTH counting the whole record.
-    private static func paxRecords(_ data: [UInt8]) throws -> [(String, String)] {
-        var records: [(String, String)] = []
+    /// pax records: "LENGTH key=value\n", LENGTH counting the whole record; values as bytes.
+    private static func paxRecords(_ data: [UInt8]) throws -> [(String, [UInt8])] {
+        var records: [(String, [UInt8])] = []
         var i = 0
         while i < data.count, data[i] != 0 {
             guard let space = data[i...].firstIndex(of: UInt8(ascii: " ")),
@@ -204,7 +210,7 @@ struct TarIndex {
                   let equals = data[(space + 1)..<(i + length)].firstIndex(of: UInt8(ascii: "="))
             else { throw BackendError(.einval, "tar: a malformed pax header record") }
             records.append((String(decoding: data[(space + 1)..<equals], as: UTF8.self),
-                            String(decoding: data[(equals + 1)..<(i + length - 1)], as: UTF8.self)))
+                            Array(data[(equals + 1)..<(i + length - 1)])))
             i += length
         }
         return records

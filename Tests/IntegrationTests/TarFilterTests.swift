@@ -125,7 +125,9 @@ final class TarFilterTests: IntegrationTestCase {
         }
         // What follows a sparse entry is found by the entry's pax size (its header's size field
         // says 0, as for data of 8 GiB or more), and a name that is not a regular file is
-        // served from a regular file of that name appended later (tar -r).
+        // served from a regular file of that name appended later (tar -r). Names match byte
+        // for byte (two spellings of "é" served each other's data), and a checksum summed
+        // over signed bytes is accepted, as GNU tar accepts it.
         let crafted = Harness.run(["/usr/bin/python3", "-c", """
         import os, subprocess
         os.chdir(\(Harness.pythonString(dir.path)))
@@ -159,6 +161,21 @@ final class TarFilterTests: IntegrationTestCase {
             f.truncate(524288)
         open('tail', 'wb').write(b'T' * 1000)
         subprocess.run(['tar', '--format=gnu', '-S', '-cf', 'holes.tar', 'holes.img', 'tail'], check=True)
+        # A directory's pax size says nothing of what follows it.
+        big = record('size', 3072)
+        open('dir.tar', 'wb').write(header(b'PaxHeader', len(big), b'x') + big + bytes(-len(big) % 512)
+                                    + header(b'd/', 0, b'5') + header(b'after', 512) + b'A' * 512 + bytes(1024))
+        # Names match byte for byte: "é" composed and decomposed are two files.
+        os.mkdir('names'); os.chdir('names')
+        open(b'caf\\xc3\\xa9', 'wb').write(b'C' * 600); open(b'cafe\\xcc\\x81', 'wb').write(b'D' * 700)
+        subprocess.run([b'tar', b'--format=gnu', b'-cf', b'../names.tar', b'caf\\xc3\\xa9', b'cafe\\xcc\\x81'], check=True)
+        os.chdir('..')
+        # A checksum summed over signed bytes, as some old tar programs wrote it.
+        data = bytearray(header(b'caf\\xc3\\xa9', 20) + b'E' * 512 + bytes(1024))
+        h = data[:512]; h[148:156] = b' ' * 8
+        h[148:156] = b'%06o\\0 ' % sum(b - 256 if b > 127 else b for b in h)
+        data[:512] = h
+        open('signed.tar', 'wb').write(bytes(data))
         os.mkdir('again'); os.chdir('again')
         os.symlink('nowhere', 'e.img')
         subprocess.run(['tar', '-cf', '../again.tar', 'e.img'], check=True)
@@ -167,7 +184,9 @@ final class TarFilterTests: IntegrationTestCase {
         """])
         XCTAssertEqual(crafted.status, 0, crafted.stderr)
         for (archive, entry, size) in [("after.tar", "after", "512"), ("again.tar", "e.img", "7"), ("link.tar", "after", "512"),
-                                       ("holes.tar", "tail", "1000")] {
+                                       ("holes.tar", "tail", "1000"), ("dir.tar", "after", "512"),
+                                       ("names.tar", "caf\u{E9}", "600"), ("names.tar", "cafe\u{301}", "700"),
+                                       ("signed.tar", "caf\u{E9}", "20")] {
             let r = Harness.run([Harness.nbdkit, "-U", "-", "file", dir.file(archive), "--filter=tar", "tar-entry=\(entry)",
                                  "--run", "nbdinfo --size \"$uri\""])
             XCTAssertEqual(r.stdout, size + "\n", "\(archive): \(r.stderr)")
