@@ -7,6 +7,31 @@ final class TarFilterTests: IntegrationTestCase {
     /// way (GNU long name, pax path record, ustar prefix).
     let longPath = String(repeating: "d", count: 60) + "/" + String(repeating: "e", count: 60) + "/long.txt"
 
+    /// Python that crafts tar archives, run in the directory given as its argument: `header`
+    /// makes a ustar header block (its size an int, or the raw 12-byte field), `record` a pax
+    /// record, `pax` a pax header with its records.
+    static let craftingPrelude = """
+        import os, subprocess, sys
+        os.chdir(sys.argv[1])
+        def header(name, size, typeflag=b'0'):
+            h = bytearray(512)
+            h[0:len(name)] = name
+            h[100:108] = b'0000644\\0'; h[108:116] = b'0000000\\0'; h[116:124] = b'0000000\\0'
+            h[124:136] = size if isinstance(size, bytes) else b'%011o\\0' % size
+            h[136:148] = b'00000000000\\0'; h[156:157] = typeflag
+            h[257:263] = b'ustar\\0'; h[263:265] = b'00'
+            h[148:156] = b' ' * 8; h[148:156] = b'%06o\\0 ' % sum(h)
+            return bytes(h)
+        def record(key, value):
+            body = ' %s=%s\\n' % (key, value)
+            n = len(body) + 1
+            while len(str(n)) + len(body) != n: n += 1
+            return (str(n) + body).encode()
+        def pax(records):
+            return header(b'PaxHeader', len(records), b'x') + records + bytes(-len(records) % 512)
+
+        """
+
     /// Makes gnu.tar, pax.tar and ustar.tar holding small.txt (not a whole number of blocks),
     /// disk.img (1 MiB + 512 bytes: qemu-img writes whole sectors) and the long path, in order.
     func makeArchives() {
@@ -55,22 +80,7 @@ final class TarFilterTests: IntegrationTestCase {
     /// Crafted headers whose sizes or pax record lengths run past the archive (up to 2^64) fail
     /// the open with a message; the server does not crash and goes on serving.
     func testCraftedSizesFailTheOpenWithoutCrashing() throws {
-        let r = Harness.run(["/usr/bin/python3", "-c", """
-        import os
-        os.chdir(\(Harness.pythonString(dir.path)))
-        def header(name, size_field, typeflag=b'0'):
-            h = bytearray(512)
-            h[0:len(name)] = name
-            h[100:108] = b'0000644\\0'; h[108:116] = b'0000000\\0'; h[116:124] = b'0000000\\0'
-            h[124:136] = size_field
-            h[136:148] = b'00000000000\\0'
-            h[156:157] = typeflag
-            h[257:263] = b'ustar\\0'; h[263:265] = b'00'
-            h[148:156] = b' ' * 8
-            h[148:156] = b'%06o\\0 ' % sum(h)
-            return bytes(h)
-        def pax(records):
-            return header(b'PaxHeader', b'%011o\\0' % len(records), b'x') + records + bytes(-len(records) % 512)
+        let r = Harness.run(["/usr/bin/python3", "-c", Self.craftingPrelude + """
         zero = b'%011o\\0' % 0
         archives = {
             'base256.tar': header(b'other', b'\\x80' + bytes(3) + b'\\xff' * 8) + bytes(1024),
@@ -80,7 +90,7 @@ final class TarFilterTests: IntegrationTestCase {
         }
         for name, data in archives.items():
             open(name, 'wb').write(data)
-        """])
+        """, dir.path])
         XCTAssertEqual(r.status, 0, r.stderr)
         for archive in ["base256.tar", "paxsize.tar", "paxlength.tar", "octal.tar"] {
             let s = try startServer(["-r", "file", dir.file(archive), "--filter=tar", "tar-entry=disk"],
@@ -128,30 +138,13 @@ final class TarFilterTests: IntegrationTestCase {
         // served from a regular file of that name appended later (tar -r). Names match byte
         // for byte (two spellings of "é" served each other's data), and a checksum summed
         // over signed bytes is accepted, as GNU tar accepts it.
-        let crafted = Harness.run(["/usr/bin/python3", "-c", """
-        import os, subprocess
-        os.chdir(\(Harness.pythonString(dir.path)))
-        def header(name, size, typeflag=b'0'):
-            h = bytearray(512)
-            h[0:len(name)] = name
-            h[100:108] = b'0000644\\0'; h[108:116] = b'0000000\\0'; h[116:124] = b'0000000\\0'
-            h[124:136] = b'%011o\\0' % size; h[136:148] = b'00000000000\\0'; h[156:157] = typeflag
-            h[257:263] = b'ustar\\0'; h[263:265] = b'00'
-            h[148:156] = b' ' * 8; h[148:156] = b'%06o\\0 ' % sum(h)
-            return bytes(h)
-        def record(key, value):
-            body = ' %s=%s\\n' % (key, value)
-            n = len(body) + 1
-            while len(str(n)) + len(body) != n: n += 1
-            return (str(n) + body).encode()
+        let crafted = Harness.run(["/usr/bin/python3", "-c", Self.craftingPrelude + """
         records = b''.join(record(k, v) for k, v in [('GNU.sparse.major', 1), ('GNU.sparse.minor', 0),
                                                      ('GNU.sparse.name', 'sp.img'), ('GNU.sparse.realsize', 4096), ('size', 1024)])
-        pax = header(b'PaxHeader', len(records), b'x') + records + bytes(-len(records) % 512)
-        open('after.tar', 'wb').write(pax + header(b'GNUSparseFile.0/sp.img', 0) + b'S' * 1024
+        open('after.tar', 'wb').write(pax(records) + header(b'GNUSparseFile.0/sp.img', 0) + b'S' * 1024
                                       + header(b'after', 512) + b'A' * 512 + bytes(1024))
         # A link with data (a pax size, 0 in its header): skipped by the pax size, as GNU tar.
-        sized = record('size', 1024)
-        open('link.tar', 'wb').write(header(b'PaxHeader', len(sized), b'x') + sized + bytes(-len(sized) % 512)
+        open('link.tar', 'wb').write(pax(record('size', 1024))
                                      + header(b'link', 0, b'2') + b'L' * 1024 + header(b'after', 512) + b'A' * 512 + bytes(1024))
         # GNU's own sparse format with more than four pieces: its map goes on in blocks after
         # the header.
@@ -162,8 +155,7 @@ final class TarFilterTests: IntegrationTestCase {
         open('tail', 'wb').write(b'T' * 1000)
         subprocess.run(['tar', '--format=gnu', '-S', '-cf', 'holes.tar', 'holes.img', 'tail'], check=True)
         # A directory's pax size says nothing of what follows it.
-        big = record('size', 3072)
-        open('dir.tar', 'wb').write(header(b'PaxHeader', len(big), b'x') + big + bytes(-len(big) % 512)
+        open('dir.tar', 'wb').write(pax(record('size', 3072))
                                     + header(b'd/', 0, b'5') + header(b'after', 512) + b'A' * 512 + bytes(1024))
         # Names match byte for byte: "é" composed and decomposed are two files.
         os.mkdir('names'); os.chdir('names')
@@ -181,7 +173,7 @@ final class TarFilterTests: IntegrationTestCase {
         subprocess.run(['tar', '-cf', '../again.tar', 'e.img'], check=True)
         os.remove('e.img'); open('e.img', 'w').write('regular')
         subprocess.run(['tar', '-rf', '../again.tar', 'e.img'], check=True)
-        """])
+        """, dir.path])
         XCTAssertEqual(crafted.status, 0, crafted.stderr)
         for (archive, entry, size) in [("after.tar", "after", "512"), ("again.tar", "e.img", "7"), ("link.tar", "after", "512"),
                                        ("holes.tar", "tail", "1000"), ("dir.tar", "after", "512"),
