@@ -5,6 +5,10 @@
   nbdhelper.py idle URI K              -> opens K connections, prints "ready", waits for EOF on stdin
   nbdhelper.py memcpy BYTES            -> copies BYTES through 64 MiB bytearrays, prints seconds
   nbdhelper.py touch BYTES             -> writes to BYTES of fresh memory and exits (frees it)
+  nbdhelper.py receive WAY SOCK BYTES  -> takes one connection on the Unix socket SOCK and stores
+                                          the BYTES it sends in 256 KiB pieces into a memory file
+                                          of BYTES, filled beforehand; prints "<CPU seconds> <bytes>"
+                                          (WAY: splice, mapped, unmapped, buffer; see receive())
   nbdhelper.py randread URI N DEPTH    -> N random 4 KiB reads, DEPTH in flight (aio), prints seconds
   nbdhelper.py tlsinfo URI             -> prints the TLS cipher libnbd negotiated (from its debug log)
 
@@ -114,6 +118,58 @@ def touch(nbytes):
     del held
 
 
+def receive(way, path, nbytes):
+    """The copy a server makes to store a sequential write into a memory disk, alone: the
+    receiver's CPU time (user and system) from the connection to the last byte stored.
+    The disk is a memory file whose pages all hold data already (a rewrite). Ways:
+    splice    socket -> pipe -> file (splice twice), no mapping (ours for large writes)
+    mapped    received straight into a shared mapping of the file whose pages are mapped
+    unmapped  the same, but the pages are not mapped yet: each write faults them in
+    buffer    received into one reused 256 KiB buffer, then copied into the mapped file
+              (nbdkit's memory plugin: a buffer, then its own pages)"""
+    import fcntl, mmap, socket
+    piece = 256 * 1024
+    fd = os.memfd_create("receive-limit")
+    os.ftruncate(fd, nbytes)
+    block = b"\x01" * (1 << 20)
+    for off in range(0, nbytes, len(block)):
+        os.pwrite(fd, block[:nbytes - off], off)
+    disk = mmap.mmap(fd, nbytes, mmap.MAP_SHARED)
+    if way in ("mapped", "buffer"):
+        for off in range(0, nbytes, len(block)):  # map every page: a write through the mapping
+            disk[off:off + len(block)] = block[:nbytes - off]
+    view = memoryview(disk)
+    buf = bytearray(piece)
+    pipe_r, pipe_w = os.pipe()
+    fcntl.fcntl(pipe_w, fcntl.F_SETPIPE_SZ, piece)  # as ours, where the limits allow
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(path)
+    listener.listen(1)
+    print("ready", flush=True)
+    conn, _ = listener.accept()
+    t0 = time.process_time()
+    off = 0
+    while off < nbytes:
+        want = min(piece, nbytes - off)
+        got = 0
+        while got < want:
+            if way == "splice":
+                n = os.splice(conn.fileno(), pipe_w, want - got)
+                moved = 0
+                while moved < n:
+                    moved += os.splice(pipe_r, fd, n - moved, offset_dst=off + got + moved)
+            elif way == "buffer":
+                n = conn.recv_into(memoryview(buf)[got:want])
+                view[off + got:off + got + n] = memoryview(buf)[got:got + n]
+            else:
+                n = conn.recv_into(view[off + got:off + want])
+            if n == 0:
+                raise SystemExit("receive: the sender stopped early")
+            got += n
+        off += want
+    print(f"{time.process_time() - t0:.6f} {nbytes}")
+
+
 if __name__ == "__main__":
     cmd = sys.argv[1]
     if cmd == "connrate":
@@ -128,5 +184,7 @@ if __name__ == "__main__":
         memcpy(int(sys.argv[2]))
     elif cmd == "touch":
         touch(int(sys.argv[2]))
+    elif cmd == "receive":
+        receive(sys.argv[2], sys.argv[3], int(sys.argv[4]))
     else:
         sys.exit(f"unknown command {cmd}")

@@ -208,6 +208,23 @@ for wl, label in [("limit_unix_socket", "raw Unix-socket stream: `socat -b 26214
             st = stats(vals)
             w(f"| {label} | {fmt(st[0])} [{fmt(st[1])}–{fmt(st[2])}] |")
 w("")
+receive_rows = [("limit_receive_splice", "splice: socket → pipe → file, twice per piece (ours for writes of 64 KiB or more)"),
+                ("limit_receive_buffer", "received into one reused 256 KiB buffer, then copied into the mapped file (nbdkit's memory plugin)"),
+                ("limit_receive_mapped", "received straight into a shared mapping of the file whose pages are already mapped"),
+                ("limit_receive_unmapped", "the same, the pages not mapped yet (each write faults its pages in)")]
+if any(w2 == wl for wl, _ in receive_rows for (_, w2, _, _) in data):
+    w("Storing a sequential write into a memory disk, the copy alone: a Python receiver (`nbdhelper.py receive`, "
+      "server CPU) takes 256 KiB pieces that `socat` sends from the client CPU into a memory file whose pages "
+      "all hold data already (a rewrite). Receiver CPU per GB; lower is better.")
+    w("")
+    w("| way | median CPU s/GB [min–max] |")
+    w("| --- | --- |")
+    for wl, label in receive_rows:
+        for (backend, w2, m, s), vals in data.items():
+            if w2 == wl:
+                st = stats(vals)
+                w(f"| {label} | {fmt(st[0])} [{fmt(st[1])}–{fmt(st[2])}] |")
+    w("")
 
 for wl, title in WORKLOADS:
     for backend in ("memory", "file", "null"):

@@ -48,10 +48,12 @@ log() { printf '[bench %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
 TMP=""
 declare -A SPID=()       # server label -> pid of the running server
 IDLE_PID=""
+LIMIT_PID=""
 cleanup() {
     local rc=$?
     set +e
     [ -n "$IDLE_PID" ] && kill "$IDLE_PID" 2>/dev/null
+    [ -n "$LIMIT_PID" ] && kill "$LIMIT_PID" 2>/dev/null
     for l in "${!SPID[@]}"; do stop_server "$l"; done
     [ -n "$TMP" ] && rm -rf "$TMP"
     exit $rc
@@ -434,6 +436,7 @@ wl_limits() {
     rm -f "$sock"
     taskset -c $SERVER_CPU socat -u -b 262144 "UNIX-LISTEN:$sock" OPEN:/dev/null &
     local rpid=$!
+    LIMIT_PID=$rpid
     for i in $(seq 50); do [ -S "$sock" ] && break; sleep 0.1; done
     t0=$EPOCHREALTIME
     if timeout 60 taskset -c $CLIENT_CPU socat -u -b 262144 "OPEN:/dev/zero,readbytes=$bytes" "UNIX-CONNECT:$sock" \
@@ -448,6 +451,25 @@ wl_limits() {
     record limit dd limit_dd_zero_null MB_per_s "$(awk -v s=$((16384 * 1048576)) -v e="$t" 'BEGIN{printf "%.1f", s/e/1e6}')"
     read -r t out < <(taskset -c $CLIENT_CPU $SYSPY "$HELPER" memcpy $((8 * 1024 * 1024 * 1024))) || true
     record limit memcpy limit_memcpy MB_per_s "$(awk -v s="$out" -v e="$t" 'BEGIN{printf "%.1f", s/e/1e6}')"
+    # The copy that storing a sequential write into a memory disk costs, alone: the receiver's
+    # CPU per GB for each way of taking 256 KiB pieces from the socket into a memory file.
+    local way res
+    for way in splice mapped unmapped buffer; do
+        rm -f "$sock" "$TMP/receive.out"
+        taskset -c $SERVER_CPU $SYSPY "$HELPER" receive $way "$sock" "$SIZE" >"$TMP/receive.out" &
+        rpid=$!
+        LIMIT_PID=$rpid
+        for i in $(seq 100); do grep -q ready "$TMP/receive.out" 2>/dev/null && break; sleep 0.1; done
+        if timeout 60 taskset -c $CLIENT_CPU socat -u -b 262144 "OPEN:/dev/zero,readbytes=$SIZE" "UNIX-CONNECT:$sock" \
+            && timeout 60 tail --pid="$rpid" -f /dev/null && wait "$rpid"; then
+            read -r t out < <(tail -1 "$TMP/receive.out")
+            record limit "receive-$way" "limit_receive_$way" cpu_s_per_GB "$(awk -v s="$out" -v c="$t" 'BEGIN{printf "%.4f", c/(s/1e9)}')"
+        else
+            kill "$rpid" 2>/dev/null || true; wait "$rpid" 2>/dev/null || true
+        fi
+    done
+    LIMIT_PID=""
+    rm -f "$sock" "$TMP/receive.out"
 }
 
 BACKEND_WLS=(idle connrate seqread seqwrite seqwrite-alloc randread-qd1 randread-qd32 randwrite-qd1 randwrite-qd32
