@@ -24,12 +24,31 @@ public struct Listeners: Sendable {
     public let unixPath: String?
     /// The sockets are AF_VSOCK (`port` is a vsock port).
     public let isVSock: Bool
+    /// The device and inode of the socket file this process bound at `unixPath`.
+    private let boundFile: (device: UInt64, inode: UInt64)?
 
     public init(sockets: [FileDescriptor], port: Int?, unixPath: String?, isVSock: Bool = false) {
+        self.init(sockets: sockets, port: port, unixPath: unixPath, isVSock: isVSock, boundFile: nil)
+    }
+
+    private init(sockets: [FileDescriptor], port: Int?, unixPath: String?, isVSock: Bool,
+                 boundFile: (device: UInt64, inode: UInt64)?) {
         self.sockets = sockets
         self.port = port
         self.unixPath = unixPath
         self.isVSock = isVSock
+        self.boundFile = boundFile
+    }
+
+    /// Removes the Unix socket file this process bound, only while `unixPath` still names that
+    /// very socket: one that another server has bound there since (after this one's was
+    /// removed) stays, so that server stays reachable.
+    public func removeUnixSocket() {
+        guard let unixPath, let boundFile else { return }
+        var st = stat()
+        guard lstat(unixPath, &st) == 0, st.st_mode & S_IFMT == S_IFSOCK,
+              UInt64(st.st_dev) == boundFile.device, UInt64(st.st_ino) == boundFile.inode else { return }
+        _ = unlink(unixPath)
     }
 
     /// Binds and listens. Wraps getaddrinfo, socket, bind and listen. With `label`, the sockets
@@ -71,7 +90,10 @@ public struct Listeners: Sendable {
             _ = close(fd)
             throw error
         }
-        return Listeners(sockets: [FileDescriptor(fd)], port: nil, unixPath: path)
+        // (Just bound: nothing else can have replaced it yet but a process removing it first.)
+        var st = stat()
+        let bound = lstat(path, &st) == 0 ? (device: UInt64(st.st_dev), inode: UInt64(st.st_ino)) : nil
+        return Listeners(sockets: [FileDescriptor(fd)], port: nil, unixPath: path, isVSock: false, boundFile: bound)
     }
 
     private static func bindTCP(host: String?, port: String, family: AddressFamily) throws -> Listeners {

@@ -71,7 +71,7 @@ struct Startup {
         /// Closes the listening sockets and removes the Unix socket and its private directory; idempotent.
         func stopListening() {
             listeners?.sockets.forEach { $0.close() }
-            if let path = listeners?.unixPath { _ = unlink(path) }
+            listeners?.removeUnixSocket()
             if let dir = temporaryDirectory { _ = rmdir(dir) }
             listeners = nil
             temporaryDirectory = nil
@@ -267,11 +267,22 @@ struct Startup {
         ConfigError("cannot open filter '\(name)': no such built-in filter (available: \(Registry.filters.map { $0.name }.joined(separator: ", ")))")
     }
 
+    /// Makes the private directory of `-U -`: under `$TMPDIR` where that names an existing
+    /// directory by an absolute path short enough for the socket inside it and the directory
+    /// can be made there, else under /tmp, where nbdkit 1.32 always makes it (so an unset,
+    /// empty, relative, missing, too long or unwritable `$TMPDIR` works as with nbdkit).
     private func makeTemporaryDirectory() throws -> String {
-        let base = getenv("TMPDIR").map { String(cString: $0) } ?? "/tmp"
-        var template = Array((base + "/nbdkitXXXXXX").utf8CString)
-        guard mkdtemp(&template) != nil else { throw SystemError("mkdtemp") }
-        return String(decoding: template.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+        func make(under base: String) -> Result<String, SystemError> {
+            var template = Array((base + "/nbdkitXXXXXX").utf8CString)
+            guard mkdtemp(&template) != nil else { return .failure(SystemError("mkdtemp: \(base)/nbdkitXXXXXX")) }
+            return .success(String(decoding: template.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self))
+        }
+        if let base = getenv("TMPDIR").map({ String(cString: $0) }), base.hasPrefix("/"),
+           base.utf8.count + "/nbdkitXXXXXX/socket".utf8.count < MemoryLayout.size(ofValue: sockaddr_un().sun_path),
+           case .success(let made) = make(under: base) {
+            return made
+        }
+        return try make(under: "/tmp").get()
     }
 
     /// The ids `-g` and `-u` name (a name, or else a number), nil where not given.

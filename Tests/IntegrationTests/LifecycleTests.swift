@@ -52,6 +52,51 @@ final class LifecycleTests: IntegrationTestCase {
         XCTAssertFalse(FileManager.default.fileExists(atPath: (socket as NSString).deletingLastPathComponent))
     }
 
+    /// A server removes its Unix socket at exit only while the path still names the socket it
+    /// bound: another server bound there since (once the first one's file was removed, as a
+    /// restart script does) keeps its socket and stays reachable. (The first server removed the
+    /// second one's socket before; nbdkit removes neither.)
+    func testExitLeavesASocketBoundSinceByAnotherServer() throws {
+        let first = try startServer(["memory", "1M"])
+        try FileManager.default.removeItem(atPath: first.socket)
+        let second = try startServer(["memory", "2M"])
+        XCTAssertEqual(second.socket, first.socket)
+        XCTAssertEqual(first.stop(), 0)
+        XCTAssertTrue(FileManager.default.fileExists(atPath: second.socket))
+        XCTAssertEqual(Harness.run(["nbdinfo", "--size", second.uri]).stdout, "2097152\n")
+        XCTAssertEqual(second.stop(), 0)
+        XCTAssertFalse(FileManager.default.fileExists(atPath: second.socket))
+    }
+
+    /// `-U -` makes its directory under `$TMPDIR` only where that is an absolute path to a
+    /// directory in which the directory can be made and the socket's path fits; otherwise under
+    /// /tmp, as nbdkit always does (an unset, empty, relative, missing or too long `$TMPDIR`
+    /// failed to start before, or made its directory in /, or gave a relative `$uri`). The
+    /// directory is gone after each run.
+    func testPrivateSocketDirectoryFallsBackToTmp() throws {
+        let usable = dir.file("tmp")
+        try FileManager.default.createDirectory(atPath: usable, withIntermediateDirectories: false)
+        // 100 bytes: with "/nbdkitXXXXXX/socket" longer than a socket path can be.
+        let long = dir.path + "/" + String(repeating: "d", count: max(1, 100 - dir.path.utf8.count - 1))
+        try FileManager.default.createDirectory(atPath: long, withIntermediateDirectories: false)
+        let cases: [(tmpdir: String?, base: String)] = [
+            (usable, usable), (nil, "/tmp"), ("", "/tmp"), ("relative", "/tmp"),
+            (dir.file("missing"), "/tmp"), (long, "/tmp"),
+        ]
+        for (tmpdir, base) in cases {
+            let environment = tmpdir.map { ["/usr/bin/env", "TMPDIR=\($0)"] } ?? ["/usr/bin/env", "-u", "TMPDIR"]
+            let r = Harness.run(environment + [Harness.nbdkit, "-U", "-", "memory", "1M", "--run",
+                                               "nbdinfo --size \"$uri\" && echo \"$unixsocket\""])
+            XCTAssertEqual(r.status, 0, "TMPDIR=\(tmpdir ?? "(unset)"): \(r.stderr)")
+            let lines = r.stdout.split(separator: "\n").map(String.init)
+            XCTAssertEqual(lines.first, "1048576", "TMPDIR=\(tmpdir ?? "(unset)")")
+            let socket = lines.last ?? ""
+            XCTAssertTrue(socket.hasPrefix(base + "/nbdkit") && socket.hasSuffix("/socket"), "TMPDIR=\(tmpdir ?? "(unset)"): \(socket)")
+            XCTAssertFalse(FileManager.default.fileExists(atPath: (socket as NSString).deletingLastPathComponent), socket)
+        }
+        XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: usable), [])
+    }
+
     /// SIGKILL sent to nbdkit's whole process group (`timeout -s KILL`, a cancelled CI job) ends
     /// the --run command too, although it runs in a process group of its own (so that nbdkit can
     /// pass signals on to all of it): its watcher ends that group once nbdkit is gone. The command
