@@ -277,13 +277,20 @@ public final class PlainTransport: Transport, @unchecked Sendable {
         while sent < count {
             let n = sendfile(writeFD, file.fd, &offset, count - sent)
             if n > 0 { sent += n; continue }
-            // End of file, or an error that the caller's own read reports (or, if it was the
-            // socket's, the caller's next send).
-            if n < 0 && CNBDShim_errno() == EINTR { continue }
+            guard n < 0 else { break }  // End of file: the caller reads the rest itself.
+            let e = CNBDShim_errno()
+            if e == EINTR { continue }
+            // The client is gone (or stopped reading past the send timeout): nothing more can
+            // reach it, so the rest is not read for it.
+            if Self.socketErrors.contains(e) { throw TransportError.failed(SystemError("sendfile", errno: e)) }
+            // The file's error, which the caller's own read of the rest reports.
             break
         }
         return sent
     }
+
+    /// The errors of `sendfile` that come from the socket, not from the file.
+    private static let socketErrors: Set<Int32> = [EPIPE, ECONNRESET, ENOTCONN, ESHUTDOWN, ETIMEDOUT, EAGAIN, EWOULDBLOCK]
 
     public func shutdownReceive() {
         _ = shutdown(readFD, Int32(SHUT_RD))

@@ -533,11 +533,37 @@ final class HostileClientTests: IntegrationTestCase {
         assertServerHealthy(s)
     }
 
-    /// The resident size of a process, from /proc/PID/status; nil if unreadable.
-    private func residentKiB(_ pid: pid_t) -> Int? {
+    /// The resident size of a process (or with "VmHWM", its largest so far), from
+    /// /proc/PID/status; nil if unreadable.
+    private func residentKiB(_ pid: pid_t, field: String = "VmRSS") -> Int? {
         guard let status = try? String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8) else { return nil }
-        return status.split(separator: "\n").first { $0.hasPrefix("VmRSS:") }
+        return status.split(separator: "\n").first { $0.hasPrefix(field + ":") }
             .flatMap { Int($0.split(separator: " ").dropFirst().first ?? "") }
+    }
+
+    /// A client that hangs up while a large read is sent from the disk's file (sendfile) ends
+    /// that reply there: the rest is neither read from the disk into memory nor sent. (Before,
+    /// the failed send was taken for a file that had shrunk: the rest, 32 MiB less what the
+    /// socket took, was read into a new buffer for the dead socket, for each such client.)
+    func testClientGoneDuringAReadFromTheFileEndsTheReply() throws {
+        let image = dir.file("disk.img")
+        XCTAssertTrue(FileManager.default.createFile(atPath: image, contents: nil))
+        XCTAssertEqual(truncate(image, 64 << 20), 0)
+        for plugin in [["memory", "64M"], ["file", image]] {
+            let s = try startServer(plugin, socketName: plugin[0])
+            let before = try XCTUnwrap(residentKiB(s.pid, field: "VmHWM"))
+            for i in 0..<4 {
+                let c = try RawClient(s.socket)
+                try c.exportNameHandshake(size: 64 << 20)
+                XCTAssertTrue(c.send(Wire.request(command: 0, cookie: UInt64(i), offset: 0, length: 32 << 20)))
+                // Long enough for the server to fill the socket and wait in sendfile.
+                usleep(300_000)
+                c.close()
+            }
+            assertServerHealthy(s)
+            let after = try XCTUnwrap(residentKiB(s.pid, field: "VmHWM"))
+            XCTAssertLessThan(after - before, 16 * 1024, "\(plugin[0]): KiB of peak memory for four clients gone mid-read")
+        }
     }
 
     func testOversizedWriteClosesConnection() throws {
