@@ -280,17 +280,24 @@ public final class PlainTransport: Transport, @unchecked Sendable {
             guard n < 0 else { break }  // End of file: the caller reads the rest itself.
             let e = CNBDShim_errno()
             if e == EINTR { continue }
-            // The client is gone (or stopped reading past the send timeout): nothing more can
-            // reach it, so the rest is not read for it.
-            if Self.socketErrors.contains(e) { throw TransportError.failed(SystemError("sendfile", errno: e)) }
+            // The client is gone: nothing more can reach it, so the rest is not read for it.
+            // (EPIPE and ECONNRESET are the socket's; an error a file can also give, such as
+            // ENOTCONN from a FUSE file whose daemon died, is the socket's only if the socket
+            // itself has failed.)
+            if e == EPIPE || e == ECONNRESET || socketHasFailed() {
+                throw TransportError.failed(SystemError("sendfile", errno: e))
+            }
             // The file's error, which the caller's own read of the rest reports.
             break
         }
         return sent
     }
 
-    /// The errors of `sendfile` that come from the socket, not from the file.
-    private static let socketErrors: Set<Int32> = [EPIPE, ECONNRESET, ENOTCONN, ESHUTDOWN, ETIMEDOUT, EAGAIN, EWOULDBLOCK]
+    /// Whether the socket has an error pending or is shut down both ways (its peer is gone).
+    private func socketHasFailed() -> Bool {
+        var entry = pollfd(fd: writeFD, events: Int16(POLLOUT), revents: 0)
+        return poll(&entry, 1, 0) > 0 && entry.revents & Int16(POLLERR | POLLHUP) != 0
+    }
 
     public func shutdownReceive() {
         _ = shutdown(readFD, Int32(SHUT_RD))
