@@ -103,7 +103,8 @@ struct Configuration {
     /// ca-cert.pem, server-cert.pem and server-key.pem can all be read; without one, that is an
     /// error under `--tls=require`, a warning (`warn`) with TLS off under `--tls=on`, and
     /// without `--tls` simply leaves TLS off (GnuTLS is not even loaded then). Certificates
-    /// that are there but don't load (a bad key) are an error whatever the mode. Without
+    /// that are there but don't load (a bad key) are an error whatever the mode; a ca-crl.pem
+    /// that is there but can't be read is left out with a warning. Without
     /// `--tls`, credentials that load turn TLS on (`$tls` 1); an oldstyle server still
     /// serves plaintext then, having no way to offer TLS.
     func tlsSettings(warn: (String) -> Void) throws -> TLSSettings {
@@ -126,6 +127,12 @@ struct Configuration {
                 return .off
             }
             credentials = try TLSCredentials(x509Directory: directory)
+            // As nbdkit, a revocation list the server can't read is left out; unlike nbdkit,
+            // not without a word, since revoked client certificates then get in.
+            let revocations = directory + "/ca-crl.pem"
+            if access(revocations, F_OK) == 0 && access(revocations, R_OK) != 0 {
+                warn("\(SystemError(revocations)): the certificate revocation list is not used, so revoked client certificates are not refused")
+            }
         }
         return TLSSettings(mode: tls ?? .on, credentials: credentials, verifyPeer: tlsVerifyPeer)
     }

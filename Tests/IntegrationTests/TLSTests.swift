@@ -928,7 +928,7 @@ final class TLSTests: IntegrationTestCase {
             """
         // The certificates of `subdirectory` of a new home owned by nobody, one of them (`key`)
         // root's and unreadable to nobody.
-        func home(_ name: String, _ subdirectory: String, unreadableKey: Bool = false) -> String {
+        func home(_ name: String, _ subdirectory: String, unreadableKey: Bool = false, unreadableCRL: Bool = false) -> String {
             let home = dir.file(name)
             let made = Harness.run(["/bin/sh", "-c", """
                 set -e
@@ -936,7 +936,8 @@ final class TLSTests: IntegrationTestCase {
                 cp "$3/ca-cert.pem" "$3/server-cert.pem" "$3/server-key.pem" "$1/$2/"
                 chown -R nobody "$1"
                 if [ "$4" = yes ]; then chown root "$1/$2/server-key.pem"; chmod 600 "$1/$2/server-key.pem"; fi
-                """, "sh", home, subdirectory, certs, unreadableKey ? "yes" : "no"])
+                if [ "$5" = yes ]; then echo junk > "$1/$2/ca-crl.pem"; chmod 600 "$1/$2/ca-crl.pem"; fi
+                """, "sh", home, subdirectory, certs, unreadableKey ? "yes" : "no", unreadableCRL ? "yes" : "no"])
             XCTAssertEqual(made.status, 0, made.stderr)
             return home
         }
@@ -954,6 +955,12 @@ final class TLSTests: IntegrationTestCase {
         let warned = Harness.run(["/bin/sh", "-c", serveAsNobody, "sh", unreadable, Harness.nbdkit, certs, "--tls=on"])
         XCTAssertEqual(warned.stdout, "[]\n1048576\n", warned.stderr)
         XCTAssertTrue(warned.stderr.hasPrefix("nbdkit: warning: --tls=on but could not load TLS certificates (\(unreadable)/.pki/nbdkit/server-key.pem: Permission denied; \(unreadable)/.config/pki/nbdkit/ca-cert.pem: No such file or directory)"), warned.stderr)
+        // A revocation list the server can't read is left out, as by nbdkit, but not silently
+        // (revoked client certificates get in); TLS is on.
+        let noCRL = home("nocrl", ".pki/nbdkit", unreadableCRL: true)
+        let crl = Harness.run(["/bin/sh", "-c", serveAsNobody, "sh", noCRL, Harness.nbdkit, certs])
+        XCTAssertEqual(crl.stdout, "[1]\n1048576\n1048576\n", crl.stderr)
+        XCTAssertEqual(crl.stderr, "nbdkit: warning: \(noCRL)/.pki/nbdkit/ca-crl.pem: Permission denied: the certificate revocation list is not used, so revoked client certificates are not refused\n")
     }
 
     /// A relative --tls-psk path still works once the server is in the background (in /):
