@@ -103,6 +103,7 @@ public final class Server: Sendable {
         // The command first, so that its own clients go away rather than wait out the grace.
         if case .signalled(let sig) = outcome, let captive { captive.signal(sig) }
         shutdownConnections()
+        notifier.finish()
         return outcome!
     }
 

@@ -65,17 +65,22 @@ public enum SocketActivation {
 }
 
 /// sd_notify for a Type=notify service: READY=1, STATUS=, STOPPING=1 and watchdog pings.
-/// Without NOTIFY_SOCKET every call does nothing, and libsystemd is never loaded.
+/// Without NOTIFY_SOCKET every call does nothing, and libsystemd is never loaded. The messages
+/// go out in order from a thread of their own: sd_notify waits while the service manager's
+/// socket is full, and a manager that stops reading must hold up no client, no connection's
+/// end and no shutdown (it stopped them all). While it doesn't read, at most
+/// `Outbox.capacity` messages wait and later ones are dropped.
 public struct ServiceNotifier: Sendable {
     /// The watchdog interval, if the service manager asked for pings.
     public let watchdogInterval: UInt64?
-    private let enabled: Bool
+    private let outbox: Outbox?
 
     public init() {
-        enabled = getenv("NOTIFY_SOCKET") != nil
+        let enabled = getenv("NOTIFY_SOCKET") != nil
         // Only a supervised server loads libsystemd.
         let usec = enabled && getenv("WATCHDOG_USEC") != nil ? CNBDSystemd_watchdog_usec() : 0
         watchdogInterval = usec > 0 ? usec : nil
+        outbox = enabled ? Outbox() : nil
     }
 
     public func ready() { send("READY=1\nSTATUS=Serving 0 clients") }
@@ -83,8 +88,63 @@ public struct ServiceNotifier: Sendable {
     public func stopping() { send("STOPPING=1\nSTATUS=Shutting down") }
     public func watchdog() { send("WATCHDOG=1") }
 
-    private func send(_ state: String) {
-        guard enabled else { return }
-        _ = CNBDSystemd_notify(state)
+    /// Waits until what was sent has gone out, for at most `seconds` (before the process exits).
+    public func finish(waitingAtMost seconds: Double = 1) { outbox?.drain(waitingAtMost: seconds) }
+
+    private func send(_ state: String) { outbox?.post(state) }
+}
+
+/// The messages waiting for the notifying thread, which starts with the first one (after any
+/// fork: the notifier is used only once the server runs).
+private final class Outbox: @unchecked Sendable {
+    static let capacity = 64
+    private let lock = Lock()
+    private let wakeup = UnsafeMutablePointer<sem_t>.allocate(capacity: 1)
+    /// Under `lock`: the messages not yet taken, whether one is being sent, the thread started.
+    private var waiting: [String] = []
+    private var sending = false
+    private var started = false
+
+    init() { sem_init(wakeup, 0, 0) }
+
+    func post(_ state: String) {
+        let start: Bool = lock.withLock {
+            guard waiting.count < Self.capacity else { return false }
+            waiting.append(state)
+            defer { started = true }
+            return !started
+        }
+        if start {
+            do throws(SystemError) { try JoinableThread { [self] in run() }.detach() } catch {
+                // No thread to spare: what waits is sent from here, and the next message tries again.
+                let pending: [String] = lock.withLock {
+                    defer { waiting.removeAll(); started = false }
+                    return waiting
+                }
+                for message in pending { _ = CNBDSystemd_notify(message) }
+                return
+            }
+        }
+        sem_post(wakeup)
+    }
+
+    private func run() {
+        while true {
+            while sem_wait(wakeup) != 0 {}
+            while let state: String = lock.withLock({
+                guard !waiting.isEmpty else { sending = false; return nil }
+                sending = true
+                return waiting.removeFirst()
+            }) {
+                _ = CNBDSystemd_notify(state)
+            }
+        }
+    }
+
+    func drain(waitingAtMost seconds: Double) {
+        let deadline = MonotonicClock.milliseconds() + Int64(seconds * 1000)
+        while lock.withLock({ !waiting.isEmpty || sending }) && MonotonicClock.milliseconds() < deadline {
+            usleep(1000)
+        }
     }
 }

@@ -182,6 +182,27 @@ final class SystemdTests: IntegrationTestCase {
         XCTAssertNil(notify.receive(timeout: 0.2), "messages after exit")
     }
 
+    /// A service manager that stops reading its notify socket (the datagram queue full, where
+    /// sd_notify waits) holds up neither clients nor shutdown: the messages wait on a thread of
+    /// their own, and at exit the server waits for them at most a second. (Before, the sixth
+    /// client or so found the server stuck in sd_notify, and SIGTERM did nothing.)
+    func testAManagerThatStopsReadingHoldsNothingUp() throws {
+        let notify = try NotifySocket(path: dir.file("notify"))
+        defer { notify.close() }
+        let socket = dir.file("sock")
+        let p = try launch([Harness.nbdkit, "-f", "-U", socket, "memory", "1M"],
+                           environment: ["NOTIFY_SOCKET": notify.path], stderrFile: dir.file("stderr"))
+        XCTAssertTrue(waitFor { ServerProcess.isListening(socket) })
+        // Two messages a client, with READY=1: far more than the queue holds (10 by default).
+        for i in 0..<15 {
+            let info = Harness.run(["nbdinfo", "--size", "nbd+unix:///?socket=\(socket)"], timeout: 10)
+            XCTAssertEqual(info.stdout, "1048576\n", "client \(i): \(info.stderr)")
+            if info.stdout.isEmpty { break }
+        }
+        XCTAssertEqual(terminate(p), 0)
+        XCTAssertEqual(notify.receive(timeout: 1), "READY=1\nSTATUS=Serving 0 clients")
+    }
+
     /// Under socket activation READY=1 comes from the activated process, and a client is served.
     func testNotifyUnderSocketActivation() throws {
         let notify = try NotifySocket(path: dir.file("notify"))
