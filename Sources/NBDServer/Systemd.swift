@@ -69,7 +69,8 @@ public enum SocketActivation {
 /// go out in order from a thread of their own: sd_notify waits while the service manager's
 /// socket is full, and a manager that stops reading must hold up no client, no connection's
 /// end and no shutdown (it stopped them all). While it doesn't read, at most
-/// `Outbox.capacity` messages wait and later ones are dropped.
+/// `Outbox.capacity` messages wait: the oldest status or ping makes room for a new message, so
+/// READY=1, STOPPING=1 and the latest status still get there. No status follows STOPPING=1.
 public struct ServiceNotifier: Sendable {
     /// The watchdog interval, if the service manager asked for pings.
     public let watchdogInterval: UInt64?
@@ -104,16 +105,27 @@ private final class Outbox: @unchecked Sendable {
     private var waiting: [String] = []
     private var sending = false
     private var started = false
+    private var stopping = false
 
     init() { sem_init(wakeup, 0, 0) }
 
     func post(_ state: String) {
-        let start: Bool = lock.withLock {
-            guard waiting.count < Self.capacity else { return false }
+        let start: Bool? = lock.withLock {
+            // Once shutdown is announced, a connection's end must not replace "Shutting down".
+            if stopping && state.hasPrefix("STATUS=") { return nil }
+            stopping = stopping || state.hasPrefix("STOPPING=")
+            if waiting.count >= Self.capacity {
+                // The manager is behind: its oldest status or ping goes (READY and STOPPING stay).
+                guard let i = waiting.firstIndex(where: { $0.hasPrefix("STATUS=") || $0.hasPrefix("WATCHDOG=") }) else {
+                    return nil
+                }
+                waiting.remove(at: i)
+            }
             waiting.append(state)
             defer { started = true }
             return !started
         }
+        guard let start else { return }
         if start {
             do throws(SystemError) { try JoinableThread { [self] in run() }.detach() } catch {
                 // No thread to spare: what waits is sent from here, and the next message tries again.

@@ -184,8 +184,10 @@ final class SystemdTests: IntegrationTestCase {
 
     /// A service manager that stops reading its notify socket (the datagram queue full, where
     /// sd_notify waits) holds up neither clients nor shutdown: the messages wait on a thread of
-    /// their own, and at exit the server waits for them at most a second. (Before, the sixth
-    /// client or so found the server stuck in sd_notify, and SIGTERM did nothing.)
+    /// their own, the oldest statuses making room, and at exit the server waits for them at most
+    /// a second, so a manager that reads again gets READY=1, the latest status and STOPPING=1.
+    /// (Before, the sixth client or so found the server stuck in sd_notify, and SIGTERM did
+    /// nothing.)
     func testAManagerThatStopsReadingHoldsNothingUp() throws {
         let notify = try NotifySocket(path: dir.file("notify"))
         defer { notify.close() }
@@ -193,14 +195,20 @@ final class SystemdTests: IntegrationTestCase {
         let p = try launch([Harness.nbdkit, "-f", "-U", socket, "memory", "1M"],
                            environment: ["NOTIFY_SOCKET": notify.path], stderrFile: dir.file("stderr"))
         XCTAssertTrue(waitFor { ServerProcess.isListening(socket) })
-        // Two messages a client, with READY=1: far more than the queue holds (10 by default).
-        for i in 0..<15 {
+        // Two messages a client, with READY=1: more than the socket's queue (10 by default) and
+        // the server's (64) hold.
+        for i in 0..<40 {
             let info = Harness.run(["nbdinfo", "--size", "nbd+unix:///?socket=\(socket)"], timeout: 10)
             XCTAssertEqual(info.stdout, "1048576\n", "client \(i): \(info.stderr)")
             if info.stdout.isEmpty { break }
         }
-        XCTAssertEqual(terminate(p), 0)
-        XCTAssertEqual(notify.receive(timeout: 1), "READY=1\nSTATUS=Serving 0 clients")
+        kill(p.pid, SIGTERM)
+        var messages: [String] = []
+        while let m = notify.receive(timeout: 2) { messages.append(m) }
+        XCTAssertEqual(p.wait(seconds: 10), 0)
+        XCTAssertEqual(messages.first, "READY=1\nSTATUS=Serving 0 clients")
+        XCTAssertEqual(messages.suffix(2), ["STATUS=Serving 0 clients", "STOPPING=1\nSTATUS=Shutting down"])
+        XCTAssertLessThan(messages.count, 81, "every message kept")
     }
 
     /// Under socket activation READY=1 comes from the activated process, and a client is served.
