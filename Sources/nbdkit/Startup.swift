@@ -272,17 +272,17 @@ struct Startup {
     /// can be made there, else under /tmp, where nbdkit 1.32 always makes it (so an unset,
     /// empty, relative, missing, too long or unwritable `$TMPDIR` works as with nbdkit).
     private func makeTemporaryDirectory() throws -> String {
-        func make(under base: String) -> Result<String, SystemError> {
+        func make(under base: String) throws(SystemError) -> String {
             var template = Array((base + "/nbdkitXXXXXX").utf8CString)
-            guard mkdtemp(&template) != nil else { return .failure(SystemError("mkdtemp: \(base)/nbdkitXXXXXX")) }
-            return .success(String(decoding: template.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self))
+            guard mkdtemp(&template) != nil else { throw SystemError("mkdtemp: \(base)/nbdkitXXXXXX") }
+            return String(decoding: template.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
         }
         if let base = getenv("TMPDIR").map({ String(cString: $0) }), base.hasPrefix("/"),
            base.utf8.count + "/nbdkitXXXXXX/socket".utf8.count < MemoryLayout.size(ofValue: sockaddr_un().sun_path),
-           case .success(let made) = make(under: base) {
+           let made = try? make(under: base) {
             return made
         }
-        return try make(under: "/tmp").get()
+        return try make(under: "/tmp")
     }
 
     /// The ids `-g` and `-u` name (a name, or else a number), nil where not given.
