@@ -268,5 +268,9 @@ int CNBDShim_errno(void) { return errno; }
 
 long CNBDShim_gettid(void) { return (long) syscall(SYS_gettid); }
 
-void CNBDShim_syslog(int priority, const char *message) { syslog(priority, "%s", message); }
+void CNBDShim_syslog(int priority, const char *message)
+{
+  openlog("nbdkit", LOG_PID, LOG_DAEMON);
+  syslog(priority, "%s", message);
+}
 

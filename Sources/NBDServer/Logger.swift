@@ -1,4 +1,5 @@
 import Glibc
+import Synchronization
 import CNBDShim
 
 /// Where log lines go (`--log`).
@@ -9,13 +10,33 @@ public enum LogDestination: String, Sendable {
 /// Writes nbdkit-style log lines: `nbdkit: error: ...` to the `--log` destination and, with
 /// `-v`, `nbdkit: debug: ...` to stderr.
 /// Each line is written with one write(2), so lines from different threads never interleave.
+/// In the system log a line carries no level word (its priority says it), as nbdkit's.
 public struct Logger: Sendable {
-    public var destination: LogDestination
+    /// The `--log` destination; nil for nbdkit's default without it: standard error until the
+    /// server has gone into the background (`movedToBackground`), the system log from then on.
+    public let chosen: LogDestination?
     public var verbose: Bool
+    /// Shared by every copy, so that one call to `movedToBackground` redirects them all.
+    private let backgroundMark = BackgroundMark()
 
-    public init(destination: LogDestination = .stderr, verbose: Bool = false) {
-        self.destination = destination
+    private final class BackgroundMark: Sendable {
+        let isSet = Atomic<Bool>(false)
+    }
+
+    public init(destination: LogDestination? = .stderr, verbose: Bool = false) {
+        self.chosen = destination
         self.verbose = verbose
+    }
+
+    /// Where lines go now.
+    public var destination: LogDestination {
+        chosen ?? (backgroundMark.isSet.load(ordering: .relaxed) ? .syslog : .stderr)
+    }
+
+    /// The server has gone into the background, where its standard error is /dev/null: from
+    /// now on, without `--log`, this logger and all its copies write to the system log.
+    public func movedToBackground() {
+        backgroundMark.isSet.store(true, ordering: .relaxed)
     }
 
     public func error(_ message: String) { emit(level: "error", priority: LOG_ERR, message) }
@@ -48,7 +69,7 @@ public struct Logger: Sendable {
         case .null:
             return
         case .syslog:
-            CNBDShim_syslog(priority, "\(prefix)\(level): \(message)")
+            CNBDShim_syslog(priority, "\(prefix)\(message)")
         case .stderr:
             raw("nbdkit: \(prefix)\(level): \(message)\n")
         }

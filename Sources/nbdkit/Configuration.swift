@@ -64,7 +64,8 @@ struct Configuration {
     /// `--no-sr`: decline structured replies.
     var noStructuredReplies = false
     var verbose = false
-    var log = LogDestination.stderr
+    /// `--log`; nil without it (nbdkit's default: see `Logger.chosen`).
+    var log: LogDestination? = nil
     var run: String? = nil
     var exitWithParent = false
     /// `--swap`: lock the serving process into memory (the export is swap on this machine).

@@ -150,7 +150,11 @@ struct Startup {
         }
         try backend.afterFork()
 
-        readiness?.ready(keepStderr: config.verbose)
+        if let readiness {
+            // (Standard error goes to /dev/null now, unless -v keeps it.)
+            logger.movedToBackground()
+            readiness.ready(keepStderr: config.verbose)
+        }
         let server = Server(context: ServerContext(backend: backend, logger: logger, readonly: config.readonly,
                                                    threads: config.threads, style: config.style, tls: tls,
                                                    handshakeFlags: config.handshakeFlags,

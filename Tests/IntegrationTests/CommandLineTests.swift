@@ -755,6 +755,66 @@ final class CommandLineTests: IntegrationTestCase {
         XCTAssertFalse(FileManager.default.fileExists(atPath: socket), "the server that failed left its socket")
     }
 
+    /// Without --log, errors go to standard error in the foreground and, as nbdkit's, to the
+    /// system log once the server is in the background, where standard error is /dev/null (they
+    /// were lost there): as "nbdkit[PID]" in the daemon facility at error priority, without
+    /// "error:". Run in a mount namespace whose /dev/log is a socket the test reads.
+    func testBackgroundServerLogsToTheSystemLogByDefault() throws {
+        try XCTSkipUnless(Harness.shell("unshare -m --propagation private true").status == 0,
+                          "mount namespaces are not available here")
+        let dev = dir.file("dev"), pidFile = dir.file("pid")
+        try FileManager.default.createDirectory(atPath: dev, withIntermediateDirectories: false)
+        defer { if let text = try? String(contentsOfFile: pidFile, encoding: .utf8),
+                   let pid = Int32(text.trimmingCharacters(in: .whitespacesAndNewlines)) { kill(pid, SIGKILL) } }
+        try """
+            import socket, sys
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+            s.bind(sys.argv[1])
+            s.settimeout(30)
+            with open(sys.argv[2], 'ab', buffering=0) as out:
+                while True:
+                    out.write(s.recv(4096) + b'\\n')
+            """.write(toFile: dir.file("receiver.py"), atomically: false, encoding: .utf8)
+        // A write past the end of the 1 MiB disk: the server refuses it and logs an error.
+        try """
+            h.set_strict_mode(0)
+            try:
+                h.pwrite(b'z' * 512, 1048576)
+            except nbd.Error:
+                print('refused')
+            """.write(toFile: dir.file("client.py"), atomically: false, encoding: .utf8)
+        // (Each wait bounded: `[ $i -lt 200 ]` fails the script under -e after 10 s.)
+        try """
+            for n in null zero random urandom; do touch "$DEV/$n"; mount --bind "/dev/$n" "$DEV/$n"; done
+            python3 "$DIR/receiver.py" "$DEV/log" "$DIR/syslog" & receiver=$!
+            trap "kill $receiver" EXIT
+            i=0; until [ -S "$DEV/log" ]; do i=$((i+1)); [ $i -lt 200 ]; sleep 0.05; done
+            mount --rbind "$DEV" /dev
+            "$NBDKIT" -U "$DIR/sock" -P "$DIR/pid" null 1M
+            nbdsh -u "nbd+unix:///?socket=$DIR/sock" -c "$(cat "$DIR/client.py")"
+            pid=$(cat "$DIR/pid"); kill $pid
+            i=0; while kill -0 $pid 2>/dev/null; do i=$((i+1)); [ $i -lt 200 ]; sleep 0.05; done
+            "$NBDKIT" -U - null 1M --run 'nbdsh -u "$uri" -c "$(cat "$DIR/client.py")"'
+            i=0; until grep -q NBD_CMD_WRITE "$DIR/syslog"; do i=$((i+1)); [ $i -lt 200 ]; sleep 0.05; done
+            sleep 0.2
+            """.write(toFile: dir.file("namespace.sh"), atomically: false, encoding: .utf8)
+        let r = Harness.shell("DIR=\(dir.path) DEV=\(dev) NBDKIT=\(Harness.nbdkit) unshare -m --propagation private sh -e \(dir.file("namespace.sh"))",
+                              timeout: 60)
+        XCTAssertEqual(r.status, 0, r.stderr)
+        XCTAssertEqual(r.stdout, "refused\nrefused\n")
+        // The foreground server's error, on its standard error.
+        XCTAssertEqual(r.stderr.components(separatedBy: "nbdkit: null[1]: error: NBD_CMD_WRITE offset=1048576 count=512: ENOSPC").count,
+                       2, r.stderr)
+        // The background server's, in the system log only.
+        let lines = contents(dir.file("syslog")).split(separator: UInt8(ascii: "\n")).map { String(decoding: $0, as: UTF8.self) }
+        XCTAssertEqual(lines.count, 1, "\(lines)")
+        let line = lines.first ?? ""
+        XCTAssertTrue(line.hasPrefix("<27>"), line)  // LOG_DAEMON | LOG_ERR
+        XCTAssertNotNil(line.range(of: #" nbdkit\[[0-9]+\]: null\[1\]: NBD_CMD_WRITE offset=1048576 count=512: ENOSPC: "#,
+                                   options: .regularExpression), line)
+        XCTAssertFalse(line.contains("error:"), line)
+    }
+
     /// Started with standard streams closed (`<&-`, a daemon idiom), the server opens /dev/null
     /// in their place before anything else, so none of its own descriptors takes their numbers:
     /// its signalfd took 0 and going into the background put /dev/null over it, so the daemon

@@ -120,6 +120,6 @@ long CNBDShim_gettid(void);
 
 
 
-/* syslog(priority, "%s", message). */
+/* syslog(priority, "%s", message) as "nbdkit[PID]" in the daemon facility, as nbdkit logs. */
 void CNBDShim_syslog(int priority, const char *message);
 #endif
