@@ -6,11 +6,13 @@ import NBDProtocol
 /// write the whole reply with one `send` (under `writeLock`), so replies may complete out of
 /// order. A worker is started when a request finds every running worker busy, so one is always
 /// free to read the next request. A large write that the backend receives in place (straight
-/// into its memory, as it is read) is answered by the reader itself, which then reads on. On a
-/// plain socket the reader polls for input for a short, adaptive while before it blocks (see
-/// `ReceiveBuffer`). The locks never spin and never hand over to a waiter: on a busy core one
-/// thread goes on reading, serving and replying without a context switch while the client
-/// keeps requests coming.
+/// into its memory, as it is read) is answered by the reader itself, which then reads on, and so
+/// is every request where the backend never waits (served inline). A reader whose reply must
+/// wait (for the write lock, or on a plain socket for the client, 100 ms) lets go of the reading
+/// first, so the client's next requests are still taken in. On a plain socket the reader polls
+/// for input for a short, adaptive while before it blocks (see `ReceiveBuffer`). The locks never
+/// spin and never hand over to a waiter: on a busy core one thread goes on reading, serving and
+/// replying without a context switch while the client keeps requests coming.
 final class Transmission: Sendable {
     let server: ServerContext
     let transport: any Transport
@@ -34,6 +36,17 @@ final class Transmission: Sendable {
     /// one request: a client at queue depth 1. With more in flight a batch of replies is on its
     /// way while the client sends more, and polling would only burn the processor.
     private static let loneRequestsToPoll = 1024
+    /// Served inline, who sends the reply going out under `writeLock`: the reader, holding
+    /// `readLock` (`readerSends`), the reader that gave the reading up because that send
+    /// stalled (`readingGivenUp`, see `sendStalled`), or another thread (0). Changed only under
+    /// `writeLock`; atomic only to be cheap on every reply.
+    private let replySender = Atomic<UInt8>(0)
+    private static let readerSends: UInt8 = 1
+    private static let readingGivenUp: UInt8 = 2
+    /// How long a reply's send may wait, served inline, before the reading goes to another
+    /// worker: a client that sends a large write before it reads the reply to a large read
+    /// waits for its payload to be taken, while the reply waits for the client.
+    static let stalledSendMilliseconds = 100
     private let closed = Atomic<Bool>(false)
     /// The data of the requests in flight: at most two of the largest requests' worth. Nil
     /// where only one request is ever in flight (served inline, or one worker).
@@ -60,10 +73,36 @@ final class Transmission: Sendable {
                 // says nothing about how many requests the client keeps in flight.)
                 if batchSize > 0 { loneRequests = batchSize == 1 ? loneRequests + 1 : 0 }
                 batchSize = 0
+                // (The lock is held elsewhere only by a worker that gave up the reading while
+                // its reply waited to go out: it sent what was gathered before that reply, and
+                // sends what is gathered meanwhile when it is done. Waiting for it here could
+                // wait for the client, which may be waiting for this receive.)
+                guard writeLock.tryLock() else { return }
+                defer { writeLock.unlock() }
                 // A client that can't take its replies is gone: end quietly, as at end of file.
-                guard writeLock.withLock({ flushReplies() }) else { throw TransportError.endOfFile }
+                guard flushReplies() else { throw TransportError.endOfFile }
             }
+            _ = transport.reportStalledSends(after: Self.stalledSendMilliseconds) { [weak self] in self?.sendStalled() }
         }
+    }
+
+    /// A reply's send has waited long. Served inline, a reader sending it holds the reading:
+    /// it gives it up, so that the client's next requests (a write's payload that the client is
+    /// waiting to send) are taken while the send waits. Called under `writeLock`, on the
+    /// sending thread.
+    private func sendStalled() {
+        guard replySender.load(ordering: .relaxed) == Self.readerSends else { return }
+        replySender.store(Self.readingGivenUp, ordering: .relaxed)
+        giveUpReading()
+    }
+
+    /// Served inline, the reader lets go of `readLock` in the middle of a request, counting
+    /// itself busy, and a worker is started if none is free to read on.
+    private func giveUpReading() {
+        readLock.unlock()
+        server.logger.debug(in: label, "a reply is waiting to go out: another worker reads on")
+        let nowBusy = busy.wrappingAdd(1, ordering: .relaxed).newValue
+        if nowBusy >= workers.load(ordering: .relaxed) { spawnWorker() }
     }
 
     /// Serves requests until the client disconnects or the connection fails, then waits for
@@ -75,7 +114,7 @@ final class Transmission: Sendable {
 
     private func workerLoop() {
         let buffer = RequestBuffer()
-        while true {
+        reading: while true {
             readLock.lock()
             var more = readRequest(into: buffer)
             // A request that is served inline, or a write received in place (which is done),
@@ -83,7 +122,14 @@ final class Transmission: Sendable {
             // another worker and waking it.
             while more && (inline || buffer.receivedInPlace != nil) {
                 batchSize += 1
-                guard serveRequest(buffer) else { readLock.unlock(); stop(); return }
+                let (sent, gaveUpReading) = serveRequest(buffer, holdingReadLock: true)
+                if gaveUpReading {
+                    // Another worker reads on (see `sendStalled`); this one is free again.
+                    busy.wrappingSubtract(1, ordering: .relaxed)
+                    if !sent { stop(); return }
+                    continue reading
+                }
+                guard sent else { readLock.unlock(); stop(); return }
                 more = readRequest(into: buffer)
             }
             if inline { _ = writeLock.withLock { flushReplies() } }
@@ -93,7 +139,7 @@ final class Transmission: Sendable {
             // flush) must not hold up the ones the client sends after it.
             let nowBusy = busy.wrappingAdd(1, ordering: .relaxed).newValue
             if nowBusy >= workers.load(ordering: .relaxed) { spawnWorker() }
-            let sent = serveRequest(buffer)
+            let (sent, _) = serveRequest(buffer)
             busy.wrappingSubtract(1, ordering: .relaxed)
             if !sent { stop(); return }
         }
@@ -125,8 +171,10 @@ final class Transmission: Sendable {
         buffer.budgeted = 0
     }
 
-    /// Serves one request that was read and replies to it. Returns false if the client is gone.
-    private func serveRequest(_ buffer: RequestBuffer) -> Bool {
+    /// Serves one request that was read and replies to it. Returns whether the reply was sent
+    /// (false if the client is gone) and, for a caller `holdingReadLock`, whether it gave the
+    /// lock up while the reply waited to go out (`sendStalled`).
+    private func serveRequest(_ buffer: RequestBuffer, holdingReadLock: Bool = false) -> (sent: Bool, gaveUpReading: Bool) {
         let request = buffer.request
         let outcome: Outcome
         if let invalid = buffer.invalid {
@@ -150,10 +198,29 @@ final class Transmission: Sendable {
         } else if case .failure(let errno, let message) = outcome {
             server.logger.error(in: label, "\(commandName(request.rawCommand)) offset=\(request.offset) count=\(request.length): \(errno.name): \(message)")
         }
-        let sent = writeLock.withLock { sendReply(request, outcome, buffer) }
+        // Served inline, the write lock is busy only while another worker's reply waits to go
+        // out, maybe for the client, which may be waiting for its next request to be read: the
+        // reader gives the reading up rather than wait for the lock holding it.
+        var gaveUpReading = false
+        if !(holdingReadLock && writeLock.tryLock()) {
+            if holdingReadLock {
+                giveUpReading()
+                gaveUpReading = true
+            }
+            writeLock.lock()
+        }
+        if holdingReadLock && !gaveUpReading { replySender.store(Self.readerSends, ordering: .relaxed) }
+        var sent = sendReply(request, outcome, buffer)
+        if holdingReadLock {
+            if replySender.load(ordering: .relaxed) == Self.readingGivenUp { gaveUpReading = true }
+            replySender.store(0, ordering: .relaxed)
+        }
+        // No longer the reader, whose next receive would send what is gathered.
+        if inline && gaveUpReading && sent { sent = flushReplies() }
+        writeLock.unlock()
         buffer.releaseLargePayload()
         giveBack(buffer)
-        return sent
+        return (sent, gaveUpReading)
     }
 
     /// Reads one request header and, for a write, its payload into `buffer`. Must hold `readLock`.

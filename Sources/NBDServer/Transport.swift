@@ -49,6 +49,10 @@ public protocol Transport: AnyObject, Sendable {
     /// True once the client has hung up or shut down its sending side (or receiving was shut
     /// down here); never waits. The default says false.
     func peerHungUp() -> Bool
+    /// Calls `handler` (on the sending thread) whenever a send has waited `milliseconds` for the
+    /// peer to take more, then goes on waiting; returns false where it can't (the default).
+    /// Call once, before any send that may wait.
+    func reportStalledSends(after milliseconds: Int, _ handler: @escaping @Sendable () -> Void) -> Bool
     /// A failure met while reading ahead that no receive has reported yet: a TLS record that
     /// failed to decrypt behind requests already received ends the session before their replies
     /// go out. Asked once the connection is done, so that it is logged.
@@ -63,6 +67,8 @@ extension Transport {
     public func hasInput() -> Bool { true }
 
     public func peerHungUp() -> Bool { false }
+
+    public func reportStalledSends(after milliseconds: Int, _ handler: @escaping @Sendable () -> Void) -> Bool { false }
 
     public var sendsFromFiles: Bool { false }
 
@@ -131,6 +137,9 @@ public final class PlainTransport: Transport, @unchecked Sendable {
     /// that each receive also waits on, made readable by `shutdownReceive` and `disconnect`;
     /// -1 for a socket.
     private let cancel: Int32
+    /// Called when a send has waited for the send timeout (see `reportStalledSends`); set once,
+    /// before any send that may wait.
+    private nonisolated(unsafe) var stalledSend: (@Sendable () -> Void)?
 
     public init(readFD: Int32, writeFD: Int32) {
         self.readFD = readFD
@@ -218,6 +227,27 @@ public final class PlainTransport: Transport, @unchecked Sendable {
         }
     }
 
+    /// On a socket: a send timeout (`SO_SNDTIMEO`) ends each wait after `milliseconds`, and
+    /// the send, after calling `handler`, waits again.
+    public func reportStalledSends(after milliseconds: Int, _ handler: @escaping @Sendable () -> Void) -> Bool {
+        guard readFD == writeFD else { return false }
+        var timeout = timeval(tv_sec: milliseconds / 1000, tv_usec: (milliseconds % 1000) * 1000)
+        guard setsockopt(writeFD, SOL_SOCKET, SO_SNDTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size)) == 0 else {
+            return false
+        }
+        stalledSend = handler
+        return true
+    }
+
+    /// Whether a failed send with `error` should be tried again: interrupted, or timed out
+    /// (only where `reportStalledSends` set the timeout, after telling its handler).
+    private func retries(after error: Int32) -> Bool {
+        if error == EINTR { return true }
+        guard error == EAGAIN || error == EWOULDBLOCK, let stalledSend else { return false }
+        stalledSend()
+        return true
+    }
+
     public func send(_ header: UnsafeRawBufferPointer, _ payload: UnsafeRawBufferPointer) throws {
         var iov = (iovec(iov_base: UnsafeMutableRawPointer(mutating: header.baseAddress), iov_len: header.count),
                    iovec(iov_base: UnsafeMutableRawPointer(mutating: payload.baseAddress), iov_len: payload.count))
@@ -230,7 +260,7 @@ public final class PlainTransport: Transport, @unchecked Sendable {
                 let n = writev(writeFD, vecs.baseAddress! + first, Int32(vecs.count - first))
                 if n < 0 {
                     let e = CNBDShim_errno()
-                    if e == EINTR { continue }
+                    if retries(after: e) { continue }
                     throw TransportError.failed(SystemError("writev", errno: e))
                 }
                 remaining -= n
@@ -269,7 +299,7 @@ public final class PlainTransport: Transport, @unchecked Sendable {
             let n = CNBDShim_send_more(writeFD, header.baseAddress! + done, header.count - done)
             if n >= 0 { done += n; continue }
             let e = CNBDShim_errno()
-            if e == EINTR { continue }
+            if retries(after: e) { continue }
             throw TransportError.failed(SystemError("send", errno: e))
         }
         var sent = 0
@@ -279,7 +309,7 @@ public final class PlainTransport: Transport, @unchecked Sendable {
             if n > 0 { sent += n; continue }
             guard n < 0 else { break }  // End of file: the caller reads the rest itself.
             let e = CNBDShim_errno()
-            if e == EINTR { continue }
+            if retries(after: e) { continue }
             // The client is gone: nothing more can reach it, so the rest is not read for it.
             // (EPIPE and ECONNRESET are the socket's; an error a file can also give, such as
             // ENOTCONN from a FUSE file whose daemon died, is the socket's only if the socket

@@ -861,6 +861,50 @@ final class HostileClientTests: IntegrationTestCase {
         assertServerHealthy(s)
     }
 
+    /// A client that sends large reads and then a large write before it reads any reply: the
+    /// server, blocked sending a read's reply, still takes the write's payload (another worker
+    /// reads on), so all are answered. The memory disk is served by the reading thread itself,
+    /// which held the connection's reading while its send waited, or while it waited for an
+    /// earlier reply to go out: the two sides waited on each other for good.
+    func testLargeReadsThenLargeWriteBeforeReadingReplies() throws {
+        let s = try startServer(["memory", "size=64M"])
+        let size = 16 << 20
+        let payload = (0..<size).map { UInt8(truncatingIfNeeded: $0 &* 13 &+ 5) }
+        for reads in [1, 3] {
+            let c = try RawClient(s.socket)
+            defer { c.close() }
+            try c.exportNameHandshake(size: 64 << 20)
+            var requests: [UInt8] = []
+            for i in 0..<reads { requests += Wire.request(command: 0, cookie: UInt64(10 + i), offset: 0, length: UInt32(size)) }
+            requests += Wire.request(command: 1, cookie: 2, offset: UInt64(size), length: UInt32(size)) + payload
+            // In pieces, with pauses, so that the worker taking the payload waits for more of it.
+            for start in stride(from: 0, to: requests.count, by: 1 << 20) {
+                guard c.send(Array(requests[start..<min(start + (1 << 20), requests.count)])) else {
+                    return XCTFail("\(reads): the server stopped taking the write's payload")
+                }
+                usleep(20_000)
+            }
+            var answered: Set<UInt64> = []
+            for _ in 0...reads {
+                guard let reply = c.readExactly(16) else { return XCTFail("\(reads): missing replies (\(c.lastEnd))") }
+                let cookie = Wire.be64(reply, 8)
+                XCTAssertEqual(Wire.be32(reply, 4), 0, "\(reads): request \(cookie) failed")
+                XCTAssertTrue(answered.insert(cookie).inserted, "\(reads): two replies to \(cookie)")
+                if cookie != 2 {
+                    guard let data = c.readExactly(size) else { return XCTFail("\(reads): missing data (\(c.lastEnd))") }
+                    XCTAssertTrue(data.allSatisfy { $0 == 0 }, "\(reads): read \(cookie) data")
+                }
+            }
+            XCTAssertEqual(answered, Set([2] + (0..<reads).map { UInt64(10 + $0) }))
+            XCTAssertTrue(c.send(Wire.request(command: 0, cookie: 3, offset: UInt64(size), length: 4096)))
+            guard let reply = c.readExactly(16), let back = c.readExactly(4096) else { return XCTFail("no reply (\(c.lastEnd))") }
+            XCTAssertEqual(Array(reply[4..<16]), Wire.u32(0) + Wire.u64(3))
+            XCTAssertEqual(back, Array(payload[0..<4096]))
+            try c.disconnect()
+        }
+        assertServerHealthy(s)
+    }
+
     /// Requests in flight when the client sends NBD_CMD_DISC are still answered before the close.
     func testDisconnectAfterPipelinedWritesAnswersThemFirst() throws {
         let s = try startServer(["memory", "size=1M"])
